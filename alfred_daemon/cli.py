@@ -1,0 +1,154 @@
+"""``alfred-daemon`` command line.
+
+Subcommands are thin: they parse arguments and call into the engine (and, later, the
+runtime and ops packages). Heavy imports happen inside the handlers so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .engine.models import ModelsConfig
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .engine.audio import read_wav
+    from .engine.config import EngineConfig, SttConfig
+    from .engine.errors import EngineError
+    from .engine.events import Event
+    from .engine.jobs import Models
+    from .engine.models import resolve_all
+    from .engine.session import Session
+
+    try:
+        paths = resolve_all(_models_config(args, turn_enabled=not args.no_turn))
+        models = Models.load(paths, threads=args.threads)
+        audio, rate = read_wav(args.file)
+    except EngineError as exc:
+        print(f"alfred-daemon: {exc}", file=sys.stderr)
+        return 2
+    cfg = EngineConfig(stt=SttConfig(partials=not args.no_partials))
+    session = Session(models, cfg, sample_rate=rate)
+    frame = max(1, rate * 20 // 1000)  # 20 ms frames, as a live client would send
+    t_start = time.perf_counter()
+
+    def show(events: list[Event]) -> None:
+        for ev in events:
+            if args.json:
+                print(json.dumps(ev.to_dict()), flush=True)
+            else:
+                print(_human(ev), flush=True)
+
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    for i in range(0, pcm.size, frame):
+        if args.realtime:
+            due = t_start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        show(session.push(pcm[i : i + frame].tobytes()))
+    show(session.close())
+    return 0
+
+
+def _models_config(args: argparse.Namespace, turn_enabled: bool = True) -> ModelsConfig:
+    from .engine.models import ModelsConfig
+
+    return ModelsConfig(vad_path=args.vad_model, stt_model=args.stt_model,
+                        turn_path=args.turn_model, turn_enabled=turn_enabled,
+                        models_dir=args.models_dir)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (default: the packaged weights)")
+    g.add_argument("--vad-model", default=None, help="Silero VAD ONNX file")
+    g.add_argument("--stt-model", default=None,
+                   help="CTranslate2 Whisper directory, or a faster-whisper model name")
+    g.add_argument("--turn-model", default=None, help="Smart Turn ONNX file")
+    g.add_argument("--models-dir", default=None,
+                   help="where `models fetch` puts weights (default: inside the venv)")
+
+
+def _human(ev: object) -> str:
+    from .engine import events as e
+
+    assert isinstance(ev, e.Event)
+    t = f"[{ev.audio_offset_ms / 1000:7.2f}s]"
+    if isinstance(ev, e.PartialTranscription):
+        rest = ev.text[len(ev.stable_text):]
+        return f"{t} partial   {ev.stable_text}|{rest}"
+    if isinstance(ev, e.FinalTranscription):
+        return f"{t} final     {ev.text}   ({ev.processing_ms:.0f} ms)"
+    if isinstance(ev, e.TurnEnded):
+        p = "-" if ev.probability is None else f"{ev.probability:.2f}"
+        return f"{t} turn end  {ev.reason.value} p={p}: {ev.transcript}"
+    if isinstance(ev, e.SpeechStarted):
+        return f"{t} speech started"
+    if isinstance(ev, e.SpeechEnded):
+        return f"{t} speech ended ({ev.duration_ms} ms)"
+    if isinstance(ev, e.TurnResumed):
+        return f"{t} turn resumed"
+    if isinstance(ev, e.Interruption):
+        return f"{t} interruption"
+    return f"{t} {ev.TYPE}"
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .engine.errors import EngineError
+    from .engine.models import fetch_smart_turn, resolve_all
+
+    try:
+        if args.action == "fetch":
+            path = fetch_smart_turn(Path(args.models_dir) if args.models_dir else None)
+            print(f"Smart Turn: {path} (sha256 verified)")
+        paths = resolve_all(_models_config(args))
+    except EngineError as exc:
+        print(f"alfred-daemon: {exc}", file=sys.stderr)
+        return 2
+    print(f"Silero VAD: {paths.vad}")
+    print(f"Whisper:    {paths.stt}")
+    print(f"Smart Turn: {paths.turn}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alfred-daemon", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"alfred-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("transcribe", help="run the engine over a WAV file and print events")
+    tr.add_argument("file", type=Path)
+    tr.add_argument("--realtime", action="store_true", help="feed audio at real-time pace")
+    tr.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    tr.add_argument("--threads", type=int, default=1, help="model threads (default 1)")
+    tr.add_argument("--no-partials", action="store_true")
+    tr.add_argument("--no-turn", action="store_true", help="skip Smart Turn")
+    _add_model_flags(tr)
+    tr.set_defaults(func=_cmd_transcribe)
+
+    mo = sub.add_parser("models", help="fetch or check model weights")
+    mo.add_argument("action", choices=["fetch", "check"])
+    _add_model_flags(mo)
+    mo.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

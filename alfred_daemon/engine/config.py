@@ -1,0 +1,154 @@
+"""Engine configuration: plain frozen dataclasses, validated on construction.
+
+The ops layer maps its TOML file onto these; the engine itself never reads files. Every
+value has a range check whose message names the key (``stt.beam_size``) so a bad config
+fails at start with a sentence an operator can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+SAMPLE_RATE = 16_000
+"""The engine's internal rate. Everything (VAD, Whisper, Smart Turn) is trained at 16 kHz."""
+
+
+def _check(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed {lo} .. {hi}")
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """Silero VAD thresholds and the hysteresis that turns probabilities into segments."""
+
+    threshold: float = 0.5
+    """A window with probability >= threshold counts as speech."""
+    neg_threshold: float | None = None
+    """Speech continues until probability drops below this; default ``threshold - 0.15``
+    (Silero's own hysteresis), which keeps short dips inside words from splitting speech."""
+    min_speech_ms: int = 160
+    """Speech must last this long before SpeechStarted is emitted (filters clicks)."""
+    min_silence_ms: int = 200
+    """Silence must last this long before SpeechEnded is emitted."""
+
+    def __post_init__(self) -> None:
+        _check("vad.threshold", self.threshold, 0.05, 0.99)
+        if self.neg_threshold is not None:
+            _check("vad.neg_threshold", self.neg_threshold, 0.01, self.threshold)
+        _check("vad.min_speech_ms", self.min_speech_ms, 0, 5_000)
+        _check("vad.min_silence_ms", self.min_silence_ms, 32, 10_000)
+
+    @property
+    def effective_neg_threshold(self) -> float:
+        if self.neg_threshold is not None:
+            return self.neg_threshold
+        return max(0.01, self.threshold - 0.15)
+
+
+@dataclass(frozen=True, slots=True)
+class SttConfig:
+    """Whisper decoding. The first three knobs are what the backpressure ladder turns down."""
+
+    beam_size: int = 5
+    """Beam width of final decodes (faster-whisper's default)."""
+    partial_beam_size: int = 2
+    """Beam width of partial decodes. Greedy partials commit more wrong stable words (on the
+    shared corpus, greedy partials agreed three times on "men the coat" for "mend the coat");
+    a beam of 2 costs little more and removes that."""
+    partials: bool = True
+    partial_interval_ms: int = 500
+    stable_agreement: int = 3
+    """Partial hypotheses that must agree before words become stable (LocalAgreement-n)."""
+    min_partial_audio_ms: int = 500
+    """No partial before the utterance has this much audio: shorter ones are mostly noise."""
+    preroll_ms: int = 200
+    """Audio kept before the VAD's speech start so the first phoneme is not clipped."""
+    postroll_ms: int = 200
+    """Trailing silence given to the final decode (Whisper ends sentences better with it)."""
+    min_window_s: float = 6.0
+    """Audio shorter than this is padded with silence to this length before encoding.
+    Trimmed windows are what make decoding cheap, but below ~5 s the decoder loops or
+    garbles short utterances ("ask not" -> "s not s not"); 6 s of window costs ~15 ms of
+    encoder time and fixes them (measured on the shared JFK fragments)."""
+    max_utterance_s: float = 25.0
+    """Continuous speech longer than this is finalised in pieces (Whisper's window is 30 s)."""
+    token_budget_base: int = 6
+    max_tokens_per_second: float = 5.0
+    """Decoder token budget = base + rate x audio seconds. Trimmed encoder windows make the
+    decoder loop; the budget bounds what a loop can cost before repetition trimming."""
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    """A decode with no-speech probability above the first and mean log-probability below
+    the second is treated as silence (Whisper's own rule), so VAD false positives on noise
+    do not surface as hallucinated text."""
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        _check("stt.beam_size", self.beam_size, 1, 10)
+        _check("stt.partial_beam_size", self.partial_beam_size, 1, 10)
+        _check("stt.partial_interval_ms", self.partial_interval_ms, 100, 10_000)
+        _check("stt.stable_agreement", self.stable_agreement, 2, 10)
+        _check("stt.min_partial_audio_ms", self.min_partial_audio_ms, 0, 10_000)
+        _check("stt.preroll_ms", self.preroll_ms, 0, 1_000)
+        _check("stt.postroll_ms", self.postroll_ms, 0, 1_000)
+        _check("stt.min_window_s", self.min_window_s, 0.0, 30.0)
+        _check("stt.max_utterance_s", self.max_utterance_s, 2.0, 28.0)
+        _check("stt.token_budget_base", self.token_budget_base, 1, 100)
+        _check("stt.max_tokens_per_second", self.max_tokens_per_second, 1.0, 20.0)
+        _check("stt.no_speech_threshold", self.no_speech_threshold, 0.0, 1.0)
+        _check("stt.log_prob_threshold", self.log_prob_threshold, -10.0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """Smart Turn end-of-turn detection."""
+
+    enabled: bool = True
+    silence_ms: int = 200
+    """Silence after speech before Smart Turn is asked whether the turn is over."""
+    threshold: float = 0.5
+    fallback_silence_ms: int = 3_000
+    """Silence after which the turn ends whatever the model said."""
+    max_audio_s: float = 8.0
+    """Smart Turn sees at most the last 8 s of the turn (the model's input window)."""
+
+    def __post_init__(self) -> None:
+        _check("turn.silence_ms", self.silence_ms, 32, 5_000)
+        _check("turn.threshold", self.threshold, 0.01, 0.99)
+        _check("turn.fallback_silence_ms", self.fallback_silence_ms, self.silence_ms, 60_000)
+        _check("turn.max_audio_s", self.max_audio_s, 1.0, 8.0)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Per-session behaviour. Sessions may differ (a client can reconfigure its own)."""
+
+    vad: VadConfig = field(default_factory=VadConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    frame_events: bool = False
+    """Emit a FrameProcessed event per VAD window (32 ms); off by default, it is chatty."""
+
+    def replace(self, **sections: Any) -> EngineConfig:
+        """Return a copy with some sections or fields replaced.
+
+        Accepts whole sections (``stt=SttConfig(...)``) or dotted-free section dicts
+        (``stt={"beam_size": 1}``) so reconfigure requests can name only what changes.
+        """
+        updates: dict[str, Any] = {}
+        for name, value in sections.items():
+            if name not in {f.name for f in dataclasses.fields(self)}:
+                raise ConfigError(f"unknown engine config section {name!r}")
+            if isinstance(value, dict):
+                try:
+                    updates[name] = dataclasses.replace(getattr(self, name), **value)
+                except TypeError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
+            else:
+                updates[name] = value
+        return dataclasses.replace(self, **updates)

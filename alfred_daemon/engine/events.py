@@ -1,0 +1,138 @@
+"""Typed, immutable events: what a session tells its client.
+
+Every event carries ``audio_offset_ms`` -- the point in the session's audio (milliseconds
+from the first sample) it refers to -- and ``processing_ms``, the model time spent to
+produce it. Offsets let a client line events up with its own audio whatever the transport
+delay was; processing time lets operators see where latency comes from.
+
+``to_dict`` gives the wire shape shared by the CLI's ``--json`` output and later the
+WebSocket bridge: a ``type`` field with the snake_case event name plus the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class TurnEndReason(enum.StrEnum):
+    MODEL = "model"
+    """Smart Turn judged the turn complete."""
+    SILENCE_FALLBACK = "silence_fallback"
+    """The model did not, but the user stayed silent for ``turn.fallback_silence_ms``."""
+    FORCED = "forced"
+    """The client asked (force end of turn, or the stream was closed)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    TYPE: ClassVar[str] = "event"
+
+    audio_offset_ms: int
+    processing_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrameProcessed(Event):
+    """One 32 ms VAD window was analysed (only with ``frame_events`` on)."""
+
+    TYPE: ClassVar[str] = "frame_processed"
+    probability: float
+    is_speech: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechStarted(Event):
+    """Speech began at ``audio_offset_ms`` (emitted once ``vad.min_speech_ms`` confirmed it)."""
+
+    TYPE: ClassVar[str] = "speech_started"
+    utterance_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechEnded(Event):
+    """Speech ended at ``audio_offset_ms`` (emitted once ``vad.min_silence_ms`` confirmed it)."""
+
+    TYPE: ClassVar[str] = "speech_ended"
+    utterance_id: int
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartialTranscription(Event):
+    """Hypothesis for the utterance so far; ``stable_text`` is a prefix that will not change.
+
+    ``stable_text`` is always a prefix of ``text``, of every later partial of the same
+    utterance, and of its final.
+    """
+
+    TYPE: ClassVar[str] = "partial_transcription"
+    utterance_id: int
+    text: str
+    stable_text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinalTranscription(Event):
+    """The utterance's final text; ``audio_offset_ms`` is where its speech ended."""
+
+    TYPE: ClassVar[str] = "final_transcription"
+    utterance_id: int
+    text: str
+    start_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnEnded(Event):
+    """The user's turn is over; ``transcript`` is the whole turn's text.
+
+    Never emitted before the final of the turn's last utterance, so ``transcript`` is
+    complete when a voice agent acts on it. ``probability`` is Smart Turn's last output
+    (None if the model never ran, e.g. a forced end straight after speech).
+    """
+
+    TYPE: ClassVar[str] = "turn_ended"
+    turn_id: int
+    probability: float | None
+    reason: TurnEndReason
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnResumed(Event):
+    """The user spoke again after a pause Smart Turn had judged incomplete.
+
+    Tells an agent that speculatively prepared a reply during the pause to drop it.
+    """
+
+    TYPE: ClassVar[str] = "turn_resumed"
+    turn_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interruption(Event):
+    """Speech started while the client said its own playback was active (barge-in)."""
+
+    TYPE: ClassVar[str] = "interruption"
+    utterance_id: int
+
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = (
+    FrameProcessed,
+    SpeechStarted,
+    SpeechEnded,
+    PartialTranscription,
+    FinalTranscription,
+    TurnEnded,
+    TurnResumed,
+    Interruption,
+)

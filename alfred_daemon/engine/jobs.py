@@ -1,0 +1,97 @@
+"""Model jobs: the unit of work the session core asks for and any executor may run.
+
+A job names a sample range of the session's audio, not the audio itself, so the runtime can
+hand it to any worker that can read the session's shared-memory ring. Executing a job is a
+pure function of (models, job, audio): :func:`run_job`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import SttConfig
+from .models import ModelPaths
+from .stt import WhisperTranscriber
+from .turn import SmartTurn
+from .vad import SileroVad
+
+log = logging.getLogger(__name__)
+
+
+class JobKind(enum.IntEnum):
+    """Also the scheduling priority: lower runs first (finals and turn decisions before
+    partials, because a late partial is merely stale while a late final delays the agent)."""
+
+    FINAL = 0
+    TURN = 1
+    PARTIAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    kind: JobKind
+    job_id: int
+    """Unique within the session, increasing."""
+    ref_id: int
+    """Utterance id (PARTIAL, FINAL) or turn id (TURN)."""
+    start: int
+    end: int
+    """Sample range [start, end) at 16 kHz, in session audio coordinates."""
+    beam_size: int = 1
+    prefix: str = ""
+    generation: int = 0
+    """TURN only: the pause this evaluation belongs to; stale once speech resumed."""
+
+    @property
+    def samples(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    job: Job
+    text: str = ""
+    probability: float = 0.0
+    ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Models:
+    """The three loaded models of one process."""
+
+    vad: SileroVad
+    stt: WhisperTranscriber
+    turn: SmartTurn | None
+
+    @classmethod
+    def load(cls, paths: ModelPaths, *, threads: int = 1) -> Models:
+        return cls(
+            vad=SileroVad(Path(paths.vad), threads=threads),
+            stt=WhisperTranscriber(paths.stt, threads=threads),
+            turn=SmartTurn(paths.turn, threads=threads) if paths.turn is not None else None,
+        )
+
+
+def run_job(
+    models: Models, job: Job, audio: npt.NDArray[np.float32], stt_cfg: SttConfig
+) -> JobResult:
+    """Execute one job. Never raises: a failure becomes ``JobResult.error``, so one bad job
+    cannot take a worker (or another session) down."""
+    try:
+        if job.kind is JobKind.TURN:
+            if models.turn is None:
+                return JobResult(job, error="smart turn model not loaded")
+            prob, ms = models.turn.predict(audio)
+            return JobResult(job, probability=prob, ms=ms)
+        res = models.stt.transcribe(audio, stt_cfg, beam_size=job.beam_size, prefix=job.prefix)
+        return JobResult(job, text=res.text, ms=res.ms)
+    except Exception as exc:
+        log.exception("job %s failed", job)
+        return JobResult(job, error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,622 @@
+"""Per-session state: the pure core and the in-process driver.
+
+:class:`SessionCore` is a state machine with three inputs -- one VAD probability per 32 ms
+window, job results, and client controls -- and two outputs: events and jobs. It never runs
+a model and never holds audio, so the runtime can keep it in the supervisor while workers
+run its jobs against shared memory, and tests can drive it with made-up probabilities.
+
+:class:`Session` is the single-process driver: it validates and resamples frames, keeps a
+rolling audio buffer, runs VAD and every job inline. The CLI and the engine tests use it,
+and it is the reference the multi-process runtime must reproduce.
+
+Ordering contract (what clients rely on):
+
+* events of a session come out in audio-offset order (except the optional per-window
+  FrameProcessed events, which are sent as each window is analysed, while SpeechStarted and
+  SpeechEnded are dated back to where speech or silence began);
+* a FinalTranscription precedes every event that refers to later audio, even though its
+  decode finishes after them (the runtime decodes asynchronously);
+* TurnEnded comes after the finals of all the turn's utterances and carries their text.
+
+All three follow from one mechanism, the output queue: it holds events and *slots*. A final
+job puts a slot in the queue when it is issued; events arriving later queue behind it; the
+queue drains only up to the first unfilled slot. A turn decision is a slot too, resolved
+when it reaches the front -- by then every final of the turn has been filled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .audio import StreamResampler, to_float32
+from .config import SAMPLE_RATE, EngineConfig
+from .errors import InvalidAudioError
+from .events import (
+    Event,
+    FinalTranscription,
+    FrameProcessed,
+    Interruption,
+    PartialTranscription,
+    SpeechEnded,
+    SpeechStarted,
+    TurnEnded,
+    TurnEndReason,
+    TurnResumed,
+)
+from .jobs import Job, JobKind, JobResult, Models, run_job
+from .text import StablePrefix
+from .vad import WINDOW, VadState
+
+log = logging.getLogger(__name__)
+
+MS = SAMPLE_RATE // 1000  # samples per millisecond
+
+
+def ms_to_samples(ms: float) -> int:
+    return round(ms * MS)
+
+
+def samples_to_ms(samples: int) -> int:
+    return int(samples // MS)
+
+
+# --------------------------------------------------------------------------- output queue
+
+
+@dataclass(slots=True)
+class _FinalSlot:
+    utterance_id: int
+    start: int
+    end_of_speech: int
+    event: FinalTranscription | None = None
+    filled: bool = False
+
+
+@dataclass(slots=True)
+class _TurnSlot:
+    turn: _Turn
+    reason: TurnEndReason
+    probability: float | None
+    offset: int
+    processing_ms: float
+
+
+_QueueItem = Event | _FinalSlot | _TurnSlot
+
+
+@dataclass(slots=True)
+class _Turn:
+    turn_id: int
+    start: int
+    """First sample of the turn's audio (speech start minus pre-roll)."""
+    texts: dict[int, str] = field(default_factory=dict)
+    """Final text per utterance id, in utterance order."""
+    generation: int = 0
+    """Bumped whenever speech resumes; a Smart Turn result for an older pause is stale."""
+    evaluated: bool = False
+    """Smart Turn was asked about the current pause."""
+    last_probability: float | None = None
+    last_turn_ms: float = 0.0
+    deferred: bool = False
+    """Smart Turn said "complete" while the VAD was still confirming new speech: the
+    decision waits until that speech is confirmed (decision dropped) or rejected (applied).
+    Closing the turn at once would date TurnEnded after the retroactive SpeechStarted."""
+
+
+@dataclass(slots=True)
+class _Utterance:
+    utterance_id: int
+    start: int
+    """VAD speech start (sample)."""
+    stable: StablePrefix
+    last_partial_at: int = -1
+    partial_in_flight: bool = False
+
+
+@dataclass(slots=True)
+class CoreStats:
+    windows: int = 0
+    speech_windows: int = 0
+    partials: int = 0
+    finals: int = 0
+    turns: int = 0
+    turns_discarded: int = 0
+    job_errors: int = 0
+    stale_results: int = 0
+
+
+class SessionCore:
+    """The session state machine. See the module docstring for the ordering contract."""
+
+    def __init__(self, config: EngineConfig | None = None, *, turn_model: bool = True) -> None:
+        self.config = config or EngineConfig()
+        self.turn_model = turn_model
+        """False when no Smart Turn model is loaded: turns end by the silence fallback."""
+        self.position = 0
+        """Samples analysed by the VAD so far (a multiple of the 512-sample window)."""
+        self.playback_active = False
+        self.stats = CoreStats()
+
+        # VAD hysteresis
+        self._in_speech = False
+        self._candidate_start: int | None = None
+        self._speech_run = 0
+        self._silence_start: int | None = None
+        self._last_speech_end: int | None = None
+        """Where the last confirmed speech ended (None while speaking or before any)."""
+
+        self._utt: _Utterance | None = None
+        self._turn: _Turn | None = None
+        self._next_utt = 0
+        self._next_turn = 0
+        self._next_job = 0
+
+        self._queue: deque[_QueueItem] = deque()
+        self._final_slots: dict[int, _FinalSlot] = {}  # job id -> slot
+        self._jobs: list[Job] = []
+        self._in_flight: dict[int, Job] = {}
+
+    # ------------------------------------------------------------------ public surface
+
+    def take_jobs(self) -> list[Job]:
+        """Jobs issued since the last call, highest priority first."""
+        jobs, self._jobs = self._jobs, []
+        jobs.sort(key=lambda j: (j.kind, j.job_id))
+        return jobs
+
+    def drain_events(self) -> list[Event]:
+        """Events ready to send, in order; stops at the first final still being decoded."""
+        out: list[Event] = []
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, _FinalSlot):
+                if not head.filled:
+                    break
+                if head.event is not None:
+                    out.append(head.event)
+            elif isinstance(head, _TurnSlot):
+                ev = self._resolve_turn(head)
+                if ev is not None:
+                    out.append(ev)
+            else:
+                out.append(head)
+            self._queue.popleft()
+        return out
+
+    @property
+    def in_flight(self) -> list[Job]:
+        return list(self._in_flight.values())
+
+    def retain_from(self) -> int:
+        """Oldest sample any current or future job may still need.
+
+        Audio before this can be dropped (the driver trims its buffer, the runtime lets the
+        ring overwrite it).
+        """
+        cfg = self.config
+        keep = self.position - ms_to_samples(cfg.vad.min_speech_ms + cfg.stt.preroll_ms + 64)
+        if self._utt is not None:
+            keep = min(keep, self._utt.start - ms_to_samples(cfg.stt.preroll_ms))
+        if self._turn is not None:
+            keep = min(keep, max(self._turn.start, self.position - ms_to_samples(
+                cfg.turn.max_audio_s * 1000)))
+        for job in self._in_flight.values():
+            keep = min(keep, job.start)
+        return max(0, keep)
+
+    def on_vad(self, probability: float, vad_ms: float = 0.0) -> None:
+        """Advance by one 512-sample window with its speech probability."""
+        cfg = self.config.vad
+        start = self.position
+        self.position += WINDOW
+        self.stats.windows += 1
+        is_speech_window = probability >= cfg.threshold
+        if self.config.frame_events:
+            self._emit(FrameProcessed(
+                audio_offset_ms=samples_to_ms(self.position), processing_ms=vad_ms,
+                probability=round(probability, 4), is_speech=is_speech_window,
+            ))
+        if not self._in_speech:
+            if is_speech_window:
+                if self._candidate_start is None:
+                    self._candidate_start = start
+                self._speech_run += WINDOW
+                if self._speech_run >= ms_to_samples(max(cfg.min_speech_ms, 1)):
+                    self._on_speech_start(self._candidate_start, vad_ms)
+            else:
+                self._candidate_start = None
+                self._speech_run = 0
+        else:
+            self.stats.speech_windows += 1
+            if probability < cfg.effective_neg_threshold:
+                if self._silence_start is None:
+                    self._silence_start = start
+                if self.position - self._silence_start >= ms_to_samples(cfg.min_silence_ms):
+                    self._on_speech_end(self._silence_start, vad_ms)
+            else:
+                self._silence_start = None
+        self._tick()
+
+    def on_result(self, result: JobResult) -> None:
+        """Feed back the outcome of a job returned by :meth:`take_jobs`."""
+        job = result.job
+        if self._in_flight.pop(job.job_id, None) is None:
+            self.stats.stale_results += 1
+            return  # duplicate (e.g. a job re-run after a worker died) or unknown
+        if result.error is not None:
+            self.stats.job_errors += 1
+        if job.kind is JobKind.FINAL:
+            self._on_final(job, result)
+        elif job.kind is JobKind.PARTIAL:
+            self._on_partial(job, result)
+        else:
+            self._on_turn(job, result)
+
+    def set_playback(self, active: bool) -> None:
+        """The client's own audio output started/stopped (for barge-in detection)."""
+        self.playback_active = active
+
+    def flush(self) -> None:
+        """Finalise the current utterance now (e.g. end of input), without ending the turn."""
+        if self._in_speech:
+            end = self._silence_start if self._silence_start is not None else self.position
+            self._on_speech_end(end, 0.0)
+
+    def force_end_of_turn(self) -> bool:
+        """End the current turn now (reason ``forced``). Returns False if no turn is open."""
+        self.flush()
+        if self._turn is None:
+            return False
+        turn = self._turn
+        self._close_turn(TurnEndReason.FORCED, turn.last_probability, 0.0)
+        return True
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        """Swap the configuration; takes effect from the next window."""
+        self.config = config
+
+    # ------------------------------------------------------------------ VAD transitions
+
+    def _on_speech_start(self, start: int, vad_ms: float) -> None:
+        self._in_speech = True
+        self._speech_run = 0
+        self._candidate_start = None
+        self._silence_start = None
+        self._last_speech_end = None
+        utt_id = self._next_utt
+        self._next_utt += 1
+        self._utt = _Utterance(utt_id, start, StablePrefix(self.config.stt.stable_agreement))
+        offset = samples_to_ms(start)
+        turn = self._turn
+        if turn is None:
+            turn = _Turn(self._next_turn, max(0, start - ms_to_samples(self.config.stt.preroll_ms)))
+            self._next_turn += 1
+            self._turn = turn
+        else:
+            turn.generation += 1
+            turn.deferred = False
+            if turn.evaluated:
+                self._emit(TurnResumed(audio_offset_ms=offset, turn_id=turn.turn_id))
+            turn.evaluated = False
+        self._emit(SpeechStarted(audio_offset_ms=offset, processing_ms=vad_ms,
+                                 utterance_id=utt_id))
+        if self.playback_active:
+            self._emit(Interruption(audio_offset_ms=offset, processing_ms=vad_ms,
+                                    utterance_id=utt_id))
+
+    def _on_speech_end(self, end: int, vad_ms: float) -> None:
+        utt = self._utt
+        self._in_speech = False
+        self._silence_start = None
+        self._last_speech_end = end
+        if utt is None:
+            return
+        self._emit(SpeechEnded(audio_offset_ms=samples_to_ms(end), processing_ms=vad_ms,
+                               utterance_id=utt.utterance_id,
+                               duration_ms=samples_to_ms(end - utt.start)))
+        self._finalise(utt, end, min(self.position, end + ms_to_samples(
+            self.config.stt.postroll_ms)))
+        self._utt = None
+
+    def _finalise(self, utt: _Utterance, end_of_speech: int, audio_end: int) -> None:
+        cfg = self.config.stt
+        start = max(0, utt.start - ms_to_samples(cfg.preroll_ms))
+        job = self._issue(JobKind.FINAL, utt.utterance_id, start, audio_end,
+                          beam_size=cfg.beam_size, prefix=utt.stable.text)
+        slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech)
+        self._final_slots[job.job_id] = slot
+        self._queue.append(slot)
+
+    # ------------------------------------------------------------------ periodic decisions
+
+    def _tick(self) -> None:
+        cfg = self.config
+        utt = self._utt
+        if utt is not None and self._in_speech:
+            length = self.position - utt.start
+            if length >= ms_to_samples(cfg.stt.max_utterance_s * 1000):
+                # Whisper cannot see more than 30 s: finalise what we have and continue the
+                # same speech as a new utterance (no SpeechEnded/SpeechStarted pair: the VAD
+                # saw no pause; the new utterance id appears on its partials and final).
+                self._finalise(utt, self.position, self.position)
+                self._utt = _Utterance(self._next_utt, self.position,
+                                       StablePrefix(cfg.stt.stable_agreement))
+                self._next_utt += 1
+            elif (
+                cfg.stt.partials
+                and self._silence_start is None
+                and not utt.partial_in_flight
+                and length >= ms_to_samples(cfg.stt.min_partial_audio_ms)
+                and (utt.last_partial_at < 0
+                     or self.position - utt.last_partial_at
+                     >= ms_to_samples(cfg.stt.partial_interval_ms))
+            ):
+                utt.partial_in_flight = True
+                utt.last_partial_at = self.position
+                start = max(0, utt.start - ms_to_samples(cfg.stt.preroll_ms))
+                self._issue(JobKind.PARTIAL, utt.utterance_id, start, self.position,
+                            beam_size=cfg.stt.partial_beam_size, prefix=utt.stable.text)
+        turn = self._turn
+        if (
+            turn is None
+            or self._in_speech
+            or self._last_speech_end is None
+            or self._candidate_start is not None  # maybe speech: decide once it is known
+        ):
+            return
+        if turn.deferred:
+            self._close_turn(TurnEndReason.MODEL, turn.last_probability, turn.last_turn_ms)
+            return
+        pause = self.position - self._last_speech_end
+        if (
+            self.turn_model
+            and cfg.turn.enabled
+            and not turn.evaluated
+            and pause >= ms_to_samples(cfg.turn.silence_ms)
+        ):
+            turn.evaluated = True
+            start = max(turn.start, self.position - ms_to_samples(cfg.turn.max_audio_s * 1000))
+            self._issue(JobKind.TURN, turn.turn_id, start, self.position,
+                        generation=turn.generation)
+        if pause >= ms_to_samples(cfg.turn.fallback_silence_ms):
+            self._close_turn(TurnEndReason.SILENCE_FALLBACK, turn.last_probability, 0.0)
+
+    # ------------------------------------------------------------------ job results
+
+    def _on_final(self, job: Job, result: JobResult) -> None:
+        slot = self._final_slots.pop(job.job_id)
+        text = result.text.strip()
+        if job.prefix and not (text == job.prefix or text.startswith(job.prefix + " ")):
+            # Defensive: the decoder prefix guarantees this (and a failed job has no text);
+            # keep the promise to the client regardless.
+            n = len(job.prefix.split())
+            text = " ".join([job.prefix, *text.split()[n:]])
+        slot.event = FinalTranscription(
+            audio_offset_ms=samples_to_ms(slot.end_of_speech), processing_ms=round(result.ms, 2),
+            utterance_id=slot.utterance_id, text=text, start_ms=samples_to_ms(slot.start),
+        )
+        slot.filled = True
+        self.stats.finals += 1
+        for turn in self._turns_waiting(slot.utterance_id):
+            turn.texts[slot.utterance_id] = text
+
+    def _turns_waiting(self, utterance_id: int) -> list[_Turn]:
+        turns = [s.turn for s in self._queue if isinstance(s, _TurnSlot)]
+        if self._turn is not None:
+            turns.append(self._turn)
+        return [t for t in turns if utterance_id in t.texts]
+
+    def _on_partial(self, job: Job, result: JobResult) -> None:
+        utt = self._utt
+        if utt is None or utt.utterance_id != job.ref_id:
+            self.stats.stale_results += 1
+            return  # the utterance ended meanwhile; its final supersedes this
+        utt.partial_in_flight = False
+        if result.error is not None or not result.text:
+            return
+        text = utt.stable.update(result.text)
+        self.stats.partials += 1
+        self._emit(PartialTranscription(
+            audio_offset_ms=samples_to_ms(job.end), processing_ms=round(result.ms, 2),
+            utterance_id=utt.utterance_id, text=text, stable_text=utt.stable.text,
+        ))
+
+    def _on_turn(self, job: Job, result: JobResult) -> None:
+        turn = self._turn
+        if (
+            turn is None
+            or turn.turn_id != job.ref_id
+            or turn.generation != job.generation
+            or self._in_speech
+        ):
+            self.stats.stale_results += 1
+            return
+        if result.error is not None:
+            return  # the silence fallback still ends the turn
+        turn.last_probability = result.probability
+        turn.last_turn_ms = result.ms
+        if result.probability >= self.config.turn.threshold:
+            if self._candidate_start is not None:
+                turn.deferred = True
+            else:
+                self._close_turn(TurnEndReason.MODEL, result.probability, result.ms)
+
+    # ------------------------------------------------------------------ turn end
+
+    def _close_turn(self, reason: TurnEndReason, prob: float | None, ms: float) -> None:
+        turn = self._turn
+        if turn is None:
+            return
+        self._turn = None
+        self._queue.append(_TurnSlot(turn, reason, prob, self.position, ms))
+
+    def _resolve_turn(self, slot: _TurnSlot) -> TurnEnded | None:
+        texts = [t for _, t in sorted(slot.turn.texts.items()) if t]
+        transcript = " ".join(texts)
+        if not transcript:
+            # Only noise was heard (every final empty): nothing for an agent to act on.
+            self.stats.turns_discarded += 1
+            return None
+        self.stats.turns += 1
+        return TurnEnded(
+            audio_offset_ms=samples_to_ms(slot.offset), processing_ms=round(slot.processing_ms, 2),
+            turn_id=slot.turn.turn_id, probability=(
+                None if slot.probability is None else round(slot.probability, 4)),
+            reason=slot.reason, transcript=transcript,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _issue(self, kind: JobKind, ref_id: int, start: int, end: int, *, beam_size: int = 1,
+               prefix: str = "", generation: int = 0) -> Job:
+        job = Job(kind, self._next_job, ref_id, start, end, beam_size, prefix, generation)
+        self._next_job += 1
+        self._jobs.append(job)
+        self._in_flight[job.job_id] = job
+        if kind is JobKind.FINAL and self._turn is not None:
+            self._turn.texts.setdefault(ref_id, "")
+        return job
+
+    def _emit(self, event: Event) -> None:
+        self._queue.append(event)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class AudioBuffer:
+    """Rolling 16 kHz buffer addressed in absolute session samples."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(0, dtype=np.float32)
+        self.base = 0
+        """Absolute index of ``_data[0]``."""
+
+    @property
+    def end(self) -> int:
+        return self.base + self._data.size
+
+    def append(self, samples: npt.NDArray[np.float32]) -> None:
+        self._data = np.concatenate([self._data, samples])
+
+    def get(self, start: int, end: int) -> npt.NDArray[np.float32]:
+        if start < self.base or end > self.end:
+            raise IndexError(f"audio [{start}, {end}) not in buffer [{self.base}, {self.end})")
+        return self._data[start - self.base : end - self.base]
+
+    def trim(self, keep_from: int) -> None:
+        """Drop audio before ``keep_from``; compacts only when it frees a second or more."""
+        drop = keep_from - self.base
+        if drop >= SAMPLE_RATE:
+            self._data = self._data[drop:].copy()
+            self.base = keep_from
+
+
+class Session:
+    """One audio stream processed inline: frames in, events out.
+
+    Not thread-safe; a session belongs to one caller. Errors in a frame raise
+    :class:`InvalidAudioError` before any state changes.
+    """
+
+    def __init__(
+        self,
+        models: Models,
+        config: EngineConfig | None = None,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        resample: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if sample_rate != SAMPLE_RATE and not resample:
+            raise InvalidAudioError(
+                f"sample rate {sample_rate} Hz needs resampling to {SAMPLE_RATE} Hz, which was "
+                "disabled"
+            )
+        self.models = models
+        self.core = SessionCore(config, turn_model=models.turn is not None)
+        self.sample_rate = sample_rate
+        self._resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
+        self._vad_state = VadState()
+        self._audio = AudioBuffer()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._clock = clock
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.core.config
+
+    def push(self, frame: bytes | npt.NDArray[np.generic], *,
+             sample_rate: int | None = None) -> list[Event]:
+        """Feed one frame (any length); returns the events it completed."""
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise InvalidAudioError(
+                f"frame is {sample_rate} Hz but the session was opened at {self.sample_rate} Hz"
+            )
+        samples = to_float32(frame)
+        if self._resampler is not None:
+            samples = self._resampler(samples)
+        self._pending = np.concatenate([self._pending, samples])
+        self._process_windows()
+        return self.core.drain_events()
+
+    def set_playback(self, active: bool) -> list[Event]:
+        self.core.set_playback(active)
+        return self.core.drain_events()
+
+    def flush(self) -> list[Event]:
+        self.core.flush()
+        self._run_jobs()
+        return self.core.drain_events()
+
+    def force_end_of_turn(self) -> list[Event]:
+        self.core.force_end_of_turn()
+        self._run_jobs()
+        return self.core.drain_events()
+
+    def close(self) -> list[Event]:
+        """End of input: pad the last partial window, finalise, end any open turn."""
+        events: list[Event] = []
+        if self._resampler is not None:
+            tail = self._resampler(np.zeros(0, dtype=np.float32), last=True)
+            self._pending = np.concatenate([self._pending, tail])
+        if self._pending.size:
+            pad = WINDOW - self._pending.size % WINDOW
+            if pad != WINDOW:
+                self._pending = np.concatenate([self._pending, np.zeros(pad, np.float32)])
+            self._process_windows()
+        events += self.core.drain_events()
+        events += self.force_end_of_turn()
+        return events
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        self.core.reconfigure(config)
+
+    def _process_windows(self) -> None:
+        n = self._pending.size // WINDOW
+        if n == 0:
+            return
+        windows = self._pending[: n * WINDOW].reshape(n, WINDOW)
+        self._audio.append(self._pending[: n * WINDOW])
+        self._pending = self._pending[n * WINDOW :].copy()
+        for w in windows:
+            t0 = self._clock()
+            p = self.models.vad.prob(self._vad_state, np.ascontiguousarray(w))
+            self.core.on_vad(p, (self._clock() - t0) * 1000.0)
+            self._run_jobs()
+        self._audio.trim(self.core.retain_from())
+
+    def _run_jobs(self) -> None:
+        jobs = self.core.take_jobs()
+        while jobs:
+            for job in jobs:
+                audio = self._audio.get(job.start, min(job.end, self._audio.end))
+                self.core.on_result(run_job(self.models, job, audio, self.config.stt))
+            jobs = self.core.take_jobs()

