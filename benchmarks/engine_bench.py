@@ -6,8 +6,9 @@ Usage::
 
 Runs every model on one thread, pinned to one core (``--cpu``, default the first usable
 core), on real speech from ``../shared/audio``. Prints a table and writes
-``engine_bench.json`` with every raw timing. Targets (medians): VAD <= 0.2 ms per window
-per session; final decode of a <= 3 s utterance <= 120 ms.
+``engine_bench.json`` with every raw timing and ``engine_bench.txt`` with the table.
+Targets (medians): VAD <= 0.2 ms per window per session; final decode of a <= 3 s
+utterance <= 120 ms.
 """
 
 from __future__ import annotations
@@ -154,20 +155,25 @@ def main() -> int:
     out = args.out / "engine_bench.json"
     out.write_text(json.dumps(report, indent=2))
 
-    print(f"engine benchmark (1 thread, pinned to core {cpu}); raw figures in {out}")
-    print(f"VAD single window          median {report['vad_single']['median_ms']:.3f} ms")
+    lines: list[str] = []
+    lines.append(f"engine benchmark (1 thread, pinned to core {cpu}); raw figures in {out}")
+    lines.append(f"VAD single window          median {report['vad_single']['median_ms']:.3f} ms")
     for k, v in batched.items():
-        print(f"VAD batched {k:<4}           median {v['per_session_median_ms']:.3f} ms "
+        lines.append(f"VAD batched {k:<4}           median {v['per_session_median_ms']:.3f} ms "
               f"per session ({v['median_ms']:.2f} ms per call)")
-    print(f"{'final decode':<12} {'audio':>6} {'trim b5':>9} {'trim b1':>9} {'30s win':>9}")
+    lines.append(f"{'final decode':<12} {'audio':>6} {'trim b5':>9} {'trim b1':>9} {'30s win':>9}")
     for name, row in decode.items():
-        print(f"{name:<12} {row['audio_s']:>5.1f}s {row['trimmed_beam5']['median_ms']:>7.1f}ms "
-              f"{row['trimmed_beam1']['median_ms']:>7.1f}ms "
-              f"{row['window30s_transcribe']['median_ms']:>7.1f}ms")
-    print(f"Smart Turn                 median {report['smart_turn']['median_ms']:.1f} ms "
+        lines.append(
+            f"{name:<12} {row['audio_s']:>5.1f}s {row['trimmed_beam5']['median_ms']:>7.1f}ms "
+            f"{row['trimmed_beam1']['median_ms']:>7.1f}ms "
+            f"{row['window30s_transcribe']['median_ms']:>7.1f}ms")
+    lines.append(f"Smart Turn                 median {report['smart_turn']['median_ms']:.1f} ms "
           f"(features {report['smart_turn_features']['median_ms']:.1f} ms)")
     for k, ok in targets.items():
-        print(f"target {k}: {'met' if ok else 'NOT met'}")
+        lines.append(f"target {k}: {'met' if ok else 'NOT met'}")
+    text = "\n".join(lines) + "\n"
+    (args.out / "engine_bench.txt").write_text(text)
+    print(text, end="")
     return 0 if all(targets.values()) else 1
 
 
