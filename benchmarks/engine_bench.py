@@ -156,7 +156,8 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2))
 
     lines: list[str] = []
-    lines.append(f"engine benchmark (1 thread, pinned to core {cpu}); raw figures in {out}")
+    shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    lines.append(f"engine benchmark (1 thread, pinned to core {cpu}); raw figures in {shown}")
     lines.append(f"VAD single window          median {report['vad_single']['median_ms']:.3f} ms")
     for k, v in batched.items():
         lines.append(f"VAD batched {k:<4}           median {v['per_session_median_ms']:.3f} ms "
