@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -73,7 +72,7 @@ class Models:
     @classmethod
     def load(cls, paths: ModelPaths, *, threads: int = 1) -> Models:
         return cls(
-            vad=SileroVad(Path(paths.vad), threads=threads),
+            vad=SileroVad(paths.vad, threads=threads),
             stt=WhisperTranscriber(paths.stt, threads=threads),
             turn=SmartTurn(paths.turn, threads=threads) if paths.turn is not None else None,
         )

@@ -75,6 +75,8 @@ class _FinalSlot:
     utterance_id: int
     start: int
     end_of_speech: int
+    turn: _Turn | None
+    """The turn whose transcript this final belongs to."""
     event: FinalTranscription | None = None
     filled: bool = False
 
@@ -147,7 +149,7 @@ class SessionCore:
         # VAD hysteresis
         self._in_speech = False
         self._candidate_start: int | None = None
-        self._speech_run = 0
+        """First window of speech not yet long enough to confirm (windows since are speech)."""
         self._silence_start: int | None = None
         self._last_speech_end: int | None = None
         """Where the last confirmed speech ended (None while speaking or before any)."""
@@ -227,12 +229,11 @@ class SessionCore:
             if is_speech_window:
                 if self._candidate_start is None:
                     self._candidate_start = start
-                self._speech_run += WINDOW
-                if self._speech_run >= ms_to_samples(max(cfg.min_speech_ms, 1)):
+                run = self.position - self._candidate_start
+                if run >= ms_to_samples(max(cfg.min_speech_ms, 1)):
                     self._on_speech_start(self._candidate_start, vad_ms)
             else:
                 self._candidate_start = None
-                self._speech_run = 0
         else:
             self.stats.speech_windows += 1
             if probability < cfg.effective_neg_threshold:
@@ -286,7 +287,6 @@ class SessionCore:
 
     def _on_speech_start(self, start: int, vad_ms: float) -> None:
         self._in_speech = True
-        self._speech_run = 0
         self._candidate_start = None
         self._silence_start = None
         self._last_speech_end = None
@@ -330,7 +330,7 @@ class SessionCore:
         start = max(0, utt.start - ms_to_samples(cfg.preroll_ms))
         job = self._issue(JobKind.FINAL, utt.utterance_id, start, audio_end,
                           beam_size=cfg.beam_size, prefix=utt.stable.text)
-        slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech)
+        slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn)
         self._final_slots[job.job_id] = slot
         self._queue.append(slot)
 
@@ -404,14 +404,8 @@ class SessionCore:
         )
         slot.filled = True
         self.stats.finals += 1
-        for turn in self._turns_waiting(slot.utterance_id):
-            turn.texts[slot.utterance_id] = text
-
-    def _turns_waiting(self, utterance_id: int) -> list[_Turn]:
-        turns = [s.turn for s in self._queue if isinstance(s, _TurnSlot)]
-        if self._turn is not None:
-            turns.append(self._turn)
-        return [t for t in turns if utterance_id in t.texts]
+        if slot.turn is not None:
+            slot.turn.texts[slot.utterance_id] = text
 
     def _on_partial(self, job: Job, result: JobResult) -> None:
         utt = self._utt
@@ -480,8 +474,6 @@ class SessionCore:
         self._next_job += 1
         self._jobs.append(job)
         self._in_flight[job.job_id] = job
-        if kind is JobKind.FINAL and self._turn is not None:
-            self._turn.texts.setdefault(ref_id, "")
         return job
 
     def _emit(self, event: Event) -> None:
