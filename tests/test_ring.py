@@ -187,3 +187,20 @@ def test_sweep_removes_segments_of_dead_owners_only() -> None:
 def test_no_test_segments_left() -> None:
     leftovers = [p.name for p in Path(SHM_DIR).iterdir() if p.name.startswith(PREFIX)]
     assert leftovers == []
+
+
+def test_copy_overlapping_a_rewrite_of_the_oldest_slot_is_rejected(writer: RingWriter) -> None:
+    """The one write in progress rewrites the oldest resident window's slot. Step (0) of the
+    writer marks it invalid before the samples change, so a reader whose copy overlapped the
+    rewrite (freeze the writer right after step 0) gets RingOverrunError, not torn audio."""
+    reader = RingReader.attach(writer.handle)
+    for k in range(8):
+        writer.write(window(k))
+    assert np.array_equal(reader.read_range(0, SLOT_SAMPLES), window(0))  # oldest, intact
+    writer._seq[0] = -1  # the writer of window 8 has done step (0) and is copying samples
+    with pytest.raises(RingOverrunError):
+        reader.read_range(0, SLOT_SAMPLES)
+    with pytest.raises(RingOverrunError):
+        reader.read_range(100, 3 * SLOT_SAMPLES)
+    assert np.array_equal(reader.read_range(SLOT_SAMPLES, 2 * SLOT_SAMPLES), window(1))
+    reader.close()

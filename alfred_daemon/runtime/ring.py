@@ -20,22 +20,23 @@ backpressure instead of silently lost audio.
 
 Memory ordering -- the part that must be right
 ----------------------------------------------
-The writer, for window ``k``: (1) copies the samples into slot ``k % n``, (2) stores
-``seq[slot] = k``, (3) fence, (4) stores ``write_seq = k + 1``. A reader: (a) loads
-``write_seq``, (b) fence, (c) copies the slot, (d) fence, (e) re-loads ``seq[slot]`` and
-accepts the copy only if it still equals ``k``.
+The writer, for window ``k``: (0) stores ``seq[slot] = -1`` ("being rewritten"), fence,
+(1) copies the samples into slot ``k % n``, (2) stores ``seq[slot] = k``, (3) fence,
+(4) stores ``write_seq = k + 1``. A reader: (a) loads ``write_seq``, (b) fence, (c) copies
+the slot, (d) fence, (e) re-loads ``seq[slot]`` and accepts the copy only if it still
+equals the window it wanted.
 
 * (3) orders the data and slot-seq stores before the publication store, so a reader that
   sees ``write_seq > k`` (a) also sees window ``k``'s samples (c). On x86-64 (TSO) stores
   are never reordered with each other, so the fence only stops the *compiler*; on
   weakly-ordered CPUs (aarch64) it is a real barrier.
-* (d)+(e) is a seqlock check: the writer may lap a slow reader. If it overwrote the slot
-  while (c) was copying, ``seq[slot]`` has moved on and the copy is discarded
-  (:class:`RingOverrunError`) instead of returning half old, half new audio. The writer stores
-  the new seq *after* the data, so a reader can see new data with the old seq for a
-  moment; that is why range reads also check, after copying, that the oldest window they
-  copied is still resident (``write_seq - n_slots <= first``): the writer only ever
-  overwrites the slot of window ``write_seq - n_slots`` *before* publishing ``write_seq+1``.
+* (d)+(e) is a seqlock check: the writer may lap a slow reader. Only one write is ever in
+  progress, and it rewrites the slot of window ``write_seq - n_slots``, the oldest resident
+  one. (0) marks that slot invalid *before* its samples change, so a copy that overlapped
+  the rewrite sees ``-1`` or the new seq at (e) and is discarded
+  (:class:`RingOverrunError`) instead of returning half old, half new audio. Windows newer
+  than the oldest are rewritten only after ``write_seq`` has moved past them, which the
+  post-copy check ``write_seq - n_slots > first`` catches.
 * Every header field is an aligned 8-byte word: loads and stores of it are single-copy
   atomic on the 64-bit CPUs we support, so no reader sees a torn counter.
 
@@ -221,6 +222,8 @@ class RingWriter(_Ring):
             raise RingFullError(f"ring {self.name} is full")
         k = self.write_seq
         slot = k % self.n_slots
+        self._seq[slot] = -1               # (0) readers of the old window: being rewritten
+        memory_fence()
         self._data[slot] = window          # (1) samples
         self._seq[slot] = k                # (2) which window the slot now holds
         memory_fence()                     # (3) both visible before ...
@@ -287,8 +290,13 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
         return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg,unused-ignore]
     shm = shared_memory.SharedMemory(name=name)
     # cpython#82300: attaching registered the segment; the tracker would unlink it when this
-    # process exits. Ownership stays with the creator.
-    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    # process exits. Ownership stays with the creator -- unless that is us (an in-process
+    # reader): the tracker holds one entry per name, and dropping it would make the owner's
+    # own unlink() trip over a missing registration.
+    assert shm.buf is not None
+    owner = int(np.frombuffer(shm.buf, np.int64, count=1, offset=_H_OWNER * 8)[0])
+    if owner != os.getpid():
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     return shm
 
 
