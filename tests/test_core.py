@@ -285,19 +285,65 @@ def test_no_partial_during_pending_silence() -> None:
     assert d.pending_of(JobKind.PARTIAL) == []
 
 
-def test_stale_partial_after_utterance_end_is_dropped() -> None:
+def test_final_waits_for_partial_in_flight_at_utterance_end() -> None:
+    """The final's prefix must not depend on which of the two decodes returns first: the
+    multi-process runtime must reproduce the inline driver's finals."""
+    d = Driver(agreement(2))
+    d.speech(PARTIAL_WINDOWS)
+    d.reply(d.only_pending(JobKind.PARTIAL), text="hello world")
+    d.speech(PARTIAL_WINDOWS)
+    partial = d.only_pending(JobKind.PARTIAL)
+    d.silence(MIN_SILENCE_WINDOWS)
+    assert d.pending_of(JobKind.FINAL) == []  # held behind the partial
+    assert of(d.drain(), SpeechEnded)  # but the speech end is reported at once
+    d.reply(partial, text="hello world again")
+    final = d.only_pending(JobKind.FINAL)
+    assert final.prefix == "hello world"  # the late hypothesis counted (agreement 2)
+    assert d.core.stats.stale_results == 0
+    d.reply(final, text="hello world again")
+    events = d.drain()
+    assert of(events, PartialTranscription) == []  # no partial after its SpeechEnded
+    assert [e.text for e in of(events, FinalTranscription)] == ["hello world again"]
+    assert_monotonic(d.events)
+
+
+def test_held_final_is_issued_when_the_partial_fails() -> None:
     d = Driver()
     d.speech(PARTIAL_WINDOWS)
     partial = d.only_pending(JobKind.PARTIAL)
     d.silence(MIN_SILENCE_WINDOWS)
+    d.core.on_result(JobResult.skip(partial, "shed"))
+    d.pending.remove(partial)
+    d.collect()
     final = d.only_pending(JobKind.FINAL)
-    d.reply(partial, text="hello")
-    assert d.core.stats.stale_results == 1
-    d.reply(final, text="hello world")
-    events = d.drain()
-    assert of(events, PartialTranscription) == []
-    assert [e.text for e in of(events, FinalTranscription)] == ["hello world"]
     assert final.prefix == ""
+    assert d.core.stats.job_errors == 0  # a skipped job is not an error
+    d.reply(final, text="hello")
+    assert [e.text for e in of(d.drain(), FinalTranscription)] == ["hello"]
+
+
+def test_skipped_windows_hold_vad_state_and_keep_offsets() -> None:
+    d = Driver(no_partials())
+    d.speech(10)
+    d.core.on_skipped(5)
+    assert d.core.position == 15 * WINDOW
+    d.silence(MIN_SILENCE_WINDOWS)
+    final = d.only_pending(JobKind.FINAL)
+    assert final.end >= 15 * WINDOW  # the final spans the skipped audio
+    ended = of(d.drain(), SpeechEnded)
+    assert [e.audio_offset_ms for e in ended] == [15 * 32]
+
+
+def test_posted_events_queue_behind_unfinished_final() -> None:
+    d = Driver(no_partials())
+    d.speech(10)
+    d.silence(MIN_SILENCE_WINDOWS)
+    final = d.only_pending(JobKind.FINAL)
+    d.drain()
+    d.core.post(TurnResumed(audio_offset_ms=d.core.position // 16, turn_id=99))
+    assert d.drain() == []
+    d.reply(final, text="hi")
+    assert [type(e) for e in d.drain()] == [FinalTranscription, TurnResumed]
 
 
 def test_partial_error_and_empty_text_emit_nothing_but_free_the_slot() -> None:
@@ -838,18 +884,22 @@ def test_final_job_error_keeps_committed_prefix() -> None:
 
 def test_take_jobs_returns_each_job_once_in_priority_order() -> None:
     core = SessionCore(BASE)
-    for _ in range(PARTIAL_WINDOWS):  # a partial is issued (job 0) ...
+    for _ in range(PARTIAL_WINDOWS):  # a partial is issued (job 0) and answered ...
         core.on_vad(SPEECH)
-    for _ in range(MIN_SILENCE_WINDOWS):  # ... then the final (1) and the turn job (2)
+    (partial,) = core.take_jobs()
+    core.on_result(JobResult(partial, text="hello"))
+    for _ in range(MIN_SILENCE_WINDOWS + 2):  # ... then the final (1), the turn job (2) ...
         core.on_vad(SILENCE)
+    for _ in range(PARTIAL_WINDOWS):  # ... and the next utterance's partial (3)
+        core.on_vad(SPEECH)
     jobs = core.take_jobs()
     assert [(j.kind, j.job_id) for j in jobs] == [
         (JobKind.FINAL, 1),
         (JobKind.TURN, 2),
-        (JobKind.PARTIAL, 0),
+        (JobKind.PARTIAL, 3),
     ]
     assert core.take_jobs() == []
-    assert sorted(j.job_id for j in core.in_flight) == [0, 1, 2]
+    assert sorted(j.job_id for j in core.in_flight) == [1, 2, 3]
 
 
 def test_retain_from_never_exceeds_a_current_or_future_job_start() -> None:

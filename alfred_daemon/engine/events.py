@@ -126,6 +126,78 @@ class Interruption(Event):
     utterance_id: int
 
 
+# --------------------------------------------------------------------------- runtime notices
+# Emitted by the multi-process runtime, not by the session core; they share the event model
+# (and the ordering queue) so a client reads one stream.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FramesDropped(Event):
+    """Analysis of ``[start_ms, audio_offset_ms)`` was skipped to shed load.
+
+    The audio is not lost for transcription: a final spanning the gap still decodes it.
+    What was skipped is VAD, partials and turn decisions on it.
+    """
+
+    TYPE: ClassVar[str] = "frames_dropped"
+    start_ms: int
+    frames: int
+    """32 ms windows skipped."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackpressureTriggered(Event):
+    """The daemon stepped down its degradation ladder (``action`` is the rung entered)."""
+
+    TYPE: ClassVar[str] = "backpressure_triggered"
+    level: int
+    action: str
+    load: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackpressureRecovered(Event):
+    """The daemon stepped back up (``action`` is the rung left; ``level`` the new level)."""
+
+    TYPE: ClassVar[str] = "backpressure_recovered"
+    level: int
+    action: str
+    load: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecovered(Event):
+    """A worker running this session's work died or hung; the work was re-queued and will
+    run elsewhere, so nothing is lost -- results may just arrive later."""
+
+    TYPE: ClassVar[str] = "worker_recovered"
+    worker_id: int
+    reason: str
+    rerun_jobs: int
+    rerun_frames: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineHealth(Event):
+    """Periodic: daemon health and this session's lag behind real time."""
+
+    TYPE: ClassVar[str] = "pipeline_health"
+    health: str
+    load: float
+    lag_ms: float
+    backpressure_level: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed(Event):
+    """Last event of a session; ``reason`` says who ended it (finished, client, idle,
+    max_duration, shutdown, error)."""
+
+    TYPE: ClassVar[str] = "session_closed"
+    reason: str
+
+
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     FrameProcessed,
     SpeechStarted,
@@ -135,4 +207,10 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     TurnEnded,
     TurnResumed,
     Interruption,
+    FramesDropped,
+    BackpressureTriggered,
+    BackpressureRecovered,
+    WorkerRecovered,
+    PipelineHealth,
+    SessionClosed,
 )

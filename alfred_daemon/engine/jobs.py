@@ -59,6 +59,12 @@ class JobResult:
     probability: float = 0.0
     ms: float = 0.0
     error: str | None = None
+    skipped: bool = False
+    """Not run on purpose (load shedding drops queued partials); not an error."""
+
+    @classmethod
+    def skip(cls, job: Job, reason: str) -> JobResult:
+        return cls(job, error=reason, skipped=True)
 
 
 @dataclass(slots=True)

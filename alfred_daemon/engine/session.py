@@ -120,6 +120,15 @@ class _Utterance:
     stable: StablePrefix
     last_partial_at: int = -1
     partial_in_flight: bool = False
+    held_final: _HeldFinal | None = None
+    """The utterance ended while a partial was in flight: its final waits for that partial."""
+
+
+@dataclass(slots=True)
+class _HeldFinal:
+    slot: _FinalSlot
+    start: int
+    end: int
 
 
 @dataclass(slots=True)
@@ -162,6 +171,7 @@ class SessionCore:
 
         self._queue: deque[_QueueItem] = deque()
         self._final_slots: dict[int, _FinalSlot] = {}  # job id -> slot
+        self._held: dict[int, _Utterance] = {}  # utterance id -> ended, final held
         self._jobs: list[Job] = []
         self._in_flight: dict[int, Job] = {}
 
@@ -251,7 +261,7 @@ class SessionCore:
         if self._in_flight.pop(job.job_id, None) is None:
             self.stats.stale_results += 1
             return  # duplicate (e.g. a job re-run after a worker died) or unknown
-        if result.error is not None:
+        if result.error is not None and not result.skipped:
             self.stats.job_errors += 1
         if job.kind is JobKind.FINAL:
             self._on_final(job, result)
@@ -259,6 +269,21 @@ class SessionCore:
             self._on_partial(job, result)
         else:
             self._on_turn(job, result)
+
+    def on_skipped(self, windows: int) -> None:
+        """Advance past ``windows`` windows whose analysis was skipped (load shedding).
+
+        The VAD state holds: speech continues as speech, silence as silence, and no
+        transition, partial or turn decision is taken on audio nobody looked at. The audio
+        itself stays available, so a final spanning the gap still transcribes it.
+        """
+        self.position += windows * WINDOW
+        self._candidate_start = None  # unconfirmed speech is not confirmed by a gap
+
+    def post(self, event: Event) -> None:
+        """Queue an event from outside the core (runtime notices: backpressure, worker
+        recovery, dropped frames) so it keeps the session's ordering contract."""
+        self._emit(event)
 
     def set_playback(self, active: bool) -> None:
         """The client's own audio output started/stopped (for barge-in detection)."""
@@ -326,13 +351,23 @@ class SessionCore:
         self._utt = None
 
     def _finalise(self, utt: _Utterance, end_of_speech: int, audio_end: int) -> None:
-        cfg = self.config.stt
-        start = max(0, utt.start - ms_to_samples(cfg.preroll_ms))
-        job = self._issue(JobKind.FINAL, utt.utterance_id, start, audio_end,
-                          beam_size=cfg.beam_size, prefix=utt.stable.text)
+        start = max(0, utt.start - ms_to_samples(self.config.stt.preroll_ms))
         slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn)
+        self._queue.append(slot)  # queued now: it orders every later event behind it
+        if utt.partial_in_flight:
+            # The final's decoder prefix is the stable text. Issuing it now would make that
+            # prefix depend on whether the in-flight partial happened to return first -- on
+            # timing, not audio -- and the multi-process runtime must give the same finals
+            # as the inline driver. Wait for the partial (one decode, tens of ms).
+            utt.held_final = _HeldFinal(slot, start, audio_end)
+            self._held[utt.utterance_id] = utt
+            return
+        self._issue_final(utt, slot, start, audio_end)
+
+    def _issue_final(self, utt: _Utterance, slot: _FinalSlot, start: int, end: int) -> None:
+        job = self._issue(JobKind.FINAL, utt.utterance_id, start, end,
+                          beam_size=self.config.stt.beam_size, prefix=utt.stable.text)
         self._final_slots[job.job_id] = slot
-        self._queue.append(slot)
 
     # ------------------------------------------------------------------ periodic decisions
 
@@ -408,10 +443,21 @@ class SessionCore:
             slot.turn.texts[slot.utterance_id] = text
 
     def _on_partial(self, job: Job, result: JobResult) -> None:
+        held = self._held.pop(job.ref_id, None)
+        if held is not None and held.held_final is not None:
+            # The utterance ended while this partial ran. Its hypothesis still feeds the
+            # stable prefix (as it would have inline), but no event: a partial after the
+            # utterance's SpeechEnded would break offset order.
+            held.partial_in_flight = False
+            if result.error is None and result.text:
+                held.stable.update(result.text)
+            final, held.held_final = held.held_final, None
+            self._issue_final(held, final.slot, final.start, final.end)
+            return
         utt = self._utt
         if utt is None or utt.utterance_id != job.ref_id:
             self.stats.stale_results += 1
-            return  # the utterance ended meanwhile; its final supersedes this
+            return
         utt.partial_in_flight = False
         if result.error is not None or not result.text:
             return

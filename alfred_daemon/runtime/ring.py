@@ -208,6 +208,14 @@ class RingWriter(_Ring):
     def unregister_reader(self, reader: int) -> None:
         self._hdr[_H_READ0 + reader] = -1
 
+    def set_reader(self, reader: int, seq: int) -> None:
+        """Move a reader's index on the owner's authority: rewind it after a worker died
+        mid-read (its copy never reached us), skip windows on purpose (load shedding), or
+        advance a retention index the owner itself maintains."""
+        if not 0 <= seq <= self.write_seq:
+            raise ValueError(f"reader index {seq} outside 0 .. {self.write_seq}")
+        self._hdr[_H_READ0 + reader] = seq
+
     def free_slots(self) -> int:
         readers = [int(x) for x in self._hdr[_H_READ0:] if x >= 0]
         oldest = min(readers, default=self.write_seq)

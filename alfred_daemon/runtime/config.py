@@ -1,0 +1,152 @@
+"""Runtime configuration: processes, queues, limits and housekeeping.
+
+Section and knob names follow the product spec (``processor``, ``coordination``, ``limits``,
+``alerts``) because operators of the earlier version configure them by those names; the ops
+layer maps its TOML file onto these dataclasses. Validation happens on construction and the
+message names the key and the allowed range.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..engine.config import EngineConfig
+from ..engine.errors import ConfigError
+from ..engine.models import ModelsConfig
+from .backpressure import BackpressureConfig
+from .health import AlertThresholds
+
+
+def _check(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed {lo} .. {hi}")
+
+
+def usable_cores() -> list[int]:
+    """CPUs this process may run on (cgroup/affinity aware, unlike ``os.cpu_count``)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    batch_processing: bool = True
+    """Run the VAD of many sessions in one ONNX call (``False``: one session per call)."""
+    max_batch_size: int = 32
+    """Most sessions in one VAD batch."""
+    processing_timeout: float = 10.0
+    """Seconds a worker may spend on one job before it is considered hung and replaced."""
+    max_concurrent_sessions: int = 32
+    frame_queue_size: int = 100
+    """Windows (32 ms each) a session may have waiting for VAD. Beyond it, at the
+    ``drop_frames`` rung, the oldest are skipped (reported); at other rungs the session's
+    ring holds them until it is full."""
+    memory_optimization: bool = True
+    """Trim buffers and return freed heap to the OS when ``limits.gcTriggerThreshold`` is
+    crossed, not only on an explicit optimize."""
+
+    def __post_init__(self) -> None:
+        _check("processor.max_batch_size", self.max_batch_size, 1, 256)
+        _check("processor.processing_timeout", self.processing_timeout, 0.5, 600)
+        _check("processor.max_concurrent_sessions", self.max_concurrent_sessions, 1, 10_000)
+        _check("processor.frame_queue_size", self.frame_queue_size, 4, 10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    maxMemoryUsageMB: int = 1024  # noqa: N815 -- spec name
+    """Daemon PSS (supervisor + workers) above which new sessions are refused."""
+    targetFrameProcessingTime: float = 20.0  # noqa: N815 -- spec name
+    """Milliseconds; the frame-time alert and the load figure use it."""
+    maxSessionDuration: float = 4 * 3600.0  # noqa: N815 -- spec name
+    """Seconds; a session older than this is closed with reason ``max_duration``."""
+    cleanupInterval: float = 30.0  # noqa: N815 -- spec name
+    """Seconds between housekeeping passes (idle sessions, memory)."""
+    gcTriggerThreshold: float = 0.8  # noqa: N815 -- spec name
+    """Fraction of maxMemoryUsageMB at which housekeeping collects garbage and trims."""
+    idleSessionTimeout: float = 120.0  # noqa: N815 -- spec-style name
+    """Seconds without a frame or control message after which a session is closed."""
+
+    def __post_init__(self) -> None:
+        _check("limits.maxMemoryUsageMB", self.maxMemoryUsageMB, 64, 1_000_000)
+        _check("limits.targetFrameProcessingTime", self.targetFrameProcessingTime, 0.1, 1000)
+        _check("limits.maxSessionDuration", self.maxSessionDuration, 1, 30 * 86400)
+        _check("limits.cleanupInterval", self.cleanupInterval, 0.1, 86400)
+        _check("limits.gcTriggerThreshold", self.gcTriggerThreshold, 0.1, 1.0)
+        _check("limits.idleSessionTimeout", self.idleSessionTimeout, 1, 86400)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersConfig:
+    count: int = 0
+    """Worker processes; 0 = one per usable core."""
+    model_threads: int = 1
+    """ONNX Runtime / CTranslate2 threads per worker."""
+    pin: bool = True
+    """Pin worker i to the i-th usable core (before any model session is created)."""
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 5.0
+    """An idle lane silent this long is hung (a busy one gets processing_timeout)."""
+    start_timeout: float = 30.0
+    """Seconds a new worker may take to load its models and say hello."""
+    max_restarts_per_minute: int = 20
+    """Crash-loop brake: beyond this the daemon stops respawning and reports failed."""
+
+    def __post_init__(self) -> None:
+        _check("workers.count", self.count, 0, 256)
+        _check("workers.model_threads", self.model_threads, 1, 64)
+        _check("workers.heartbeat_interval", self.heartbeat_interval, 0.05, 10)
+        _check("workers.heartbeat_timeout", self.heartbeat_timeout,
+               2 * self.heartbeat_interval, 600)
+        _check("workers.start_timeout", self.start_timeout, 1, 600)
+        _check("workers.max_restarts_per_minute", self.max_restarts_per_minute, 1, 10_000)
+
+    def resolved_count(self) -> int:
+        return self.count or len(usable_cores())
+
+
+def _default_runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return str(Path(base) / f"alfred-daemon-{os.getuid()}")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    coordination: BackpressureConfig = field(default_factory=BackpressureConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Default per-session behaviour; a session may override it when opened."""
+    runtime_dir: str = field(default_factory=_default_runtime_dir)
+    """ZeroMQ ipc sockets and the instance lock (0700)."""
+    shm_prefix: str = "alfred"
+    """Prefix of the shared-memory segment names (``/dev/shm/<prefix>-<pid>-<session>``)."""
+    ring_seconds: float = 40.0
+    """Audio each session's ring holds: the longest utterance Whisper may need (25 s) plus
+    pre-roll, the VAD queue and slack."""
+    max_lag_ms: float = 1000.0
+    """Lag behind real time that counts as full load (1.0) in the backpressure figure."""
+    health_event_interval: float = 1.0
+    """Seconds between PipelineHealth events to each session."""
+    drain_grace: float = 10.0
+    """Seconds SIGTERM waits for open utterances' finals before stopping workers."""
+    job_cost_multiplier: float = 1.0
+    """Test knob: workers stretch every job to this multiple of its real cost (sleeping),
+    to simulate a slower machine. Never set it in production."""
+    vad_cost_ms_per_window: float = 0.0
+    """Test knob: extra milliseconds of VAD lane time per window (a slower CPU)."""
+
+    def __post_init__(self) -> None:
+        _check("ring_seconds", self.ring_seconds, 30, 600)
+        _check("max_lag_ms", self.max_lag_ms, 50, 60_000)
+        _check("health_event_interval", self.health_event_interval, 0.1, 3600)
+        _check("drain_grace", self.drain_grace, 0, 600)
+        _check("job_cost_multiplier", self.job_cost_multiplier, 1.0, 100.0)
+        _check("vad_cost_ms_per_window", self.vad_cost_ms_per_window, 0.0, 1000.0)
+        if not self.shm_prefix.replace("_", "").isalnum():
+            raise ConfigError(f"shm_prefix = {self.shm_prefix!r} must be alphanumeric")

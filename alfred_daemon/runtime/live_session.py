@@ -1,0 +1,146 @@
+"""The supervisor's record of one open session: its core, its ring and its counters.
+
+Audio intake lives here too -- validate, resample, cut into 512-sample windows, quantise to
+int16 and publish into the ring -- because it is per-session and synchronous. Everything
+that involves other sessions or workers (scheduling, load shedding) is the supervisor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..engine.audio import StreamResampler, to_float32
+from ..engine.config import SAMPLE_RATE, EngineConfig
+from ..engine.errors import InvalidAudioError
+from ..engine.events import Event
+from ..engine.session import SessionCore
+from ..engine.vad import WINDOW, VadState
+from .ring import RingWriter
+
+VAD_READER = 0
+"""Ring reader index advanced by whichever worker runs this session's VAD."""
+RETAIN_READER = 1
+"""Ring reader index the supervisor holds at the oldest sample a job may still need."""
+
+
+@dataclass(slots=True, eq=False)
+class LiveSession:
+    key: int
+    session_id: str
+    core: SessionCore
+    base_config: EngineConfig
+    """The session's own config; the core runs ``degrade(base_config, level)``."""
+    ring: RingWriter
+    sample_rate: int
+    resampler: StreamResampler | None
+    events: asyncio.Queue[Event | None]
+    created: float = field(default_factory=time.monotonic)
+    created_wall: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.monotonic)
+    pending: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros(0, np.float32))
+    """Samples (16 kHz) short of a whole window."""
+    vad_state: VadState = field(default_factory=VadState)
+    vad_next: int = 0
+    """Next window to analyse; the ring's VAD read index when no VAD request is out."""
+    vad_in_flight: bool = False
+    write_times: deque[tuple[float, float]] = field(default_factory=deque)
+    """(monotonic, wall) write time of each window from ``vad_next`` on."""
+    closing: bool = False
+    closed_reason: str | None = None
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever a result for this session was applied (finish() waits on it)."""
+    frames_received: int = 0
+    windows_written: int = 0
+    windows_analysed: int = 0
+    windows_dropped: int = 0
+    events_sent: int = 0
+    errors: int = 0
+    rejected_frames: int = 0
+    last_event: str = ""
+    last_event_at: float = 0.0
+    last_health_event: float = 0.0
+    last_worker: int | None = None
+
+    # ------------------------------------------------------------------ intake
+
+    def windows_from(self, frame: bytes | npt.NDArray[np.generic],
+                     sample_rate: int | None) -> npt.NDArray[np.int16]:
+        """Validate and convert one client frame; returns the whole windows it completes
+        (int16, shape (n, 512)). Raises InvalidAudioError before any state changes."""
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise InvalidAudioError(
+                f"frame is {sample_rate} Hz but the session was opened at {self.sample_rate} Hz"
+            )
+        samples = to_float32(frame)
+        if self.resampler is not None:
+            samples = self.resampler(samples)
+        return self._cut(samples)
+
+    def tail_windows(self) -> npt.NDArray[np.int16]:
+        """End of input: the resampler's tail and the last partial window, zero-padded."""
+        samples = np.zeros(0, np.float32)
+        if self.resampler is not None:
+            samples = self.resampler(samples, last=True)
+        pending = self.pending.size + samples.size
+        if pending % WINDOW:
+            samples = np.concatenate([samples, np.zeros(WINDOW - pending % WINDOW, np.float32)])
+        return self._cut(samples)
+
+    def _cut(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
+        buf = np.concatenate([self.pending, samples]) if self.pending.size else samples
+        n = buf.size // WINDOW
+        self.pending = buf[n * WINDOW :].copy()
+        # int16 is the ring's format. LINEAR16 input converts back exactly (x * 32768 of an
+        # int16-derived float is that integer); resampled audio is rounded, as a client
+        # sending 16 kHz LINEAR16 would have.
+        pcm = np.clip(np.rint(buf[: n * WINDOW] * 32768.0), -32768, 32767).astype(np.int16)
+        windows: npt.NDArray[np.int16] = pcm.reshape(n, WINDOW)
+        return windows
+
+    # ------------------------------------------------------------------ figures
+
+    @property
+    def queued_windows(self) -> int:
+        return self.ring.write_seq - self.vad_next
+
+    def lag_ms(self, now: float) -> float:
+        """How far this session's analysis is behind its audio: age of the oldest window
+        not yet analysed."""
+        if not self.write_times:
+            return 0.0
+        return max(0.0, (now - self.write_times[0][0]) * 1000.0)
+
+    def status(self, now: float, worker_pids: dict[int, int] | None = None) -> dict[str, Any]:
+        stats = self.core.stats
+        return {
+            "sessionId": self.session_id,
+            "state": "closing" if self.closing else "active",
+            "durationS": round(now - self.created, 3),
+            "audioS": round(self.ring.write_seq * WINDOW / SAMPLE_RATE, 3),
+            "sampleRate": self.sample_rate,
+            "framesReceived": self.frames_received,
+            "framesRejected": self.rejected_frames,
+            "windowsWritten": self.windows_written,
+            "windowsAnalysed": self.windows_analysed,
+            "windowsDropped": self.windows_dropped,
+            "windowsQueued": self.queued_windows,
+            "lagMs": round(self.lag_ms(now), 1),
+            "jobsInFlight": len(self.core.in_flight),
+            "partials": stats.partials,
+            "finals": stats.finals,
+            "turns": stats.turns,
+            "jobErrors": stats.job_errors,
+            "eventsSent": self.events_sent,
+            "lastEvent": self.last_event,
+            "lastEventAgoS": round(now - self.last_event_at, 3) if self.last_event_at else None,
+            "lastWorker": self.last_worker,
+            "idleS": round(now - self.last_activity, 3),
+        }

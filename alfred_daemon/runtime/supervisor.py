@@ -1,0 +1,1191 @@
+"""The supervisor: the one object that owns every worker, session, ring and counter.
+
+It runs on the daemon's asyncio event loop (the gRPC and HTTP layers share that loop and call
+the public coroutine methods below). It never runs a model: it turns client frames into
+ring windows, asks workers for VAD and jobs, feeds results into each session's
+:class:`~alfred_daemon.engine.session.SessionCore`, and hands the events to the session's
+queue. Everything it does per call is O(sessions) bookkeeping, so the loop stays responsive
+while workers compute.
+
+Scheduling (``_dispatch``)
+--------------------------
+* **VAD is not session-affine.** A session's Silero state (~1.3 KB) travels with its VAD
+  request and comes back with the result, so any idle VAD lane can take any session, and at
+  most one VAD request per session is out at a time (windows are analysed in order). A
+  request batches every session with waiting windows, oldest first, up to
+  ``processor.max_batch_size`` -- batching is adaptive: light load gives small, immediate
+  batches; heavy load gives big, cheap ones.
+* **Jobs are not affine either.** Whisper decodes and Smart Turn runs read the ring, so any
+  idle job lane takes the highest-priority queued job of any session: finals, then turn
+  decisions, then partials, oldest first within a kind. A slow decode of one session
+  delays others by at most one job, never their VAD (separate lanes).
+* Each lane has at most one request outstanding, so the supervisor always knows exactly
+  what a dead worker was doing and re-queues exactly that.
+
+Faults
+------
+Worker exit is noticed through its process sentinel (an fd the event loop watches), a hung
+worker through its lanes' silence (``workers.heartbeat_timeout``) or a request outliving
+``processor.processing_timeout``; it is SIGKILLed. Either way its VAD requests are rewound
+(the ring's VAD read index goes back to the request's first window and the session keeps
+the state it sent), its jobs go back to the front of the queue, the affected sessions get a
+``worker_recovered`` event, and a replacement is spawned on the same core. Workers notice a
+dead supervisor through their death pipe. A respawn brake stops crash loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import heapq
+import itertools
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+import zmq.asyncio
+
+from ..engine.audio import StreamResampler
+from ..engine.config import SAMPLE_RATE, EngineConfig
+from ..engine.errors import InvalidAudioError
+from ..engine.events import (
+    BackpressureRecovered,
+    BackpressureTriggered,
+    Event,
+    FramesDropped,
+    PipelineHealth,
+    SessionClosed,
+    WorkerRecovered,
+)
+from ..engine.jobs import Job, JobKind, JobResult
+from ..engine.models import ModelPaths, resolve_all
+from ..engine.session import SessionCore, samples_to_ms
+from ..engine.vad import WINDOW
+from . import rundir
+from .backpressure import Ladder, Level, LoadSample, Transition, degrade
+from .config import RuntimeConfig, usable_cores
+from .errors import (
+    AdmissionError,
+    DaemonUnavailableError,
+    SessionBackloggedError,
+    SessionNotFoundError,
+)
+from .health import Alert, Health, HealthInputs, HealthMonitor
+from .live_session import RETAIN_READER, VAD_READER, LiveSession
+from .memory import malloc_trim, total_pss_mb
+from .protocol import (
+    HWM,
+    STATE_ENDPOINT,
+    WORK_ENDPOINT,
+    ControlState,
+    Heartbeat,
+    Hello,
+    JobReply,
+    JobRequest,
+    Message,
+    Stop,
+    VadItem,
+    VadRequest,
+    VadResult,
+    dumps,
+    lane_identity,
+    loads,
+)
+from .ring import RingWriter, segment_name, sweep_stale
+from .worker import THREAD_ENV, WorkerSpec
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_RATES = (8_000, 16_000, 24_000, 44_100, 48_000)
+MAX_VAD_WINDOWS_PER_ITEM = 64
+TICK_S = 0.1
+"""Housekeeping period: hang checks, load, ladder."""
+HISTORY = 10_000
+
+
+class DaemonState:
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+# ----------------------------------------------------------------------------- handles
+
+
+@dataclass(slots=True, eq=False)
+class Lane:
+    identity: bytes
+    kind: str
+    """"vad" or "job"."""
+    worker: WorkerHandle
+    ready: bool = False
+    request: VadRequest | JobRequest | None = None
+    task: _Task | None = None
+    sent_at: float = 0.0
+    last_seen: float = field(default_factory=time.monotonic)
+    busy_accum: float = 0.0
+    """Seconds busy since the last tick (for the load figure)."""
+
+
+@dataclass(slots=True, eq=False)
+class WorkerHandle:
+    worker_id: int
+    incarnation: int
+    core: int | None
+    process: subprocess.Popen[bytes]
+    pidfd: int
+    """Readable once the process has exited (the event loop watches it)."""
+    death_w: int
+    """Write end of the death pipe; closing it (or our death) tells the worker to exit."""
+    started: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    exited: bool = False
+    load_ms: float = 0.0
+    jobs_done: int = 0
+    vad_batches: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close_fds(self) -> None:
+        for fd in (self.pidfd, self.death_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pidfd = self.death_w = -1
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None and not self.exited
+
+
+@dataclass(order=True, slots=True)
+class _Task:
+    kind: int
+    seq: int
+    session_key: int = field(compare=False)
+    job: Job = field(compare=False)
+    queued_at: float = field(compare=False, default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Counters:
+    sessions_opened: int = 0
+    sessions_refused: int = 0
+    sessions_cleaned_up: int = 0
+    gc_triggered: int = 0
+    memory_optimizations: int = 0
+    backpressure_events: int = 0
+    frames_dropped: int = 0
+    worker_restarts: int = 0
+    jobs_rerun: int = 0
+    jobs_done: int = 0
+    job_errors: int = 0
+    partials_shed: int = 0
+    vad_batches: int = 0
+    vad_errors: int = 0
+    windows_analysed: int = 0
+    alerts_raised: int = 0
+
+
+# ----------------------------------------------------------------------------- supervisor
+
+
+class Supervisor:
+    """Owns the daemon's processes and sessions; see the module docstring."""
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self.state = DaemonState.STOPPED
+        self.instance = uuid.uuid4().hex[:8]
+        self.ladder = Ladder(self.config.coordination)
+        self.monitor = HealthMonitor(self.config.alerts)
+        self.counters = _Counters()
+        self.model_paths: ModelPaths | None = None
+        self.load = 0.0
+        self.load_sample = LoadSample(0.0, 0.0, 0.0)
+        self.memory_mb = 0.0
+        self.memory_by_pid: dict[int, float] = {}
+        self.started_at = 0.0
+
+        self._rundir: rundir.RuntimeDir | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._workers: dict[int, WorkerHandle] = {}
+        self._lanes: dict[bytes, Lane] = {}
+        self._incarnations = itertools.count(1)
+        self._restart_times: deque[float] = deque()
+        self._sessions: dict[str, LiveSession] = {}
+        self._by_key: dict[int, LiveSession] = {}
+        self._keys = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._task_seq = itertools.count()
+        self._queue: list[_Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._control_seq = 0
+        self._trim_generation = 0
+        self._busy_ewma = 0.0
+        self._last_tick = time.monotonic()
+        self._frame_times: deque[float] = deque(maxlen=HISTORY)
+        """Window write -> VAD result applied, ms."""
+        self.handoff_ms: deque[float] = deque(maxlen=HISTORY)
+        """Window write -> picked up by a worker's VAD lane, ms (wall clocks, same host)."""
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=HISTORY)
+        self._analysed_at: deque[tuple[float, int]] = deque(maxlen=HISTORY)
+        self.alerts: deque[Alert] = deque(maxlen=200)
+        self.transitions: deque[Transition] = deque(maxlen=200)
+        self._health_listeners: list[Callable[[Health], None]] = []
+
+    # ================================================================== lifecycle
+
+    async def start(self) -> None:
+        """Take the runtime directory, sweep leftovers, verify models, start workers.
+
+        Returns once every worker has loaded its models. Raises InstanceRunningError if
+        another live daemon owns the runtime directory.
+        """
+        if self.state != DaemonState.STOPPED:
+            raise DaemonUnavailableError(f"daemon is {self.state}")
+        cfg = self.config
+        self.state = DaemonState.STARTING
+        self._stopping = False
+        self._rundir = rundir.acquire(Path(cfg.runtime_dir))
+        try:
+            swept = sweep_stale(cfg.shm_prefix)
+            if swept:
+                log.warning("removed %d shared-memory segments of a dead instance: %s",
+                            len(swept), ", ".join(swept[:5]))
+            # Hashing ~80 MB of weights takes a moment: keep the loop free.
+            self.model_paths = await asyncio.to_thread(resolve_all, cfg.models)
+            os.environ.update(THREAD_ENV)  # inherited by spawned workers at interpreter start
+            self._ctx = zmq.asyncio.Context()
+            self._router = self._ctx.socket(zmq.ROUTER)
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._router.setsockopt(zmq.SNDHWM, HWM)
+            self._router.setsockopt(zmq.RCVHWM, HWM)
+            self._router.setsockopt(zmq.LINGER, 0)
+            self._router.bind(self._rundir.endpoint(WORK_ENDPOINT))
+            self._pub = self._ctx.socket(zmq.PUB)
+            self._pub.setsockopt(zmq.SNDHWM, HWM)
+            self._pub.setsockopt(zmq.LINGER, 0)
+            self._pub.bind(self._rundir.endpoint(STATE_ENDPOINT))
+            cores = usable_cores()
+            for i in range(cfg.workers.resolved_count()):
+                core = cores[i % len(cores)] if cfg.workers.pin else None
+                self._spawn(i, core)
+            self._tasks = [
+                asyncio.create_task(self._recv_loop(), name="alfred-recv"),
+                asyncio.create_task(self._tick_loop(), name="alfred-tick"),
+                asyncio.create_task(self._slow_loop(), name="alfred-housekeeping"),
+            ]
+            await self._wait_workers_ready(cfg.workers.start_timeout)
+        except BaseException:
+            await self._teardown()
+            raise
+        self.started_at = time.monotonic()
+        self.state = DaemonState.RUNNING
+        log.info("daemon running: %d workers, runtime dir %s", len(self._workers),
+                 cfg.runtime_dir)
+
+    async def _wait_workers_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(w.ready for w in self._workers.values()):
+                return
+            if self._workers and all(w.exited for w in self._workers.values()):
+                break
+            await asyncio.sleep(0.05)
+        failed = [w.worker_id for w in self._workers.values() if not w.ready]
+        raise RuntimeError(f"workers {failed} did not start within {timeout:.0f} s "
+                           "(see their log lines above)")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: refuse new sessions, let open utterances finish (their finals and
+        turn decisions) within ``grace`` seconds, stop workers, unlink every segment."""
+        if self.state in (DaemonState.STOPPED, DaemonState.DRAINING):
+            return
+        grace = self.config.drain_grace if grace is None else grace
+        self.state = DaemonState.DRAINING
+        sessions = list(self._sessions.values())
+        if sessions:
+            log.info("draining %d sessions (grace %.1f s)", len(sessions), grace)
+            results = await asyncio.gather(
+                *(self._finish(s, "shutdown", grace) for s in sessions), return_exceptions=True)
+            for s, res in zip(sessions, results, strict=True):
+                if isinstance(res, BaseException):
+                    log.warning("session %s did not drain: %s", s.session_id, res)
+        await self._teardown()
+        self.state = DaemonState.STOPPED
+        log.info("daemon stopped")
+
+    async def _teardown(self) -> None:
+        self._stopping = True  # worker exits from here on are expected, not failures
+        for s in list(self._sessions.values()):
+            self._close(s, "shutdown")
+        for lane in self._lanes.values():
+            if lane.ready:
+                self._send(lane, Stop())
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(w.alive() for w in self._workers.values()):
+            await asyncio.sleep(0.05)
+        for w in self._workers.values():
+            self._forget_worker(w)
+            if w.alive():
+                w.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.process.wait(timeout=2.0)
+            w.close_fds()
+        self._workers.clear()
+        self._lanes.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        for sock in (self._router, self._pub):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._router = self._pub = self._ctx = None
+        if self._rundir is not None:
+            self._rundir.release()
+            self._rundir = None
+
+    # ================================================================== sessions API
+
+    def open_session(self, config: EngineConfig | None = None, *,
+                     sample_rate: int = SAMPLE_RATE, session_id: str | None = None) -> str:
+        """Admit a session; returns its id. Raises AdmissionError with the reason, or
+        DaemonUnavailableError while starting/draining."""
+        cfg = self.config
+        if self.state != DaemonState.RUNNING:
+            raise DaemonUnavailableError(f"daemon is {self.state}; not accepting sessions")
+        if sample_rate not in SUPPORTED_RATES:
+            raise InvalidAudioError(
+                f"sample rate {sample_rate} Hz is not supported; use one of "
+                + ", ".join(str(r) for r in SUPPORTED_RATES))
+        refusal = self._admission_refusal()
+        if refusal is not None:
+            self.counters.sessions_refused += 1
+            raise AdmissionError(*refusal)
+        sid = session_id or uuid.uuid4().hex
+        if sid in self._sessions:
+            raise ValueError(f"session {sid} already exists")
+        key = next(self._keys)
+        n_slots = int(cfg.ring_seconds * SAMPLE_RATE / WINDOW)
+        ring = RingWriter.create(segment_name(cfg.shm_prefix, f"{self.instance}-{key}"), n_slots)
+        ring.register_reader(VAD_READER)
+        ring.register_reader(RETAIN_READER)
+        base = config or cfg.engine
+        assert self.model_paths is not None
+        core = SessionCore(degrade(base, self.ladder.level),
+                           turn_model=self.model_paths.turn is not None)
+        s = LiveSession(
+            key=key, session_id=sid, core=core, base_config=base, ring=ring,
+            sample_rate=sample_rate,
+            resampler=StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None,
+            events=asyncio.Queue(),
+        )
+        self._sessions[sid] = s
+        self._by_key[key] = s
+        self.counters.sessions_opened += 1
+        self._publish_state()
+        log.info("session %s opened (%d Hz, %d active)", sid, sample_rate, len(self._sessions))
+        return sid
+
+    def _admission_refusal(self) -> tuple[str, str] | None:
+        cfg = self.config
+        if len(self._sessions) >= cfg.processor.max_concurrent_sessions:
+            return ("session_limit", f"session limit reached ({len(self._sessions)} of "
+                    f"processor.max_concurrent_sessions = "
+                    f"{cfg.processor.max_concurrent_sessions})")
+        if self.ladder.level >= Level.PAUSE_PROCESSING:
+            return ("overloaded", f"daemon is overloaded (load {self.load:.2f}, backpressure "
+                    f"at {self.ladder.level.action}); retry later")
+        if not any(w.ready for w in self._workers.values()):
+            return ("no_workers", "no worker is running")
+        if self.memory_mb > cfg.limits.maxMemoryUsageMB:
+            return ("memory", f"memory {self.memory_mb:.0f} MB is above "
+                    f"limits.maxMemoryUsageMB = {cfg.limits.maxMemoryUsageMB}")
+        return None
+
+    def push(self, session_id: str, frame: bytes | npt.NDArray[np.generic], *,
+             sample_rate: int | None = None) -> int:
+        """Accept one frame of audio (any length). Returns the windows it completed.
+
+        Raises InvalidAudioError (bad frame; the session is unaffected),
+        SessionNotFoundError, or SessionBackloggedError (the frame was not accepted).
+        """
+        s = self._get(session_id)
+        if s.closing:
+            raise SessionNotFoundError(f"session {session_id} is closing")
+        try:
+            windows = s.windows_from(frame, sample_rate)
+        except InvalidAudioError:
+            s.rejected_frames += 1
+            raise
+        s.frames_received += 1
+        s.last_activity = time.monotonic()
+        self._write(s, windows)
+        self._dispatch()
+        return len(windows)
+
+    def _write(self, s: LiveSession, windows: npt.NDArray[np.int16]) -> None:
+        n = len(windows)
+        if n == 0:
+            return
+        if s.ring.free_slots() < n:
+            self._shed(s, n - s.ring.free_slots(), "ring_full")
+        if s.ring.free_slots() < n:
+            s.rejected_frames += 1
+            raise SessionBackloggedError(
+                f"session {s.session_id} has {s.queued_windows} windows waiting and "
+                f"{s.ring.n_slots} slots of audio still needed; frame not accepted")
+        mono, wall = time.monotonic(), time.time()
+        for w in windows:
+            s.ring.write(w)
+            s.write_times.append((mono, wall))
+        s.windows_written += n
+
+    def set_playback(self, session_id: str, active: bool) -> None:
+        s = self._get(session_id)
+        s.core.set_playback(active)
+        s.last_activity = time.monotonic()
+
+    def force_end_of_turn(self, session_id: str) -> None:
+        s = self._get(session_id)
+        s.core.force_end_of_turn()
+        s.last_activity = time.monotonic()
+        self._pump(s)
+
+    def flush(self, session_id: str) -> None:
+        s = self._get(session_id)
+        s.core.flush()
+        s.last_activity = time.monotonic()
+        self._pump(s)
+
+    def reconfigure(self, session_id: str, config: EngineConfig) -> None:
+        s = self._get(session_id)
+        s.base_config = config
+        s.core.reconfigure(degrade(config, self.ladder.level))
+
+    async def finish_session(self, session_id: str, timeout: float | None = None) -> None:
+        """End of input: analyse what is queued, finalise, end the open turn, deliver every
+        event, then close (last event ``session_closed`` with reason ``finished``)."""
+        s = self._get(session_id)
+        await self._finish(s, "finished", self.config.drain_grace if timeout is None
+                           else timeout)
+
+    def close_session(self, session_id: str, reason: str = "client") -> None:
+        """Drop a session now (client went away): no further events except session_closed."""
+        self._close(self._get(session_id), reason)
+
+    async def events(self, session_id: str) -> AsyncIterator[Event]:
+        """The session's events in order, ending after ``session_closed``."""
+        s = self._get(session_id)
+        while True:
+            ev = await s.events.get()
+            if ev is None:
+                return
+            yield ev
+
+    def session_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def _get(self, session_id: str) -> LiveSession:
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise SessionNotFoundError(f"no open session {session_id!r}")
+        return s
+
+    async def _finish(self, s: LiveSession, reason: str, timeout: float) -> None:
+        if s.closing:
+            return
+        s.closing = True
+        deadline = time.monotonic() + timeout
+        try:
+            with contextlib.suppress(SessionBackloggedError):
+                self._write(s, s.tail_windows())
+            self._dispatch()
+            await self._wait(s, lambda: s.queued_windows == 0 and not s.vad_in_flight,
+                             deadline)
+            s.core.flush()
+            s.core.force_end_of_turn()
+            self._pump(s)
+            await self._wait(s, lambda: not s.core.in_flight, deadline)
+            self._pump(s)
+        except TimeoutError:
+            log.warning("session %s: %s did not complete within %.1f s; closing anyway",
+                        s.session_id, reason, timeout)
+        finally:
+            self._close(s, reason)
+
+    async def _wait(self, s: LiveSession, done: Callable[[], bool], deadline: float) -> None:
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            s.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.progress.wait(), min(remaining, 0.2))
+
+    def _close(self, s: LiveSession, reason: str) -> None:
+        if s.closed_reason is not None:
+            return
+        s.closed_reason = reason
+        s.closing = True
+        self._sessions.pop(s.session_id, None)
+        self._by_key.pop(s.key, None)
+        s.core.post(SessionClosed(audio_offset_ms=samples_to_ms(s.core.position),
+                                  reason=reason))
+        for ev in s.core.drain_events():
+            self._deliver(s, ev)
+        s.events.put_nowait(None)
+        # Workers may still hold a mapping (it stays valid after unlink); they drop it when
+        # the next control state no longer lists the ring.
+        s.ring.close()
+        with contextlib.suppress(FileNotFoundError):
+            s.ring.unlink()
+        self._publish_state()
+        log.info("session %s closed (%s)", s.session_id, reason)
+
+    # ================================================================== scheduling
+
+    def _pump(self, s: LiveSession) -> None:
+        """Move a session's new jobs to the queue and its ready events to its client."""
+        if s.closed_reason is not None:
+            return
+        for job in s.core.take_jobs():
+            heapq.heappush(self._queue, _Task(int(job.kind), next(self._task_seq), s.key, job))
+        for ev in s.core.drain_events():
+            self._deliver(s, ev)
+        s.ring.set_reader(RETAIN_READER, min(s.core.retain_from() // WINDOW, s.ring.write_seq))
+
+    def _deliver(self, s: LiveSession, ev: Event) -> None:
+        s.events.put_nowait(ev)
+        s.events_sent += 1
+        s.last_event = ev.TYPE
+        s.last_event_at = time.monotonic()
+
+    def _dispatch(self) -> None:
+        if self._router is None:
+            return
+        for lane in self._lanes.values():
+            if not lane.ready or lane.request is not None:
+                continue
+            if lane.kind == "vad":
+                items = self._vad_batch()
+                if items:
+                    self._send_request(lane, VadRequest(next(self._request_ids), items))
+            else:
+                task = self._next_task()
+                if task is not None:
+                    s = self._by_key[task.session_key]
+                    lane.task = task
+                    self._send_request(lane, JobRequest(
+                        next(self._request_ids), s.key, s.ring.handle, task.job,
+                        s.core.config.stt))
+
+    def _vad_batch(self) -> tuple[VadItem, ...]:
+        limit = self.config.processor.max_batch_size if self.config.processor.batch_processing \
+            else 1
+        shed_above = (self.config.processor.frame_queue_size // 4
+                      if self.ladder.level >= Level.DROP_FRAMES else None)
+        waiting = [s for s in self._sessions.values()
+                   if not s.vad_in_flight and s.queued_windows > 0]
+        waiting.sort(key=lambda s: s.write_times[0][0] if s.write_times else 0.0)
+        items: list[VadItem] = []
+        for s in waiting[:limit]:
+            if shed_above is not None and s.queued_windows > shed_above:
+                self._shed(s, s.queued_windows - shed_above, "backpressure")
+            count = min(s.queued_windows, MAX_VAD_WINDOWS_PER_ITEM)
+            items.append(VadItem(s.key, s.ring.handle, s.vad_next, count, s.vad_state))
+            s.vad_in_flight = True
+        return tuple(items)
+
+    def _shed(self, s: LiveSession, n: int, reason: str) -> None:
+        """Skip VAD of the oldest ``n`` queued windows: counted, reported, never silent."""
+        n = min(n, s.queued_windows)
+        if n <= 0 or s.vad_in_flight:
+            return
+        first = s.vad_next
+        s.vad_next += n
+        s.ring.set_reader(VAD_READER, s.vad_next)
+        for _ in range(n):
+            s.write_times.popleft()
+        s.core.on_skipped(n)
+        s.windows_dropped += n
+        self.counters.frames_dropped += n
+        s.core.post(FramesDropped(audio_offset_ms=samples_to_ms(s.vad_next * WINDOW),
+                                  start_ms=samples_to_ms(first * WINDOW), frames=n,
+                                  reason=reason))
+        self._pump(s)
+
+    def _next_task(self) -> _Task | None:
+        while self._queue:
+            task = heapq.heappop(self._queue)
+            s = self._by_key.get(task.session_key)
+            if s is None:
+                continue  # session closed
+            if task.job.kind is JobKind.PARTIAL and self.ladder.level >= Level.PAUSE_PROCESSING:
+                self.counters.partials_shed += 1
+                s.core.on_result(JobResult.skip(task.job, "partials paused"))
+                self._pump(s)
+                continue
+            return task
+        return None
+
+    def _send_request(self, lane: Lane, msg: VadRequest | JobRequest) -> None:
+        lane.request = msg
+        lane.sent_at = time.monotonic()
+        if not self._send(lane, msg):
+            # The lane vanished between its last message and now: its worker is dying and
+            # the sentinel callback will re-queue this request with the rest.
+            pass
+
+    def _send(self, lane: Lane, msg: Message) -> bool:
+        assert self._router is not None
+        try:
+            self._router.send_multipart([lane.identity, dumps(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reach %s: %s", lane.identity.decode(), exc)
+            return False
+        return True
+
+    # ================================================================== results
+
+    async def _recv_loop(self) -> None:
+        assert self._router is not None
+        while True:
+            identity, payload = await self._router.recv_multipart()
+            lane = self._lanes.get(identity)
+            if lane is None:
+                continue  # a lane of a worker already written off
+            lane.last_seen = time.monotonic()
+            try:
+                self._on_message(lane, loads(payload))
+            except Exception:
+                log.exception("failed to apply a message from %s", identity.decode())
+            self._dispatch()
+
+    def _on_message(self, lane: Lane, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            lane.ready = True
+            w = lane.worker
+            w.load_ms = msg.load_ms
+            if all(ln.ready for ln in w.lanes.values()) and w.ready_at is None:
+                w.ready_at = time.monotonic()
+                log.info("worker %d (pid %d, core %s) ready in %.0f ms (models %.0f ms)",
+                         w.worker_id, msg.pid, msg.core, (w.ready_at - w.started) * 1000,
+                         msg.load_ms)
+                self._publish_state()
+        elif isinstance(msg, Heartbeat):
+            pass
+        elif isinstance(msg, VadResult | JobReply):
+            req = lane.request
+            if req is None or req.request_id != msg.request_id:
+                return  # not what this lane owes us (cannot happen with one request each)
+            self._lane_done(lane)
+            if isinstance(msg, VadResult):
+                lane.worker.vad_batches += 1
+                self._on_vad_result(msg, lane.worker.worker_id)
+            else:
+                lane.worker.jobs_done += 1
+                self._on_job_reply(msg, lane.worker.worker_id)
+
+    def _lane_done(self, lane: Lane) -> None:
+        now = time.monotonic()
+        lane.busy_accum += now - max(lane.sent_at, self._last_tick)
+        lane.request = None
+        lane.task = None
+
+    def _on_vad_result(self, msg: VadResult, worker_id: int) -> None:
+        self.counters.vad_batches += 1
+        now = time.monotonic()
+        per_window = msg.ms / max(1, sum(len(i.probs) for i in msg.items))
+        for item in msg.items:
+            s = self._by_key.get(item.session_key)
+            if s is None:
+                continue
+            s.vad_in_flight = False
+            s.progress.set()
+            try:
+                if item.error is not None:
+                    # The worker could not read the windows. Rewind so the next request
+                    # starts at the same place; if that keeps failing the session errors.
+                    self.counters.vad_errors += 1
+                    self._outcomes.append((now, False))
+                    s.errors += 1
+                    s.ring.set_reader(VAD_READER, s.vad_next)
+                    log.warning("session %s: VAD failed: %s", s.session_id, item.error)
+                    if s.errors > 10:
+                        self._close(s, "error")
+                    continue
+                self._outcomes.append((now, True))
+                s.vad_state = item.state
+                s.last_worker = worker_id
+                for p in item.probs:
+                    mono, written = s.write_times.popleft()
+                    self._frame_times.append((now - mono) * 1000.0)
+                    self.handoff_ms.append((msg.picked_up - written) * 1000.0)
+                    s.core.on_vad(float(p), per_window)
+                n = len(item.probs)
+                s.vad_next += n
+                s.windows_analysed += n
+                self.counters.windows_analysed += n
+                self._analysed_at.append((now, n))
+                self._pump(s)
+            except Exception:
+                log.exception("session %s: applying VAD results failed", s.session_id)
+                self._close(s, "error")
+
+    def _on_job_reply(self, msg: JobReply, worker_id: int) -> None:
+        self.counters.jobs_done += 1
+        ok = msg.result.error is None
+        if not ok:
+            self.counters.job_errors += 1
+        self._outcomes.append((time.monotonic(), ok))
+        s = self._by_key.get(msg.session_key)
+        if s is None:
+            return
+        s.last_worker = worker_id
+        try:
+            s.core.on_result(msg.result)
+            self._pump(s)
+        except Exception:
+            log.exception("session %s: applying a job result failed", s.session_id)
+            self._close(s, "error")
+        s.progress.set()
+
+    # ================================================================== workers
+
+    def _spawn(self, worker_id: int, core: int | None) -> WorkerHandle:
+        assert self._rundir is not None and self.model_paths is not None
+        cfg = self.config
+        incarnation = next(self._incarnations)
+        spec = WorkerSpec(
+            worker_id=worker_id, core=core, models=self.model_paths,
+            work_endpoint=self._rundir.endpoint(WORK_ENDPOINT),
+            state_endpoint=self._rundir.endpoint(STATE_ENDPOINT),
+            model_threads=cfg.workers.model_threads,
+            heartbeat_interval=cfg.workers.heartbeat_interval,
+            job_cost_multiplier=cfg.job_cost_multiplier,
+            vad_cost_ms_per_window=cfg.vad_cost_ms_per_window,
+            batch_processing=cfg.processor.batch_processing,
+            log_level=logging.getLogger("alfred_daemon").getEffectiveLevel(),
+            incarnation=incarnation,
+        )
+        death_r, death_w = os.pipe()
+        os.set_inheritable(death_r, True)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "alfred_daemon.runtime.worker", str(death_r)],
+                stdin=subprocess.PIPE, pass_fds=(death_r,), close_fds=True,
+            )
+        finally:
+            os.close(death_r)
+        assert proc.stdin is not None
+        proc.stdin.write(pickle.dumps(spec))
+        proc.stdin.close()
+        w = WorkerHandle(worker_id, incarnation, core, proc, os.pidfd_open(proc.pid), death_w)
+        for kind in ("vad", "job"):
+            lane = Lane(lane_identity(worker_id, incarnation, kind), kind, w)
+            w.lanes[kind] = lane
+            self._lanes[lane.identity] = lane
+        self._workers[worker_id] = w
+        asyncio.get_running_loop().add_reader(w.pidfd, self._on_worker_exit, w)
+        log.info("worker %d spawned (pid %s, core %s)", worker_id, proc.pid, core)
+        return w
+
+    def _on_worker_exit(self, w: WorkerHandle) -> None:
+        asyncio.get_running_loop().remove_reader(w.pidfd)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.process.wait(timeout=0.5)
+        code = w.process.returncode
+        if w.exited:
+            return
+        w.exited = True
+        if not self._stopping:
+            reason = _exit_reason(code)
+            log.error("worker %d (pid %s) exited: %s", w.worker_id, w.pid, reason)
+            self._recover(w, reason)
+
+    def _recover(self, w: WorkerHandle, reason: str) -> None:
+        """Re-queue exactly what the dead worker owned, tell its sessions, respawn it."""
+        affected: dict[int, list[int]] = {}  # session key -> [jobs, windows]
+        for lane in w.lanes.values():
+            req, task = lane.request, lane.task
+            lane.request = lane.task = None
+            if isinstance(req, VadRequest):
+                for item in req.items:
+                    s = self._by_key.get(item.session_key)
+                    if s is None:
+                        continue
+                    # The worker may or may not have advanced the shared read index before
+                    # dying; the supervisor's vad_next is the truth. The state it sent is
+                    # still s.vad_state (results replace it, requests only copy it).
+                    s.ring.set_reader(VAD_READER, s.vad_next)
+                    s.vad_in_flight = False
+                    affected.setdefault(s.key, [0, 0])[1] += item.count
+            elif task is not None and task.session_key in self._by_key:
+                heapq.heappush(self._queue, task)  # original seq: back at the front
+                self.counters.jobs_rerun += 1
+                affected.setdefault(task.session_key, [0, 0])[0] += 1
+        self._forget_worker(w)
+        w.close_fds()
+        for key, (jobs, frames) in affected.items():
+            s = self._by_key[key]
+            s.core.post(WorkerRecovered(audio_offset_ms=samples_to_ms(s.core.position),
+                                        worker_id=w.worker_id, reason=reason,
+                                        rerun_jobs=jobs, rerun_frames=frames))
+            self._pump(s)
+        self._respawn(w)
+        self._dispatch()
+
+    def _forget_worker(self, w: WorkerHandle) -> None:
+        for lane in w.lanes.values():
+            self._lanes.pop(lane.identity, None)
+        if w.pidfd >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(w.pidfd)
+
+    def _respawn(self, w: WorkerHandle) -> None:
+        if self._stopping or self.state == DaemonState.STARTING:
+            return
+        now = time.monotonic()
+        while self._restart_times and now - self._restart_times[0] > 60.0:
+            self._restart_times.popleft()
+        if len(self._restart_times) >= self.config.workers.max_restarts_per_minute:
+            log.critical("worker %d not restarted: %d restarts in the last minute (crash loop)",
+                         w.worker_id, len(self._restart_times))
+            return
+        self._restart_times.append(now)
+        self.counters.worker_restarts += 1
+        self._spawn(w.worker_id, w.core)
+
+    def _kill(self, w: WorkerHandle, why: str) -> None:
+        log.error("worker %d (pid %s) is hung (%s); killing it", w.worker_id, w.pid, why)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGKILL)
+
+    def _check_workers(self, now: float) -> None:
+        cfg = self.config
+        for w in list(self._workers.values()):
+            if w.exited:
+                continue
+            if w.ready_at is None:
+                if now - w.started > cfg.workers.start_timeout:
+                    self._kill(w, f"not ready after {cfg.workers.start_timeout:.0f} s")
+                continue
+            for lane in w.lanes.values():
+                if lane.request is not None and now - lane.sent_at > \
+                        cfg.processor.processing_timeout:
+                    self._kill(w, f"{lane.kind} request running for {now - lane.sent_at:.1f} s")
+                    break
+                if lane.request is None and now - lane.last_seen > cfg.workers.heartbeat_timeout:
+                    self._kill(w, f"{lane.kind} lane silent for {now - lane.last_seen:.1f} s")
+                    break
+
+    # ================================================================== housekeeping
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._tick(time.monotonic())
+            except Exception:
+                log.exception("housekeeping tick failed")
+
+    def _tick(self, now: float) -> None:
+        self._check_workers(now)
+        # Busy fraction of the job lanes over this tick, smoothed over ~2 s.
+        job_lanes = [ln for ln in self._lanes.values() if ln.kind == "job" and ln.ready]
+        span = max(now - self._last_tick, 1e-3)
+        busy = 0.0
+        for lane in job_lanes:
+            if lane.request is not None:
+                lane.busy_accum += now - max(lane.sent_at, self._last_tick)
+            busy += min(lane.busy_accum / span, 1.0)
+            lane.busy_accum = 0.0
+        busy = busy / len(job_lanes) if job_lanes else 1.0
+        alpha = min(1.0, span / 2.0)
+        self._busy_ewma += alpha * (busy - self._busy_ewma)
+        self._last_tick = now
+        fq = self.config.processor.frame_queue_size
+        queue = max((s.queued_windows / fq for s in self._sessions.values()), default=0.0)
+        lag = max((self._session_lag_ms(s, now) for s in self._sessions.values()), default=0.0)
+        self.load_sample = LoadSample(queue, lag / self.config.max_lag_ms, self._busy_ewma)
+        self.load = self.load_sample.load
+        transition = self.ladder.update(self.load, now)
+        if transition is not None:
+            self._apply_transition(transition)
+        self._health_events(now)
+
+    def _session_lag_ms(self, s: LiveSession, now: float) -> float:
+        lag = s.lag_ms(now)
+        oldest = min((t.queued_at for t in self._queue if t.session_key == s.key
+                      and t.job.kind is not JobKind.PARTIAL), default=None)
+        if oldest is not None:
+            lag = max(lag, (now - oldest) * 1000.0)
+        return lag
+
+    def _apply_transition(self, t: Transition) -> None:
+        self.counters.backpressure_events += 1
+        self.transitions.append(t)
+        log.warning("backpressure %s: %s -> %s (load %.2f)",
+                    "triggered" if t.triggered else "recovered", t.previous.action,
+                    t.level.action, t.load)
+        for s in self._sessions.values():
+            s.core.reconfigure(degrade(s.base_config, t.level))
+            offset = samples_to_ms(s.core.position)
+            if t.triggered:
+                s.core.post(BackpressureTriggered(audio_offset_ms=offset, level=int(t.level),
+                                                  action=t.action, load=round(t.load, 3)))
+            else:
+                s.core.post(BackpressureRecovered(audio_offset_ms=offset, level=int(t.level),
+                                                  action=t.action, load=round(t.load, 3)))
+            self._pump(s)
+        self._publish_state()
+
+    def _health_events(self, now: float) -> None:
+        interval = self.config.health_event_interval
+        for s in self._sessions.values():
+            if now - s.last_health_event >= interval:
+                s.last_health_event = now
+                s.core.post(PipelineHealth(
+                    audio_offset_ms=samples_to_ms(s.core.position), health=self.health.value,
+                    load=round(self.load, 3), lag_ms=round(self._session_lag_ms(s, now), 1),
+                    backpressure_level=int(self.ladder.level)))
+                self._pump(s)
+
+    async def _slow_loop(self) -> None:
+        """Once a second: control state, memory, health, alerts; cleanup on its interval."""
+        last_cleanup = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._publish_state()
+                await self._measure_memory()
+                self._evaluate_health(time.monotonic())
+                now = time.monotonic()
+                if now - last_cleanup >= self.config.limits.cleanupInterval:
+                    last_cleanup = now
+                    self._cleanup_sessions(now)
+                    limits = self.config.limits
+                    if (self.config.processor.memory_optimization and self.memory_mb
+                            > limits.gcTriggerThreshold * limits.maxMemoryUsageMB):
+                        self.counters.gc_triggered += 1
+                        self._release_memory()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def _publish_state(self) -> None:
+        if self._pub is None:
+            return
+        self._control_seq += 1
+        state = ControlState(self._control_seq, int(self.ladder.level),
+                             frozenset(s.ring.name for s in self._sessions.values()),
+                             self._trim_generation)
+        with contextlib.suppress(zmq.ZMQError):
+            self._pub.send(dumps(state), flags=zmq.NOBLOCK)
+
+    def _pids(self) -> list[int]:
+        return [os.getpid()] + [w.pid for w in self._workers.values() if not w.exited]
+
+    async def _measure_memory(self) -> None:
+        by_pid = await asyncio.to_thread(total_pss_mb, self._pids())
+        self.memory_by_pid = by_pid
+        self.memory_mb = sum(by_pid.values())
+
+    def _evaluate_health(self, now: float) -> None:
+        expected = len(self._workers)
+        alive = sum(1 for w in self._workers.values() if w.ready)
+        inputs = HealthInputs(
+            frame_time_ms=self.average_frame_time(), memory_mb=self.memory_mb, load=self.load,
+            error_rate=self.error_rate(now), queue_frames=self.frames_in_queue(),
+            workers_alive=alive, workers_expected=max(expected,
+                                                      self.config.workers.resolved_count()),
+            level=self.ladder.level)
+        before = self.monitor.health
+        for alert in self.monitor.evaluate(inputs, now):
+            self.alerts.append(alert)
+            if alert.active:
+                self.counters.alerts_raised += 1
+        if self.monitor.health != before:
+            log.warning("health %s -> %s", before.value, self.monitor.health.value)
+            for listener in self._health_listeners:
+                listener(self.monitor.health)
+
+    def _cleanup_sessions(self, now: float) -> int:
+        limits = self.config.limits
+        cleaned = 0
+        for s in list(self._sessions.values()):
+            if s.closing:
+                continue
+            if now - s.created > limits.maxSessionDuration:
+                task = asyncio.create_task(
+                    self._finish(s, "max_duration", self.config.drain_grace))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                cleaned += 1
+            elif now - s.last_activity > limits.idleSessionTimeout:
+                self._close(s, "idle")
+                cleaned += 1
+        self.counters.sessions_cleaned_up += cleaned
+        return cleaned
+
+    def _release_memory(self) -> int:
+        collected = gc.collect()
+        for s in self._sessions.values():
+            s.pending = s.pending.copy()
+        malloc_trim()
+        self._trim_generation += 1
+        self.counters.memory_optimizations += 1
+        self._publish_state()
+        return collected
+
+    async def optimize(self, *, trigger_gc: bool = True, cleanup_sessions: bool = True,
+                       optimize_buffers: bool = True) -> dict[str, Any]:
+        """Garbage-collect, clean up idle sessions, trim buffers (here and in workers), and
+        report what it freed (PSS before and after, measured)."""
+        await self._measure_memory()
+        before = self.memory_mb
+        done: dict[str, Any] = {"triggerGC": trigger_gc, "cleanupSessions": cleanup_sessions,
+                                "optimizeBuffers": optimize_buffers}
+        if trigger_gc:
+            self.counters.gc_triggered += 1
+            done["gcCollectedObjects"] = gc.collect()
+        if cleanup_sessions:
+            done["sessionsCleanedUp"] = self._cleanup_sessions(time.monotonic())
+        if optimize_buffers:
+            self._release_memory()
+            await asyncio.sleep(max(0.3, 2 * self.config.workers.heartbeat_interval))
+        await self._measure_memory()
+        done["memoryBeforeMB"] = round(before, 1)
+        done["memoryAfterMB"] = round(self.memory_mb, 1)
+        done["freedMB"] = round(max(0.0, before - self.memory_mb), 1)
+        return done
+
+    # ================================================================== status
+
+    @property
+    def health(self) -> Health:
+        if self.state == DaemonState.RUNNING and not any(
+                w.ready for w in self._workers.values()):
+            return Health.FAILED
+        return self.monitor.health
+
+    def on_health_change(self, listener: Callable[[Health], None]) -> None:
+        self._health_listeners.append(listener)
+
+    def frames_in_queue(self) -> int:
+        return sum(s.queued_windows for s in self._sessions.values())
+
+    def average_frame_time(self) -> float:
+        recent = list(self._frame_times)[-500:]
+        return float(np.mean(recent)) if recent else 0.0
+
+    def error_rate(self, now: float, window_s: float = 60.0) -> float:
+        recent = [ok for t, ok in self._outcomes if now - t <= window_s]
+        return (recent.count(False) / len(recent)) if recent else 0.0
+
+    def throughput(self, now: float, window_s: float = 5.0) -> float:
+        n = sum(k for t, k in self._analysed_at if now - t <= window_s)
+        return n / window_s
+
+    def session_status(self, session_id: str) -> dict[str, Any]:
+        s = self._get(session_id)
+        now = time.monotonic()
+        out = s.status(now)
+        out["lagMs"] = round(self._session_lag_ms(s, now), 1)
+        out["config"] = {"beamSize": s.core.config.stt.beam_size,
+                         "partials": s.core.config.stt.partials}
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """The spec's status shape plus per-worker and per-session detail."""
+        now = time.monotonic()
+        c = self.counters
+        limit = self.config.limits.maxMemoryUsageMB
+        workers = []
+        for w in sorted(self._workers.values(), key=lambda w: w.worker_id):
+            workers.append({
+                "id": w.worker_id, "pid": w.pid, "core": w.core,
+                "state": "ready" if w.ready else ("exited" if w.exited else "starting"),
+                "uptimeS": round(now - w.started, 1),
+                "modelLoadMs": round(w.load_ms, 1),
+                "jobsDone": w.jobs_done, "vadBatches": w.vad_batches,
+                "pssMB": round(self.memory_by_pid.get(w.pid, 0.0), 1),
+                "lanes": {k: {"busy": ln.request is not None,
+                              "lastSeenS": round(now - ln.last_seen, 3)}
+                          for k, ln in w.lanes.items()},
+            })
+        return {
+            "state": self.state,
+            "uptimeS": round(now - self.started_at, 1) if self.started_at else 0.0,
+            "pipelineState": {
+                "health": self.health.value,
+                "processingLoad": round(self.load, 3),
+                "memoryUsage": round(self.memory_mb, 1),
+                "sessionsActive": len(self._sessions),
+                "framesInQueue": self.frames_in_queue(),
+                "backpressureLevel": self.ladder.level.action,
+            },
+            "performanceMetrics": {
+                "averageFrameTime": round(self.average_frame_time(), 3),
+                "throughput": round(self.throughput(now), 1),
+                "errorRate": round(self.error_rate(now), 4),
+                "memoryEfficiency": round(max(0.0, 1.0 - self.memory_mb / limit), 3),
+            },
+            "resourceOptimization": {
+                "gcTriggered": c.gc_triggered,
+                "sessionsCleanedUp": c.sessions_cleaned_up,
+                "memoryOptimizations": c.memory_optimizations,
+                "backpressureEvents": c.backpressure_events,
+            },
+            "load": {"queue": round(self.load_sample.queue, 3),
+                     "lag": round(self.load_sample.lag, 3),
+                     "busy": round(self.load_sample.busy, 3)},
+            "alerts": [{"name": a.name, "message": a.message, "value": a.value,
+                        "threshold": a.threshold} for a in self.monitor.active.values()],
+            "alertCounts": dict(self.monitor.counts),
+            "counters": dataclasses.asdict(c),
+            "workers": workers,
+            "sessions": [s.status(now) for s in self._sessions.values()],
+        }
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,345 @@
+"""The worker process: one per core, two lanes, models loaded once.
+
+A worker is a fresh interpreter (``python -m alfred_daemon.runtime.worker``, started by the
+supervisor with fork+exec): it inherits no threads, sockets or ONNX Runtime pools from a
+parent that has them, and -- unlike multiprocessing's ``spawn`` -- it does not re-import the
+embedding application's ``__main__``. Its :class:`WorkerSpec` arrives pickled on stdin.
+In order:
+
+1. pin itself to its core with ``sched_setaffinity`` -- *before* any ONNX Runtime or
+   CTranslate2 session exists, because their thread pools take their CPU set at creation;
+2. start the death watch: a thread blocked on the read end of a pipe whose write end only
+   the supervisor holds. When the supervisor dies -- even by SIGKILL -- the kernel closes
+   it, the read returns EOF and the worker exits at once: no orphans;
+3. load the three models (each with ``model_threads`` threads, no spinning);
+4. run two lanes, each a thread with its own DEALER socket (see :mod:`.protocol`):
+
+   * the **VAD lane** runs batched Silero over ring windows. It is separate so that a
+     100 ms Whisper decode never delays a 0.1 ms VAD window: both lanes share the core,
+     and the kernel wakes the short one as soon as its request arrives (ONNX Runtime and
+     CTranslate2 release the GIL while computing);
+   * the **job lane** runs Whisper decodes and Smart Turn evaluations.
+
+Each lane heartbeats from its own loop, between requests, so a lane stuck inside a model
+call falls silent and the supervisor replaces the whole worker.
+
+What is shared with other processes: the rings (shared memory, read-only here except the
+VAD read index) and the model *files* (page cache). The weights themselves are private:
+ONNX Runtime and CTranslate2 copy and re-layout them into their own heap (int8 packing),
+so each worker carries its own ~150 MB; ``benchmarks/runtime_bench.py`` measures PSS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from ..engine.jobs import JobKind, JobResult, Models, run_job
+from ..engine.models import ModelPaths
+from .memory import malloc_trim
+from .protocol import (
+    ControlState,
+    Heartbeat,
+    Hello,
+    JobReply,
+    JobRequest,
+    Message,
+    Stop,
+    VadItemResult,
+    VadRequest,
+    VadResult,
+    dumps,
+    lane_identity,
+    loads,
+)
+from .ring import RingError, RingHandle, RingReader
+
+log = logging.getLogger(__name__)
+
+VAD_READER = 0
+"""Ring reader index consumed by VAD (the supervisor keeps index 1 for retention)."""
+
+EXIT_PARENT_GONE = 70
+EXIT_LOAD_FAILED = 71
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable (it crosses the spawn boundary)."""
+
+    worker_id: int
+    core: int | None
+    models: ModelPaths
+    work_endpoint: str
+    state_endpoint: str
+    model_threads: int = 1
+    heartbeat_interval: float = 0.5
+    job_cost_multiplier: float = 1.0
+    vad_cost_ms_per_window: float = 0.0
+    batch_processing: bool = True
+    log_level: int = logging.INFO
+    incarnation: int = 0
+
+
+THREAD_ENV = {
+    # numpy's OpenBLAS and any OpenMP runtime would otherwise start a thread per core in
+    # every worker; the supervisor sets these before spawning so they apply at import.
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ORT_DISABLE_TELEMETRY": "1",
+}
+
+
+def worker_main(spec: WorkerSpec, death_fd: int) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(
+        level=spec.log_level, stream=sys.stderr,
+        format=f"%(asctime)s worker-{spec.worker_id} %(levelname)s %(name)s: %(message)s",
+    )
+    # Ctrl-C in a terminal reaches the whole process group; shutdown is the supervisor's
+    # decision, it will send Stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.core is not None:
+        os.sched_setaffinity(0, {spec.core})
+    threading.Thread(target=_watch_parent, args=(death_fd,), name="death-watch",
+                     daemon=True).start()
+    t0 = time.perf_counter()
+    try:
+        models = Models.load(spec.models, threads=spec.model_threads)
+    except Exception:
+        log.exception("worker %d could not load its models", spec.worker_id)
+        os._exit(EXIT_LOAD_FAILED)
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    ctx = zmq.Context(io_threads=1)
+    vad_lane = _Lane(ctx, spec, "vad", load_ms, _VadWork(models, spec))
+    job_lane = _Lane(ctx, spec, "job", load_ms, _JobWork(models, spec))
+    vad_thread = threading.Thread(target=vad_lane.loop, name="vad-lane", daemon=True)
+    vad_thread.start()
+    job_lane.loop()
+    vad_thread.join(timeout=2.0)
+    ctx.destroy(linger=0)
+
+
+def _watch_parent(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 64):  # only EOF (every write end closed) ends this
+            pass
+    # The supervisor is gone (or told us to go by closing the pipe): nobody will read our
+    # results and nobody owns the rings any more. Exit without cleanup handlers.
+    os._exit(EXIT_PARENT_GONE)
+
+
+class _RingCache:
+    """Attached rings of live sessions, dropped when the session is gone.
+
+    Attaching costs a shm_open+mmap; a VAD batch every 32 ms must not pay it per session.
+    The supervisor's periodic ControlState lists the live rings, so a mapping of a closed
+    session is released within a heartbeat even if no request mentions it again.
+    """
+
+    def __init__(self, reader: int | None) -> None:
+        self._reader = reader
+        self._rings: dict[str, RingReader] = {}
+
+    def get(self, handle: RingHandle) -> RingReader:
+        ring = self._rings.get(handle.name)
+        if ring is None:
+            ring = RingReader.attach(handle, self._reader)
+            self._rings[handle.name] = ring
+        return ring
+
+    def keep_only(self, live: frozenset[str]) -> None:
+        for name in [n for n in self._rings if n not in live]:
+            self._rings.pop(name).close()
+
+    def close(self) -> None:
+        self.keep_only(frozenset())
+
+
+class _VadWork:
+    def __init__(self, models: Models, spec: WorkerSpec) -> None:
+        self.models = models
+        self.spec = spec
+        self.rings = _RingCache(VAD_READER)
+
+    def run(self, msg: Message, level: int) -> Message | None:
+        if not isinstance(msg, VadRequest):
+            return None
+        picked_up = time.time()
+        t0 = time.perf_counter()
+        results: list[VadItemResult] = []
+        batch: list[tuple[int, np.ndarray, VadItemResult]] = []
+        for item in msg.items:
+            try:
+                ring = self.rings.get(item.ring)
+                at = ring.read_seq(VAD_READER)
+                if at != item.first:
+                    raise RingError(f"VAD read index is {at}, request starts at {item.first}")
+                _, windows = ring.next_windows(item.count)
+                if windows.shape[0] != item.count:
+                    raise RingError(f"only {windows.shape[0]} of {item.count} windows written")
+            except (RingError, ValueError, OSError) as exc:
+                results.append(VadItemResult(item.session_key, item.first,
+                                             np.zeros(0, np.float32), item.state,
+                                             error=f"{type(exc).__name__}: {exc}"))
+                continue
+            res = VadItemResult(item.session_key, item.first,
+                                np.zeros(item.count, np.float32), item.state)
+            batch.append((item.count, windows.astype(np.float32) / np.float32(32768.0), res))
+            results.append(res)
+        self._run_batched(batch)
+        ms = (time.perf_counter() - t0) * 1000.0
+        n_windows = sum(c for c, _, _ in batch)
+        _stretch(ms, self.spec.job_cost_multiplier, self.spec.vad_cost_ms_per_window * n_windows)
+        return VadResult(msg.request_id, tuple(results), ms, picked_up)
+
+    def _run_batched(self, batch: list[tuple[int, np.ndarray, VadItemResult]]) -> None:
+        """Step t evaluates window t of every session that has one, in one ONNX call
+        (or one call per session with ``batch_processing`` off)."""
+        vad = self.models.vad
+        longest = max((c for c, _, _ in batch), default=0)
+        for t in range(longest):
+            active = [(w, r) for c, w, r in batch if c > t]
+            if self.spec.batch_processing:
+                probs = vad.batch([r.state for _, r in active],
+                                  np.stack([w[t] for w, _ in active]))
+                for (_, r), p in zip(active, probs, strict=True):
+                    r.probs[t] = p
+            else:
+                for w, r in active:
+                    r.probs[t] = vad.prob(r.state, np.ascontiguousarray(w[t]))
+
+
+class _JobWork:
+    def __init__(self, models: Models, spec: WorkerSpec) -> None:
+        self.models = models
+        self.spec = spec
+        self.rings = _RingCache(None)
+
+    def run(self, msg: Message, level: int) -> Message | None:
+        if not isinstance(msg, JobRequest):
+            return None
+        t0 = time.perf_counter()
+        job = msg.job
+        if level >= 1 and job.kind is JobKind.PARTIAL and job.beam_size > 1:
+            # The supervisor already degrades sessions' configs; this also covers partials
+            # issued just before the level changed.
+            job = dataclasses.replace(job, beam_size=1)
+        try:
+            pcm = self.rings.get(msg.ring).read_range(job.start, job.end)
+            audio = pcm.astype(np.float32) / np.float32(32768.0)
+        except (RingError, ValueError, OSError) as exc:
+            result = JobResult(msg.job, error=f"audio unavailable: {type(exc).__name__}: {exc}")
+        else:
+            result = dataclasses.replace(run_job(self.models, job, audio, msg.stt), job=msg.job)
+        busy = (time.perf_counter() - t0) * 1000.0
+        busy += _stretch(busy, self.spec.job_cost_multiplier, 0.0)
+        return JobReply(msg.request_id, msg.session_key, result, busy)
+
+
+def _stretch(ms: float, multiplier: float, extra_ms: float) -> float:
+    """Test knob: make work look ``multiplier`` times as expensive (plus ``extra_ms``)."""
+    delay = ms * (multiplier - 1.0) + extra_ms
+    if delay > 0:
+        time.sleep(delay / 1000.0)
+    return delay
+
+
+class _Lane:
+    """One request at a time: receive, run, reply; heartbeat and follow state when idle."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], spec: WorkerSpec, name: str,
+                 load_ms: float, work: _VadWork | _JobWork) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.name = name
+        self.load_ms = load_ms
+        self.work = work
+        self.level = 0
+        self.trim_generation = 0
+
+    def loop(self) -> None:
+        spec = self.spec
+        dealer = self.ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, lane_identity(spec.worker_id, spec.incarnation, self.name))
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(spec.work_endpoint)
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(spec.state_endpoint)
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(sub, zmq.POLLIN)
+        dealer.send(dumps(Hello(spec.worker_id, self.name, os.getpid(), spec.core,
+                                self.load_ms)))
+        interval_ms = int(spec.heartbeat_interval * 1000)
+        last_sent = time.monotonic()
+        try:
+            while True:
+                ready = dict(poller.poll(interval_ms))
+                if sub in ready:
+                    self._follow_state(sub)
+                if dealer in ready:
+                    msg = loads(dealer.recv())
+                    if isinstance(msg, Stop):
+                        return
+                    reply = self.work.run(msg, self.level)
+                    if reply is not None:
+                        dealer.send(dumps(reply))
+                        last_sent = time.monotonic()
+                if time.monotonic() - last_sent >= spec.heartbeat_interval:
+                    dealer.send(dumps(Heartbeat(spec.worker_id, self.name, self.level)))
+                    last_sent = time.monotonic()
+        finally:
+            self.work.rings.close()
+            dealer.close(linger=0)
+            sub.close(linger=0)
+
+    def _follow_state(self, sub: zmq.Socket[bytes]) -> None:
+        state: ControlState | None = None
+        while True:  # only the newest state matters
+            try:
+                msg = loads(sub.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if isinstance(msg, ControlState):
+                state = msg
+        if state is None:
+            return
+        self.level = state.level
+        self.work.rings.keep_only(state.live_rings)
+        if state.trim_generation != self.trim_generation:
+            self.trim_generation = state.trim_generation
+            gc.collect()
+            malloc_trim()
+
+
+def main() -> None:
+    """``python -m alfred_daemon.runtime.worker DEATH_FD`` with the pickled spec on stdin."""
+    death_fd = int(sys.argv[1])
+    spec = pickle.loads(sys.stdin.buffer.read())  # from our own supervisor, see protocol
+    if not isinstance(spec, WorkerSpec):
+        raise SystemExit("worker: stdin did not carry a WorkerSpec")
+    worker_main(spec, death_fd)
+
+
+if __name__ == "__main__":
+    # Run through the package module, not this ``__main__`` copy: the pickled spec names
+    # ``alfred_daemon.runtime.worker.WorkerSpec``.
+    from alfred_daemon.runtime.worker import main as package_main
+
+    package_main()
