@@ -122,6 +122,27 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .engine.errors import EngineError
+    from .ops.serve import serve
+    from .runtime.config import RuntimeConfig, WorkersConfig
+    from .runtime.rundir import RuntimeDirError
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    try:
+        kwargs = {} if args.runtime_dir is None else {"runtime_dir": args.runtime_dir}
+        config = RuntimeConfig(workers=WorkersConfig(count=args.workers),
+                               models=_models_config(args), **kwargs)
+        return asyncio.run(serve(config))
+    except (EngineError, RuntimeDirError) as exc:
+        print(f"alfred-daemon: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alfred-daemon", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"alfred-daemon {__version__}")
@@ -136,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-turn", action="store_true", help="skip Smart Turn")
     _add_model_flags(tr)
     tr.set_defaults(func=_cmd_transcribe)
+
+    sv = sub.add_parser("serve", help="run the daemon (supervisor and workers) until SIGTERM")
+    sv.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per core)")
+    sv.add_argument("--runtime-dir", default=None,
+                    help="private directory for control sockets (default $XDG_RUNTIME_DIR)")
+    _add_model_flags(sv)
+    sv.set_defaults(func=_cmd_serve)
 
     mo = sub.add_parser("models", help="fetch or check model weights")
     mo.add_argument("action", choices=["fetch", "check"])

@@ -38,9 +38,11 @@ class AlertThresholds:
     """The ``alerts`` section: an alert is raised when its figure is strictly above these."""
 
     frame_time_ms: float = 20.0
-    """Average processing time per 32 ms VAD window, in milliseconds."""
+    """Average time from a window entering its ring to its VAD result being applied, ms."""
     memory_mb: float = 300.0
-    """Daemon total PSS (supervisor + workers), in MB."""
+    """PSS of the largest daemon process, in MB. (The spec set 300 MB for a single-process
+    daemon; with one worker per core the whole tree is several times that and is held to
+    ``limits.maxMemoryUsageMB`` instead.)"""
     load: float = 0.8
     """The backpressure load figure (1.0 = at capacity)."""
     error_rate: float = 0.05
@@ -70,9 +72,9 @@ class HealthInputs:
     """A snapshot of the pipeline's figures, taken by the runtime once per health period."""
 
     frame_time_ms: float
-    """Average processing time per VAD window in the recent period."""
+    """Average window time (ring write to VAD result applied) in the recent period, ms."""
     memory_mb: float
-    """Daemon total PSS."""
+    """PSS of the largest daemon process."""
     load: float
     """The backpressure load figure."""
     error_rate: float

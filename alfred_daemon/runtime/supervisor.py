@@ -1025,8 +1025,12 @@ class Supervisor:
     def _evaluate_health(self, now: float) -> None:
         expected = len(self._workers)
         alive = sum(1 for w in self._workers.values() if w.ready)
+        # alerts.memory_mb is the spec's per-daemon figure from its single-process days; the
+        # comparable figure now is the largest process (one worker carries the models).
+        # The whole tree is held to limits.maxMemoryUsageMB (admission, GC trigger).
+        largest = max(self.memory_by_pid.values(), default=0.0)
         inputs = HealthInputs(
-            frame_time_ms=self.average_frame_time(), memory_mb=self.memory_mb, load=self.load,
+            frame_time_ms=self.average_frame_time(), memory_mb=largest, load=self.load,
             error_rate=self.error_rate(now), queue_frames=self.frames_in_queue(),
             workers_alive=alive, workers_expected=max(expected,
                                                       self.config.workers.resolved_count()),
