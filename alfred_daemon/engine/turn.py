@@ -49,7 +49,7 @@ class SmartTurn:
         from faster_whisper.feature_extractor import FeatureExtractor
 
         self.path = path
-        self._session = make_session(path, threads=threads, model="Smart Turn")
+        self._session = make_session(path, threads=threads, model="Smart Turn", arena=False)
         self._fe: Any = FeatureExtractor(feature_size=80, chunk_length=WINDOW_S)
 
     def features(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

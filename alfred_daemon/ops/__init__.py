@@ -1,1 +1,2 @@
-"""Placeholder package: built by a later issue (see README's Layout)."""
+"""Operating the daemon: ``serve`` (run until a signal), signals. Config files, logging,
+systemd notify and the unit file arrive with the ops issue."""

@@ -72,6 +72,8 @@ class VadItem:
 class VadRequest:
     request_id: int
     items: tuple[VadItem, ...]
+    sent_at: float = 0.0
+    """Supervisor ``time.time()`` at send (splits handoff into queueing and transport)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,9 @@ class VadResult:
     ms: float
     """Model time of the whole batch."""
     picked_up: float
-    """``time.time()`` when the lane received the request (handoff latency)."""
+    """``time.time()`` when the lane had the request decoded (the end of the handoff)."""
+    received_at: float = 0.0
+    """``time.time()`` when the lane's poll returned with it (transport vs. decode)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,7 +249,7 @@ class Supervisor:
         self._trim_generation = 0
         self._busy_ewma = 0.0
         self._last_tick = time.monotonic()
-        self._frame_times: deque[float] = deque(maxlen=HISTORY)
+        self.frame_times_ms: deque[float] = deque(maxlen=HISTORY)
         """Window write -> VAD result applied, ms."""
         self.handoff_ms: deque[float] = deque(maxlen=HISTORY)
         """Window write -> picked up by a worker's VAD lane, ms (wall clocks, same host)."""
@@ -593,23 +593,26 @@ class Supervisor:
         s.last_event_at = time.monotonic()
 
     def _dispatch(self) -> None:
+        """Give every idle lane work: VAD batches first, then jobs by priority."""
         if self._router is None:
             return
-        for lane in self._lanes.values():
-            if not lane.ready or lane.request is not None:
-                continue
-            if lane.kind == "vad":
-                items = self._vad_batch()
-                if items:
-                    self._send_request(lane, VadRequest(next(self._request_ids), items))
-            else:
-                task = self._next_task()
-                if task is not None:
-                    s = self._by_key[task.session_key]
-                    lane.task = task
-                    self._send_request(lane, JobRequest(
-                        next(self._request_ids), s.key, s.ring.handle, task.job,
-                        s.core.config.stt))
+        idle = [ln for ln in self._lanes.values() if ln.ready and ln.request is None]
+        # A VAD request goes preferably to a worker whose job lane is idle: it then has its
+        # core to itself instead of preempting a decode.
+        for lane in sorted((ln for ln in idle if ln.kind == "vad"),
+                           key=lambda ln: ln.worker.lanes["job"].request is not None):
+            items = self._vad_batch()
+            if not items:
+                break
+            self._send_request(lane, VadRequest(next(self._request_ids), items, time.time()))
+        for lane in (ln for ln in idle if ln.kind == "job"):
+            task = self._next_task()
+            if task is None:
+                break
+            s = self._by_key[task.session_key]
+            lane.task = task
+            self._send_request(lane, JobRequest(next(self._request_ids), s.key, s.ring.handle,
+                                                task.job, s.core.config.stt))
 
     def _vad_batch(self) -> tuple[VadItem, ...]:
         limit = self.config.processor.max_batch_size if self.config.processor.batch_processing \
@@ -670,9 +673,13 @@ class Supervisor:
 
     def _send(self, lane: Lane, msg: Message) -> bool:
         assert self._router is not None
-        try:
-            self._router.send_multipart([lane.identity, dumps(msg)], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
+        # zmq.asyncio tries a non-blocking send at once and reports failure (EHOSTUNREACH
+        # from ROUTER_MANDATORY for a vanished lane, EAGAIN at the HWM) on the returned
+        # future instead of raising.
+        fut = self._router.send_multipart([lane.identity, dumps(msg)], flags=zmq.NOBLOCK)
+        assert isinstance(fut, asyncio.Future)
+        exc = fut.exception() if fut.done() else None
+        if exc is not None:
             log.warning("cannot reach %s: %s", lane.identity.decode(), exc)
             return False
         return True
@@ -751,7 +758,7 @@ class Supervisor:
                 s.last_worker = worker_id
                 for p in item.probs:
                     mono, written = s.write_times.popleft()
-                    self._frame_times.append((now - mono) * 1000.0)
+                    self.frame_times_ms.append((now - mono) * 1000.0)
                     self.handoff_ms.append((msg.picked_up - written) * 1000.0)
                     s.core.on_vad(float(p), per_window)
                 n = len(item.probs)
@@ -1111,7 +1118,7 @@ class Supervisor:
         return sum(s.queued_windows for s in self._sessions.values())
 
     def average_frame_time(self) -> float:
-        recent = list(self._frame_times)[-500:]
+        recent = list(self.frame_times_ms)[-500:]
         return float(np.mean(recent)) if recent else 0.0
 
     def error_rate(self, now: float, window_s: float = 60.0) -> float:

@@ -71,6 +71,11 @@ log = logging.getLogger(__name__)
 VAD_READER = 0
 """Ring reader index consumed by VAD (the supervisor keeps index 1 for retention)."""
 
+JOB_LANE_NICE = 10
+TRIM_IDLE_MS = 100
+"""A job lane idle this long after a job returns freed heap to the OS."""
+TRIM_MAX_INTERVAL_S = 5.0
+
 EXIT_PARENT_GONE = 70
 EXIT_LOAD_FAILED = 71
 
@@ -114,15 +119,30 @@ def worker_main(spec: WorkerSpec, death_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if spec.core is not None:
         os.sched_setaffinity(0, {spec.core})
+    # The job lane runs Python between its model calls (features, tokens, text); by default
+    # a thread waiting for the GIL gets it only after 5 ms, which would make a 0.1 ms VAD
+    # request wait behind a decode. 0.5 ms bounds that wait at a negligible switching cost.
+    sys.setswitchinterval(0.0005)
     threading.Thread(target=_watch_parent, args=(death_fd,), name="death-watch",
                      daemon=True).start()
     t0 = time.perf_counter()
+    threads_before = _thread_ids()
     try:
         models = Models.load(spec.models, threads=spec.model_threads)
     except Exception:
         log.exception("worker %d could not load its models", spec.worker_id)
         os._exit(EXIT_LOAD_FAILED)
     load_ms = (time.perf_counter() - t0) * 1000.0
+    # CTranslate2 computes on threads of its own (created by the model load), not on the
+    # job lane's thread: they get the job lane's lower priority too (see _Lane.loop).
+    for tid in _thread_ids() - threads_before:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, JOB_LANE_NICE)
+    # Everything allocated so far (models, tokenizer, imported modules) lives as long as the
+    # process. Freezing it keeps the cyclic GC from walking it on every full collection --
+    # a full collection otherwise holds the GIL for milliseconds, stalling the VAD lane.
+    gc.collect()
+    gc.freeze()
     ctx = zmq.Context(io_threads=1)
     vad_lane = _Lane(ctx, spec, "vad", load_ms, _VadWork(models, spec))
     job_lane = _Lane(ctx, spec, "job", load_ms, _JobWork(models, spec))
@@ -131,6 +151,10 @@ def worker_main(spec: WorkerSpec, death_fd: int) -> None:
     job_lane.loop()
     vad_thread.join(timeout=2.0)
     ctx.destroy(linger=0)
+
+
+def _thread_ids() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
 
 
 def _watch_parent(fd: int) -> None:
@@ -175,7 +199,7 @@ class _VadWork:
         self.spec = spec
         self.rings = _RingCache(VAD_READER)
 
-    def run(self, msg: Message, level: int) -> Message | None:
+    def run(self, msg: Message, level: int, received_at: float) -> Message | None:
         if not isinstance(msg, VadRequest):
             return None
         picked_up = time.time()
@@ -204,7 +228,7 @@ class _VadWork:
         ms = (time.perf_counter() - t0) * 1000.0
         n_windows = sum(c for c, _, _ in batch)
         _stretch(ms, self.spec.job_cost_multiplier, self.spec.vad_cost_ms_per_window * n_windows)
-        return VadResult(msg.request_id, tuple(results), ms, picked_up)
+        return VadResult(msg.request_id, tuple(results), ms, picked_up, received_at)
 
     def _run_batched(self, batch: list[tuple[int, np.ndarray, VadItemResult]]) -> None:
         """Step t evaluates window t of every session that has one, in one ONNX call
@@ -229,7 +253,7 @@ class _JobWork:
         self.spec = spec
         self.rings = _RingCache(None)
 
-    def run(self, msg: Message, level: int) -> Message | None:
+    def run(self, msg: Message, level: int, received_at: float) -> Message | None:
         if not isinstance(msg, JobRequest):
             return None
         t0 = time.perf_counter()
@@ -273,6 +297,14 @@ class _Lane:
 
     def loop(self) -> None:
         spec = self.spec
+        if self.name == "job":
+            # Both lanes share one core. A decode is throughput work; a VAD request is
+            # latency work (every 32 ms window of every session waits for it). A higher
+            # nice value on the job thread lets the kernel preempt a decode the moment a
+            # VAD request arrives instead of after its time slice -- the difference between
+            # a ~0.2 ms and a ~4 ms tail of frame handoff. Raising niceness needs no privilege.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_LANE_NICE)
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.IDENTITY, lane_identity(spec.worker_id, spec.incarnation, self.name))
         dealer.setsockopt(zmq.LINGER, 0)
@@ -288,19 +320,30 @@ class _Lane:
                                 self.load_ms)))
         interval_ms = int(spec.heartbeat_interval * 1000)
         last_sent = time.monotonic()
+        last_trim = last_sent
+        dirty = False
         try:
             while True:
-                ready = dict(poller.poll(interval_ms))
+                ready = dict(poller.poll(TRIM_IDLE_MS if dirty else interval_ms))
                 if sub in ready:
                     self._follow_state(sub)
                 if dealer in ready:
+                    received_at = time.time()
                     msg = loads(dealer.recv())
                     if isinstance(msg, Stop):
                         return
-                    reply = self.work.run(msg, self.level)
+                    reply = self.work.run(msg, self.level, received_at)
                     if reply is not None:
                         dealer.send(dumps(reply))
                         last_sent = time.monotonic()
+                    dirty = self.name == "job"
+                now = time.monotonic()
+                if dirty and (not ready or now - last_trim >= TRIM_MAX_INTERVAL_S):
+                    # Decodes leave their buffers free but resident in malloc's arenas;
+                    # give them back when the lane goes idle (or every few seconds under
+                    # constant load). ~1 ms, and never while a request waits.
+                    malloc_trim()
+                    last_trim, dirty = now, False
                 if time.monotonic() - last_sent >= spec.heartbeat_interval:
                     dealer.send(dumps(Heartbeat(spec.worker_id, self.name, self.level)))
                     last_sent = time.monotonic()
