@@ -236,6 +236,8 @@ class Supervisor:
         self._lanes: dict[bytes, Lane] = {}
         self._incarnations = itertools.count(1)
         self._restart_times: deque[float] = deque()
+        self._braked: dict[int, WorkerHandle] = {}
+        """Dead workers the crash-loop brake has not let respawn yet."""
         self._sessions: dict[str, LiveSession] = {}
         self._by_key: dict[int, LiveSession] = {}
         self._keys = itertools.count(1)
@@ -888,9 +890,13 @@ class Supervisor:
         while self._restart_times and now - self._restart_times[0] > 60.0:
             self._restart_times.popleft()
         if len(self._restart_times) >= self.config.workers.max_restarts_per_minute:
-            log.critical("worker %d not restarted: %d restarts in the last minute (crash loop)",
-                         w.worker_id, len(self._restart_times))
+            if w.worker_id not in self._braked:
+                log.critical("worker %d not restarted: %d restarts in the last minute (crash "
+                             "loop); retrying when the minute has passed", w.worker_id,
+                             len(self._restart_times))
+            self._braked[w.worker_id] = w
             return
+        self._braked.pop(w.worker_id, None)
         self._restart_times.append(now)
         self.counters.worker_restarts += 1
         self._spawn(w.worker_id, w.core)
@@ -930,6 +936,8 @@ class Supervisor:
 
     def _tick(self, now: float) -> None:
         self._check_workers(now)
+        for w in list(self._braked.values()):
+            self._respawn(w)
         # Busy fraction of the job lanes over this tick, smoothed over ~2 s.
         job_lanes = [ln for ln in self._lanes.values() if ln.kind == "job" and ln.ready]
         span = max(now - self._last_tick, 1e-3)
