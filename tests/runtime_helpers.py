@@ -34,7 +34,6 @@ from alfred_daemon.engine.session import Session
 from alfred_daemon.engine.vad import WINDOW
 from alfred_daemon.runtime.config import RuntimeConfig
 from alfred_daemon.runtime.supervisor import Supervisor
-from alfred_daemon.runtime.worker import THREAD_ENV
 
 from .conftest import REPO
 
@@ -73,43 +72,6 @@ def reference_events(models: Models, pcm: bytes, config: EngineConfig | None = N
         events += session.push(frame)
     events += session.close()
     return events
-
-
-def worker_reference_finals(pcms: list[bytes], workdir: Path,
-                            timeout: float = 300.0) -> list[list[str]]:
-    """Finals of the single-process engine (``Session``), computed in a fresh interpreter
-    under the process settings the daemon gives its workers: THREAD_ENV (one BLAS/OpenMP
-    thread) and pinned to one core.
-
-    Why not in this process: numpy's OpenBLAS sizes its thread pool from the core count at
-    import, and Whisper's log-mel features (a numpy matmul in faster-whisper's feature
-    extractor) come out slightly different with 2 threads than with 1 -- enough to flip a
-    borderline decode ("Drop the two..." vs "drop the two..."). The workers always run with
-    one thread, so a reference computed here would measure that, not the runtime.
-    """
-    paths = []
-    for i, pcm in enumerate(pcms):
-        path = workdir / f"reference-{i}.pcm"
-        path.write_bytes(pcm)
-        paths.append(str(path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.runtime_helpers", *paths], cwd=REPO,
-        env={**os.environ, **THREAD_ENV}, capture_output=True, timeout=timeout, check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"reference run failed: {proc.stderr.decode(errors='replace')}")
-    finals: list[list[str]] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    return finals
-
-
-def _reference_main(paths: list[str]) -> None:
-    """``python -m tests.runtime_helpers PCM...``: print the finals of each, as JSON."""
-    from alfred_daemon.engine.models import ModelsConfig, resolve_all
-
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # like a worker
-    models = Models.load(resolve_all(ModelsConfig()), threads=1)
-    out = [final_texts(reference_events(models, Path(p).read_bytes())) for p in paths]
-    print(json.dumps(out), flush=True)
 
 
 def final_texts(events: list[Event]) -> list[str]:
@@ -301,7 +263,3 @@ def kill_quietly(pids: list[int]) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if process_state(pid) == "alive":
                 os.kill(pid, signal.SIGKILL)
-
-
-if __name__ == "__main__":
-    _reference_main(sys.argv[1:])

@@ -979,3 +979,14 @@ def test_turn_config_fallback_configurable() -> None:
     assert of(d.drain(), TurnEnded) == []
     d.silence(1)
     assert len(of(d.drain(), TurnEnded)) == 1
+
+
+def test_posted_notice_is_dated_no_later_than_a_pending_retroactive_event() -> None:
+    d = Driver(no_partials())
+    d.speech(2)  # speech candidate from 0, not yet confirmed
+    d.core.post(TurnResumed(audio_offset_ms=d.core.position // 16, turn_id=7))
+    d.speech(MIN_SPEECH_WINDOWS)  # SpeechStarted is dated back to 0
+    events = d.drain()
+    assert [e.TYPE for e in events] == ["turn_resumed", "speech_started"]
+    assert events[0].audio_offset_ms == 0
+    assert_monotonic(events)

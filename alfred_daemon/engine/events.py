@@ -133,7 +133,7 @@ class Interruption(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FramesDropped(Event):
-    """Analysis of ``[start_ms, audio_offset_ms)`` was skipped to shed load.
+    """Analysis of ``[start_ms, end_ms)`` was skipped to shed load.
 
     The audio is not lost for transcription: a final spanning the gap still decodes it.
     What was skipped is VAD, partials and turn decisions on it.
@@ -141,6 +141,7 @@ class FramesDropped(Event):
 
     TYPE: ClassVar[str] = "frames_dropped"
     start_ms: int
+    end_ms: int
     frames: int
     """32 ms windows skipped."""
     reason: str

@@ -26,6 +26,7 @@ when it reaches the front -- by then every final of the turn has been filled.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -282,8 +283,28 @@ class SessionCore:
 
     def post(self, event: Event) -> None:
         """Queue an event from outside the core (runtime notices: backpressure, worker
-        recovery, dropped frames) so it keeps the session's ordering contract."""
+        recovery, dropped frames, health) so it keeps the session's ordering contract.
+
+        The caller dates a notice at the current position, but the core may still emit
+        events dated earlier: SpeechStarted/SpeechEnded are retroactive to where speech or
+        silence began, and a partial is dated at the end of its audio when its decode
+        returns. So the notice is re-dated to the earliest offset a future event can carry.
+        """
+        safe = self.earliest_pending_offset_ms()
+        if event.audio_offset_ms > safe:
+            event = dataclasses.replace(event, audio_offset_ms=safe)
         self._emit(event)
+
+    def earliest_pending_offset_ms(self) -> int:
+        """No event emitted from now on will be dated before this (ms)."""
+        earliest = self.position
+        for pending in (self._candidate_start, self._silence_start):
+            if pending is not None:
+                earliest = min(earliest, pending)
+        for job in self._in_flight.values():
+            if job.kind is JobKind.PARTIAL:
+                earliest = min(earliest, job.end)
+        return samples_to_ms(earliest)
 
     def set_playback(self, active: bool) -> None:
         """The client's own audio output started/stopped (for barge-in detection)."""

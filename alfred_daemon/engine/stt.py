@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from .config import SAMPLE_RATE, SttConfig
 from .errors import ModelError
+from .numerics import one_blas_thread
 from .text import trim_repetitions
 
 MAX_WINDOW_S = 30.0
@@ -108,7 +109,8 @@ class WhisperTranscriber:
     def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
         import ctranslate2
 
-        features = self._fw.feature_extractor(audio, padding=0)
+        with one_blas_thread():
+            features = self._fw.feature_extractor(audio, padding=0)
         # Whisper's encoder downsamples by 2; keep an even frame count.
         frames = features.shape[-1] - (features.shape[-1] % 2)
         features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import SAMPLE_RATE
+from .numerics import one_blas_thread
 from .onnx import make_session
 
 WINDOW_S = 8
@@ -54,7 +55,8 @@ class SmartTurn:
 
     def features(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(80, 800) log-mel features of the prepared window."""
-        feats = np.asarray(self._fe(prepare_waveform(audio), padding=0), dtype=np.float32)
+        with one_blas_thread():
+            feats = np.asarray(self._fe(prepare_waveform(audio), padding=0), dtype=np.float32)
         return np.ascontiguousarray(feats[:, :N_FRAMES])
 
     def predict(self, audio: npt.NDArray[np.float32]) -> tuple[float, float]:

@@ -274,8 +274,8 @@ class Supervisor:
         cfg = self.config
         self.state = DaemonState.STARTING
         self._stopping = False
-        self._rundir = rundir.acquire(Path(cfg.runtime_dir))
         try:
+            self._rundir = rundir.acquire(Path(cfg.runtime_dir))
             swept = sweep_stale(cfg.shm_prefix)
             if swept:
                 log.warning("removed %d shared-memory segments of a dead instance: %s",
@@ -304,8 +304,12 @@ class Supervisor:
                 asyncio.create_task(self._slow_loop(), name="alfred-housekeeping"),
             ]
             await self._wait_workers_ready(cfg.workers.start_timeout)
+            self._last_tick = time.monotonic()
+            self._busy_ewma = 0.0
+            self.ladder.reset()
         except BaseException:
             await self._teardown()
+            self.state = DaemonState.STOPPED
             raise
         self.started_at = time.monotonic()
         self.state = DaemonState.RUNNING
@@ -646,9 +650,9 @@ class Supervisor:
         s.core.on_skipped(n)
         s.windows_dropped += n
         self.counters.frames_dropped += n
-        s.core.post(FramesDropped(audio_offset_ms=samples_to_ms(s.vad_next * WINDOW),
-                                  start_ms=samples_to_ms(first * WINDOW), frames=n,
-                                  reason=reason))
+        end_ms = samples_to_ms(s.vad_next * WINDOW)
+        s.core.post(FramesDropped(audio_offset_ms=end_ms, start_ms=samples_to_ms(first * WINDOW),
+                                  end_ms=end_ms, frames=n, reason=reason))
         self._pump(s)
 
     def _next_task(self) -> _Task | None:
@@ -947,7 +951,8 @@ class Supervisor:
                 lane.busy_accum += now - max(lane.sent_at, self._last_tick)
             busy += min(lane.busy_accum / span, 1.0)
             lane.busy_accum = 0.0
-        busy = busy / len(job_lanes) if job_lanes else 1.0
+        # No ready job lane means no worker (health reports that), not a busy one.
+        busy = busy / len(job_lanes) if job_lanes else 0.0
         alpha = min(1.0, span / 2.0)
         self._busy_ewma += alpha * (busy - self._busy_ewma)
         self._last_tick = now
