@@ -43,6 +43,10 @@ class ProcessorConfig:
     """Windows (32 ms each) a session may have waiting for VAD. Beyond it, at the
     ``drop_frames`` rung, the oldest are skipped (reported); at other rungs the session's
     ring holds them until it is full."""
+    reserved_job_lanes: int = 1
+    """Job lanes partials may not occupy: they stay free for finals and turn decisions
+    (which then never wait behind a partial) and leave a worker's core to the VAD. Capped
+    at the number of job lanes minus one."""
     memory_optimization: bool = True
     """Trim buffers and return freed heap to the OS when ``limits.gcTriggerThreshold`` is
     crossed, not only on an explicit optimize."""
@@ -52,6 +56,7 @@ class ProcessorConfig:
         _check("processor.processing_timeout", self.processing_timeout, 0.5, 600)
         _check("processor.max_concurrent_sessions", self.max_concurrent_sessions, 1, 10_000)
         _check("processor.frame_queue_size", self.frame_queue_size, 4, 10_000)
+        _check("processor.reserved_job_lanes", self.reserved_job_lanes, 0, 256)
 
 
 @dataclass(frozen=True, slots=True)

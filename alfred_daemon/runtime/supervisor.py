@@ -611,8 +611,11 @@ class Supervisor:
             if not items:
                 break
             self._send_request(lane, VadRequest(next(self._request_ids), items, time.time()))
-        for lane in (ln for ln in idle if ln.kind == "job"):
-            task = self._next_task()
+        idle_jobs = [ln for ln in idle if ln.kind == "job"]
+        job_lanes = sum(1 for ln in self._lanes.values() if ln.kind == "job" and ln.ready)
+        reserve = min(self.config.processor.reserved_job_lanes, job_lanes - 1)
+        for n_idle, lane in zip(range(len(idle_jobs), 0, -1), idle_jobs, strict=True):
+            task = self._next_task(partials=n_idle > reserve)
             if task is None:
                 break
             s = self._by_key[task.session_key]
@@ -655,8 +658,12 @@ class Supervisor:
                                   end_ms=end_ms, frames=n, reason=reason))
         self._pump(s)
 
-    def _next_task(self) -> _Task | None:
+    def _next_task(self, *, partials: bool = True) -> _Task | None:
+        """Pop the most urgent runnable job. With ``partials=False`` (the lane is one of the
+        reserved ones) a partial at the head stays queued and nothing is returned."""
         while self._queue:
+            if not partials and self._queue[0].job.kind is JobKind.PARTIAL:
+                return None
             task = heapq.heappop(self._queue)
             s = self._by_key.get(task.session_key)
             if s is None:
