@@ -34,6 +34,7 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python benchmarks/engine_bench.py
+	$(BIN)/python benchmarks/runtime_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -126,6 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     handoff = list(sup.handoff_ms)
     frame_times = list(sup.frame_times_ms)
     await sup.stop()
+    shutil.rmtree(runtime_dir, ignore_errors=True)
     totals = [sum(s.values()) for s in samples]
     final_mem = samples[-1] if samples else {}
     return {
@@ -137,7 +139,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "handoff_ms": {"p50": pct(handoff, 50), "p90": pct(handoff, 90),
                        "p99": pct(handoff, 99), "max": max(handoff, default=float("nan")),
-                       "n": len(handoff), "raw": handoff},
+                       "n": len(handoff), "raw": [round(x, 4) for x in handoff]},
         "frame_time_ms": {"p50": pct(frame_times, 50), "p99": pct(frame_times, 99),
                           "n": len(frame_times)},
         "pss_mb": {"final_total": sum(final_mem.values()), "peak_total": max(totals, default=0),
