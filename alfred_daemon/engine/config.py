@@ -17,7 +17,9 @@ SAMPLE_RATE = 16_000
 """The engine's internal rate. Everything (VAD, Whisper, Smart Turn) is trained at 16 kHz."""
 
 
-def _check(key: str, value: float, lo: float, hi: float) -> None:
+def check_range(key: str, value: float, lo: float, hi: float) -> None:
+    """Raise ConfigError naming ``key`` unless ``lo <= value <= hi`` (shared by every
+    config section, engine and runtime, so messages read the same)."""
     if not lo <= value <= hi:
         raise ConfigError(f"{key} = {value!r} is out of range; allowed {lo} .. {hi}")
 
@@ -37,11 +39,11 @@ class VadConfig:
     """Silence must last this long before SpeechEnded is emitted."""
 
     def __post_init__(self) -> None:
-        _check("vad.threshold", self.threshold, 0.05, 0.99)
+        check_range("vad.threshold", self.threshold, 0.05, 0.99)
         if self.neg_threshold is not None:
-            _check("vad.neg_threshold", self.neg_threshold, 0.01, self.threshold)
-        _check("vad.min_speech_ms", self.min_speech_ms, 0, 5_000)
-        _check("vad.min_silence_ms", self.min_silence_ms, 32, 10_000)
+            check_range("vad.neg_threshold", self.neg_threshold, 0.01, self.threshold)
+        check_range("vad.min_speech_ms", self.min_speech_ms, 0, 5_000)
+        check_range("vad.min_silence_ms", self.min_silence_ms, 32, 10_000)
 
     @property
     def effective_neg_threshold(self) -> float:
@@ -89,19 +91,19 @@ class SttConfig:
     language: str = "en"
 
     def __post_init__(self) -> None:
-        _check("stt.beam_size", self.beam_size, 1, 10)
-        _check("stt.partial_beam_size", self.partial_beam_size, 1, 10)
-        _check("stt.partial_interval_ms", self.partial_interval_ms, 100, 10_000)
-        _check("stt.stable_agreement", self.stable_agreement, 2, 10)
-        _check("stt.min_partial_audio_ms", self.min_partial_audio_ms, 0, 10_000)
-        _check("stt.preroll_ms", self.preroll_ms, 0, 1_000)
-        _check("stt.postroll_ms", self.postroll_ms, 0, 1_000)
-        _check("stt.min_window_s", self.min_window_s, 0.0, 30.0)
-        _check("stt.max_utterance_s", self.max_utterance_s, 2.0, 28.0)
-        _check("stt.token_budget_base", self.token_budget_base, 1, 100)
-        _check("stt.max_tokens_per_second", self.max_tokens_per_second, 1.0, 20.0)
-        _check("stt.no_speech_threshold", self.no_speech_threshold, 0.0, 1.0)
-        _check("stt.log_prob_threshold", self.log_prob_threshold, -10.0, 0.0)
+        check_range("stt.beam_size", self.beam_size, 1, 10)
+        check_range("stt.partial_beam_size", self.partial_beam_size, 1, 10)
+        check_range("stt.partial_interval_ms", self.partial_interval_ms, 100, 10_000)
+        check_range("stt.stable_agreement", self.stable_agreement, 2, 10)
+        check_range("stt.min_partial_audio_ms", self.min_partial_audio_ms, 0, 10_000)
+        check_range("stt.preroll_ms", self.preroll_ms, 0, 1_000)
+        check_range("stt.postroll_ms", self.postroll_ms, 0, 1_000)
+        check_range("stt.min_window_s", self.min_window_s, 0.0, 30.0)
+        check_range("stt.max_utterance_s", self.max_utterance_s, 2.0, 28.0)
+        check_range("stt.token_budget_base", self.token_budget_base, 1, 100)
+        check_range("stt.max_tokens_per_second", self.max_tokens_per_second, 1.0, 20.0)
+        check_range("stt.no_speech_threshold", self.no_speech_threshold, 0.0, 1.0)
+        check_range("stt.log_prob_threshold", self.log_prob_threshold, -10.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +120,10 @@ class TurnConfig:
     """Smart Turn sees at most the last 8 s of the turn (the model's input window)."""
 
     def __post_init__(self) -> None:
-        _check("turn.silence_ms", self.silence_ms, 32, 5_000)
-        _check("turn.threshold", self.threshold, 0.01, 0.99)
-        _check("turn.fallback_silence_ms", self.fallback_silence_ms, self.silence_ms, 60_000)
-        _check("turn.max_audio_s", self.max_audio_s, 1.0, 8.0)
+        check_range("turn.silence_ms", self.silence_ms, 32, 5_000)
+        check_range("turn.threshold", self.threshold, 0.01, 0.99)
+        check_range("turn.fallback_silence_ms", self.fallback_silence_ms, self.silence_ms, 60_000)
+        check_range("turn.max_audio_s", self.max_audio_s, 1.0, 8.0)
 
 
 @dataclass(frozen=True, slots=True)

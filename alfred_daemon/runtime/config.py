@@ -13,16 +13,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.config import EngineConfig
+from ..engine.config import EngineConfig, check_range
 from ..engine.errors import ConfigError
 from ..engine.models import ModelsConfig
 from .backpressure import BackpressureConfig
 from .health import AlertThresholds
-
-
-def _check(key: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(f"{key} = {value!r} is out of range; allowed {lo} .. {hi}")
 
 
 def usable_cores() -> list[int]:
@@ -52,11 +47,11 @@ class ProcessorConfig:
     crossed, not only on an explicit optimize."""
 
     def __post_init__(self) -> None:
-        _check("processor.max_batch_size", self.max_batch_size, 1, 256)
-        _check("processor.processing_timeout", self.processing_timeout, 0.5, 600)
-        _check("processor.max_concurrent_sessions", self.max_concurrent_sessions, 1, 10_000)
-        _check("processor.frame_queue_size", self.frame_queue_size, 4, 10_000)
-        _check("processor.reserved_job_lanes", self.reserved_job_lanes, 0, 256)
+        check_range("processor.max_batch_size", self.max_batch_size, 1, 256)
+        check_range("processor.processing_timeout", self.processing_timeout, 0.5, 600)
+        check_range("processor.max_concurrent_sessions", self.max_concurrent_sessions, 1, 10_000)
+        check_range("processor.frame_queue_size", self.frame_queue_size, 4, 10_000)
+        check_range("processor.reserved_job_lanes", self.reserved_job_lanes, 0, 256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +70,12 @@ class LimitsConfig:
     """Seconds without a frame or control message after which a session is closed."""
 
     def __post_init__(self) -> None:
-        _check("limits.maxMemoryUsageMB", self.maxMemoryUsageMB, 64, 1_000_000)
-        _check("limits.targetFrameProcessingTime", self.targetFrameProcessingTime, 0.1, 1000)
-        _check("limits.maxSessionDuration", self.maxSessionDuration, 1, 30 * 86400)
-        _check("limits.cleanupInterval", self.cleanupInterval, 0.1, 86400)
-        _check("limits.gcTriggerThreshold", self.gcTriggerThreshold, 0.1, 1.0)
-        _check("limits.idleSessionTimeout", self.idleSessionTimeout, 1, 86400)
+        check_range("limits.maxMemoryUsageMB", self.maxMemoryUsageMB, 64, 1_000_000)
+        check_range("limits.targetFrameProcessingTime", self.targetFrameProcessingTime, 0.1, 1000)
+        check_range("limits.maxSessionDuration", self.maxSessionDuration, 1, 30 * 86400)
+        check_range("limits.cleanupInterval", self.cleanupInterval, 0.1, 86400)
+        check_range("limits.gcTriggerThreshold", self.gcTriggerThreshold, 0.1, 1.0)
+        check_range("limits.idleSessionTimeout", self.idleSessionTimeout, 1, 86400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +95,13 @@ class WorkersConfig:
     """Crash-loop brake: beyond this the daemon stops respawning and reports failed."""
 
     def __post_init__(self) -> None:
-        _check("workers.count", self.count, 0, 256)
-        _check("workers.model_threads", self.model_threads, 1, 64)
-        _check("workers.heartbeat_interval", self.heartbeat_interval, 0.05, 10)
-        _check("workers.heartbeat_timeout", self.heartbeat_timeout,
+        check_range("workers.count", self.count, 0, 256)
+        check_range("workers.model_threads", self.model_threads, 1, 64)
+        check_range("workers.heartbeat_interval", self.heartbeat_interval, 0.05, 10)
+        check_range("workers.heartbeat_timeout", self.heartbeat_timeout,
                2 * self.heartbeat_interval, 600)
-        _check("workers.start_timeout", self.start_timeout, 1, 600)
-        _check("workers.max_restarts_per_minute", self.max_restarts_per_minute, 1, 10_000)
+        check_range("workers.start_timeout", self.start_timeout, 1, 600)
+        check_range("workers.max_restarts_per_minute", self.max_restarts_per_minute, 1, 10_000)
 
     def resolved_count(self) -> int:
         return self.count or len(usable_cores())
@@ -147,11 +142,11 @@ class RuntimeConfig:
     """Test knob: extra milliseconds of VAD lane time per window (a slower CPU)."""
 
     def __post_init__(self) -> None:
-        _check("ring_seconds", self.ring_seconds, 30, 600)
-        _check("max_lag_ms", self.max_lag_ms, 50, 60_000)
-        _check("health_event_interval", self.health_event_interval, 0.1, 3600)
-        _check("drain_grace", self.drain_grace, 0, 600)
-        _check("job_cost_multiplier", self.job_cost_multiplier, 1.0, 100.0)
-        _check("vad_cost_ms_per_window", self.vad_cost_ms_per_window, 0.0, 1000.0)
+        check_range("ring_seconds", self.ring_seconds, 30, 600)
+        check_range("max_lag_ms", self.max_lag_ms, 50, 60_000)
+        check_range("health_event_interval", self.health_event_interval, 0.1, 3600)
+        check_range("drain_grace", self.drain_grace, 0, 600)
+        check_range("job_cost_multiplier", self.job_cost_multiplier, 1.0, 100.0)
+        check_range("vad_cost_ms_per_window", self.vad_cost_ms_per_window, 0.0, 1000.0)
         if not self.shm_prefix.replace("_", "").isalnum():
             raise ConfigError(f"shm_prefix = {self.shm_prefix!r} must be alphanumeric")
