@@ -122,10 +122,56 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from alfred_client import AsyncClient, Event, SessionOptions, StreamError
+
+    def show(ev: Event) -> None:
+        if args.json:
+            print(json.dumps(ev.to_dict()), flush=True)
+            return
+        d, t = ev.data, f"[{ev.audio_offset_ms / 1000:7.2f}s]"
+        if ev.type == "partial_transcription":
+            stable = d.get("stable_text", "")
+            line = f"{t} partial   {stable}|{d.get('text', '')[len(stable):]}"
+        elif ev.type == "final_transcription":
+            line = f"{t} final     {d.get('text', '')}   ({ev.processing_ms:.0f} ms)"
+        elif ev.type == "turn_ended":
+            p = d.get("probability")
+            line = (f"{t} turn end  {d.get('reason')} p={'-' if p is None else f'{p:.2f}'}: "
+                    f"{d.get('transcript', '')}")
+        elif ev.type == "pipeline_health":
+            return  # periodic; shown with --json
+        elif ev.type == "session_started":
+            line = f"{t} session   {d.get('session_id')}"
+        else:
+            line = f"{t} {ev.type.replace('_', ' ')}"
+        print(line, flush=True)
+
+    async def run() -> int:
+        options = SessionOptions(partials=not args.no_partials)
+        async with AsyncClient(args.target) as client:
+            async for ev in client.stream_wav(args.file, realtime=args.realtime,
+                                              options=options):
+                show(ev)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except StreamError as exc:
+        print(f"alfred-daemon: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"alfred-daemon: {exc}", file=sys.stderr)
+        return 2
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from .api.grpc_server import GrpcConfig
     from .engine.errors import EngineError
     from .ops.serve import serve
     from .runtime.config import RuntimeConfig, WorkersConfig
@@ -137,8 +183,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         kwargs = {} if args.runtime_dir is None else {"runtime_dir": args.runtime_dir}
         config = RuntimeConfig(workers=WorkersConfig(count=args.workers),
                                models=_models_config(args), **kwargs)
-        return asyncio.run(serve(config))
-    except (EngineError, RuntimeDirError) as exc:
+        return asyncio.run(serve(config, GrpcConfig(listen=args.listen)))
+    except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
 
@@ -158,8 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(tr)
     tr.set_defaults(func=_cmd_transcribe)
 
+    st = sub.add_parser("stream", help="stream a WAV file to a running daemon and print events")
+    st.add_argument("file", type=Path)
+    st.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    st.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    st.add_argument("--target", default="127.0.0.1:50051", help="daemon address host:port")
+    st.add_argument("--no-partials", action="store_true")
+    st.set_defaults(func=_cmd_stream)
+
     sv = sub.add_parser("serve", help="run the daemon (supervisor and workers) until SIGTERM")
     sv.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per core)")
+    sv.add_argument("--listen", default="127.0.0.1:50051",
+                    help="gRPC address (default 127.0.0.1:50051)")
     sv.add_argument("--runtime-dir", default=None,
                     help="private directory for control sockets (default $XDG_RUNTIME_DIR)")
     _add_model_flags(sv)

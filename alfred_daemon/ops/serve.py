@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from ..api.grpc_server import GrpcApi, GrpcConfig
 from ..runtime.config import RuntimeConfig
 from ..runtime.supervisor import Supervisor
 from .signals import SignalQueue
@@ -19,14 +20,18 @@ from .signals import SignalQueue
 log = logging.getLogger(__name__)
 
 
-async def serve(config: RuntimeConfig,
+async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None) -> int:
-    """Start the supervisor, call ``on_ready`` once it runs, then wait for signals."""
+    """Start the supervisor and the gRPC server, call ``on_ready`` once both run, then wait
+    for signals. ``grpc_config=None`` runs the runtime alone (tests, embedding)."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
     sup = Supervisor(config)
+    api = GrpcApi(sup, grpc_config) if grpc_config is not None else None
     try:
         await sup.start()
+        if api is not None:
+            await api.start()
         if on_ready is not None:
             await on_ready(sup)
         while True:
@@ -35,9 +40,13 @@ async def serve(config: RuntimeConfig,
                 log.info("SIGHUP: nothing in this configuration can change live; ignored")
                 continue
             log.info("%s: draining", sig.name)
-            await sup.stop()
+            if api is not None:
+                await api.begin_shutdown()  # health NOT_SERVING, new streams UNAVAILABLE
+            await sup.stop()  # open streams get their finals and session_closed
             return 0
     finally:
         if sup.state != "stopped":
             await sup.stop(grace=0)
+        if api is not None:
+            await api.stop()
         signals.close()

@@ -478,6 +478,10 @@ class Supervisor:
             s.write_times.append((mono, wall))
         s.windows_written += n
 
+    def touch(self, session_id: str) -> None:
+        """A keepalive: the session is not idle."""
+        self._get(session_id).last_activity = time.monotonic()
+
     def set_playback(self, session_id: str, active: bool) -> None:
         s = self._get(session_id)
         s.core.set_playback(active)

@@ -1,0 +1,132 @@
+"""Wire <-> engine: SessionConfig to EngineConfig, engine events to ServerEvent.
+
+Validation lives here so every API surface (gRPC now, the WebSocket bridge later) rejects
+the same things with the same sentences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
+
+from ..engine import events as ev
+from ..engine.config import EngineConfig
+from ..engine.errors import ConfigError
+from ..runtime.supervisor import SUPPORTED_RATES
+
+MAX_FRAME_BYTES = 1 << 20
+
+
+class InvalidRequestError(ValueError):
+    """The client's message is malformed; the message says what is wrong."""
+
+
+def engine_config(cfg: pb.SessionConfig, base: EngineConfig) -> EngineConfig:
+    """The session's engine config: ``base`` with the client's overrides, validated."""
+    if cfg.encoding not in (pb.AUDIO_ENCODING_UNSPECIFIED, pb.LINEAR16):
+        raise InvalidRequestError(
+            f"encoding {cfg.encoding} is not supported; send LINEAR16 (signed 16-bit "
+            "little-endian PCM)")
+    if cfg.channels not in (0, 1):
+        raise InvalidRequestError(f"{cfg.channels} channels: only mono (1) is supported")
+    if cfg.sample_rate_hz not in SUPPORTED_RATES:
+        raise InvalidRequestError(
+            f"sample rate {cfg.sample_rate_hz} Hz is not supported; use one of "
+            + ", ".join(str(r) for r in SUPPORTED_RATES))
+    if cfg.language and cfg.language.split("-")[0].lower() != "en":
+        raise InvalidRequestError(
+            f"language {cfg.language!r} is not supported by the loaded model (English only)")
+    if cfg.frame_event_every < 0:
+        raise InvalidRequestError("frame_event_every must be 0 (off) or positive")
+    stt: dict[str, Any] = {}
+    if cfg.HasField("partials"):
+        stt["partials"] = cfg.partials
+    if cfg.HasField("partial_interval_ms"):
+        stt["partial_interval_ms"] = cfg.partial_interval_ms
+    # proto3 optional fields: ListFields() lists exactly the ones the client set.
+    vad: dict[str, Any] = {fd.name: value for fd, value in cfg.vad.ListFields()}
+    turn: dict[str, Any] = {fd.name: value for fd, value in cfg.turn.ListFields()}
+    try:
+        out = base.replace(stt=stt, vad=vad, turn=turn)
+    except ConfigError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    return dataclasses.replace(out, frame_events=cfg.frame_event_every > 0)
+
+
+def effective_config(cfg: pb.SessionConfig, engine: EngineConfig) -> pb.SessionConfig:
+    out = pb.SessionConfig(
+        encoding=pb.LINEAR16, sample_rate_hz=cfg.sample_rate_hz, channels=1,
+        language=cfg.language or "en", partials=engine.stt.partials,
+        partial_interval_ms=engine.stt.partial_interval_ms,
+        frame_event_every=cfg.frame_event_every,
+    )
+    out.vad.threshold = engine.vad.threshold
+    out.vad.min_speech_ms = engine.vad.min_speech_ms
+    out.vad.min_silence_ms = engine.vad.min_silence_ms
+    out.turn.enabled = engine.turn.enabled
+    out.turn.threshold = engine.turn.threshold
+    out.turn.silence_ms = engine.turn.silence_ms
+    out.turn.fallback_silence_ms = engine.turn.fallback_silence_ms
+    return out
+
+
+def server_event(event: ev.Event) -> pb.ServerEvent:
+    """The wire form of one engine or runtime event (time fields are filled by the caller)."""
+    msg = pb.ServerEvent(audio_offset_ms=event.audio_offset_ms,
+                         processing_ms=float(event.processing_ms))
+    if isinstance(event, ev.FrameProcessed):
+        msg.frame_processed.probability = event.probability
+        msg.frame_processed.is_speech = event.is_speech
+    elif isinstance(event, ev.SpeechStarted):
+        msg.speech_started.utterance_id = event.utterance_id
+    elif isinstance(event, ev.SpeechEnded):
+        msg.speech_ended.utterance_id = event.utterance_id
+        msg.speech_ended.duration_ms = event.duration_ms
+    elif isinstance(event, ev.PartialTranscription):
+        msg.partial_transcription.utterance_id = event.utterance_id
+        msg.partial_transcription.text = event.text
+        msg.partial_transcription.stable_text = event.stable_text
+    elif isinstance(event, ev.FinalTranscription):
+        msg.final_transcription.utterance_id = event.utterance_id
+        msg.final_transcription.text = event.text
+        msg.final_transcription.start_ms = event.start_ms
+    elif isinstance(event, ev.TurnEnded):
+        msg.turn_ended.turn_id = event.turn_id
+        if event.probability is not None:
+            msg.turn_ended.probability = event.probability
+        msg.turn_ended.reason = event.reason.value
+        msg.turn_ended.transcript = event.transcript
+    elif isinstance(event, ev.TurnResumed):
+        msg.turn_resumed.turn_id = event.turn_id
+    elif isinstance(event, ev.Interruption):
+        msg.interruption.utterance_id = event.utterance_id
+    elif isinstance(event, ev.PipelineHealth):
+        msg.pipeline_health.health = event.health
+        msg.pipeline_health.load = event.load
+        msg.pipeline_health.lag_ms = event.lag_ms
+        msg.pipeline_health.backpressure_level = event.backpressure_level
+    elif isinstance(event, ev.BackpressureTriggered):
+        msg.backpressure_triggered.level = event.level
+        msg.backpressure_triggered.action = event.action
+        msg.backpressure_triggered.load = event.load
+    elif isinstance(event, ev.BackpressureRecovered):
+        msg.backpressure_recovered.level = event.level
+        msg.backpressure_recovered.action = event.action
+        msg.backpressure_recovered.load = event.load
+    elif isinstance(event, ev.FramesDropped):
+        msg.frames_dropped.start_ms = event.start_ms
+        msg.frames_dropped.end_ms = event.end_ms
+        msg.frames_dropped.frames = event.frames
+        msg.frames_dropped.reason = event.reason
+    elif isinstance(event, ev.WorkerRecovered):
+        msg.worker_recovered.worker_id = event.worker_id
+        msg.worker_recovered.reason = event.reason
+        msg.worker_recovered.rerun_jobs = event.rerun_jobs
+        msg.worker_recovered.rerun_frames = event.rerun_frames
+    elif isinstance(event, ev.SessionClosed):
+        msg.session_closed.reason = event.reason
+    else:
+        raise TypeError(f"no wire form for {type(event).__name__}")
+    return msg

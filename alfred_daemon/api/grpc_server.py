@@ -1,0 +1,459 @@
+"""The gRPC API: ``alfred.v1.Alfred`` plus standard health checking and reflection.
+
+Runs on the supervisor's event loop (grpc.aio), so a stream handler calls the runtime's
+in-process API directly.
+
+A stream's life: the first message must be a SessionConfig (validated; resume or admit a
+session), then frames and controls are applied as they arrive while a writer task drains
+the session's :class:`~.outbox.Outbox` to the client. Each write has a deadline: a client
+that stops reading is cut off with RESOURCE_EXHAUSTED instead of holding memory. A stream
+that ends without the client half-closing (network drop, cancel, deadline) *detaches* the
+session: it keeps running, its events wait in the outbox, and a new stream with the resume
+token picks it up within ``resume_window_s``; frames re-sent with a sequence number at or
+below the last one processed are skipped, so nothing is analysed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
+from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from ..engine.errors import InvalidAudioError
+from ..engine.events import Event, FrameProcessed, SessionClosed
+from ..runtime.errors import (
+    AdmissionError,
+    DaemonUnavailableError,
+    SessionBackloggedError,
+    SessionNotFoundError,
+)
+from ..runtime.health import Health
+from ..runtime.supervisor import Supervisor
+from .convert import (
+    MAX_FRAME_BYTES,
+    InvalidRequestError,
+    effective_config,
+    engine_config,
+    server_event,
+)
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+SERVICE = "alfred.v1.Alfred"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcConfig:
+    listen: str = "127.0.0.1:50051"
+    max_message_bytes: int = 4 << 20
+    write_deadline_s: float = 10.0
+    """A write blocked this long (client not reading) cancels the stream."""
+    resume_window_s: float = 30.0
+    outbox_limit: int = 256
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+
+
+@dataclass(slots=True, eq=False)
+class _Attached:
+    """The API's record of a session: survives its stream for resume."""
+
+    session_id: str
+    token: str
+    sample_rate: int
+    config: pb.SessionConfig
+    outbox: Outbox
+    pump: asyncio.Task[None] | None = None
+    last_sequence: int = 0
+    frames_skipped: int = 0
+    frame_event_every: int = 0
+    frame_events_seen: int = 0
+    received_ms: float = 0.0
+    receipts: deque[tuple[float, float, float | None]] = field(
+        default_factory=lambda: deque(maxlen=6000))
+    """(audio ms at the end of a frame, receive time, client capture time): 2 min of frames."""
+    stream_active: bool = False
+    resume_floor: int | None = None
+    """After a resume: frames up to this sequence are re-sends and are skipped."""
+    detached_at: float | None = None
+    finished: bool = False
+
+    def receipt(self, offset_ms: int) -> tuple[float, float | None]:
+        ends = [r[0] for r in self.receipts]
+        i = bisect.bisect_left(ends, offset_ms)
+        if i >= len(self.receipts):
+            if not self.receipts:
+                return 0.0, None
+            i = len(self.receipts) - 1
+        _, t, cap = self.receipts[i]
+        return t, cap
+
+
+class AlfredServicer(pb_grpc.AlfredServicer):
+    def __init__(self, sup: Supervisor, config: GrpcConfig) -> None:
+        self.sup = sup
+        self.config = config
+        self.sessions: dict[str, _Attached] = {}
+        """By resume token."""
+        self.accepting = True
+
+    # ------------------------------------------------------------------ unary
+
+    async def GetPipelineStatus(  # noqa: N802 -- gRPC method name
+        self, request: pb.GetPipelineStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StatusDocument:
+        return pb.StatusDocument(json=json.dumps(self.sup.status()))
+
+    async def GetSessionStatus(  # noqa: N802
+        self, request: pb.GetSessionStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StatusDocument:
+        try:
+            return pb.StatusDocument(json=json.dumps(self.sup.session_status(request.session_id)))
+        except SessionNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise  # unreachable: abort raises
+
+    async def Optimize(  # noqa: N802
+        self, request: pb.OptimizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StatusDocument:
+        done = await self.sup.optimize(trigger_gc=request.trigger_gc,
+                                       cleanup_sessions=request.cleanup_sessions,
+                                       optimize_buffers=request.optimize_buffers)
+        return pb.StatusDocument(json=json.dumps(done))
+
+    # ------------------------------------------------------------------ stream
+
+    async def StreamSession(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.ClientMessage],
+        context: grpc.aio.ServicerContext[pb.ClientMessage, pb.ServerEvent],
+    ) -> None:
+        # Written with context.read()/write() rather than as a generator so every write
+        # can carry a deadline (a generator's yield blocks forever on a non-reading client).
+        first = await context.read()
+        if not isinstance(first, pb.ClientMessage):
+            return  # EOF before anything was sent
+        if first.WhichOneof("message") != "config":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the first message must be a SessionConfig (config first, "
+                                "then audio)")
+        attached = await self._attach(first.config, context)
+        writer = asyncio.create_task(self._write_loop(attached, context))
+        half_closed = False
+        try:
+            await self._send_started(attached, context, resumed=bool(first.config.resume_token))
+            half_closed = await self._read_loop(attached, context, writer)
+        finally:
+            if half_closed and not attached.finished:
+                attached.finished = True
+                with contextlib.suppress(SessionNotFoundError):
+                    await self.sup.finish_session(attached.session_id)
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await writer  # delivers the rest, ending with session_closed
+            elif not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+            attached.stream_active = False
+            if not attached.finished:
+                attached.detached_at = time.monotonic()
+                log.info("session %s detached; resumable for %.0f s", attached.session_id,
+                         self.config.resume_window_s)
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            exc = writer.exception()
+            if not isinstance(exc, TimeoutError):
+                log.error("session %s: event writer failed", attached.session_id,
+                          exc_info=exc)
+            else:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"client did not read events for "
+                                    f"{self.config.write_deadline_s:.0f} s; stream cancelled "
+                                    "(the session can be resumed)")
+
+    async def _attach(self, cfg: pb.SessionConfig,
+                      context: grpc.aio.ServicerContext[Any, Any]) -> _Attached:
+        if not self.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
+        if cfg.resume_token:
+            attached = self.sessions.get(cfg.resume_token)
+            if attached is None or attached.finished:
+                await context.abort(grpc.StatusCode.NOT_FOUND,
+                                    "unknown or expired resume token")
+                raise AssertionError  # unreachable
+            if attached.stream_active:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    "this session is still attached to another stream")
+            attached.stream_active = True
+            attached.detached_at = None
+            attached.resume_floor = attached.last_sequence
+            return attached
+        try:
+            engine = engine_config(cfg, self.sup.config.engine)
+        except InvalidRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        try:
+            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz)
+        except AdmissionError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
+        except DaemonUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
+        except InvalidAudioError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        attached = _Attached(
+            session_id=sid, token=secrets.token_urlsafe(24),
+            sample_rate=cfg.sample_rate_hz, config=effective_config(cfg, engine),
+            outbox=Outbox(self.config.outbox_limit), frame_event_every=cfg.frame_event_every,
+            stream_active=True,
+        )
+        attached.pump = asyncio.create_task(self._pump(attached), name=f"pump-{sid[:8]}")
+        self.sessions[attached.token] = attached
+        return attached
+
+    async def _send_started(self, a: _Attached,
+                            context: grpc.aio.ServicerContext[Any, Any], resumed: bool) -> None:
+        msg = pb.ServerEvent(server_receive_time=time.time())
+        msg.session_started.session_id = a.session_id
+        msg.session_started.resume_token = a.token
+        msg.session_started.resume_window_s = self.config.resume_window_s
+        msg.session_started.effective_config.CopyFrom(a.config)
+        msg.session_started.resumed = resumed
+        msg.session_started.last_sequence = a.last_sequence
+        await asyncio.wait_for(context.write(msg), self.config.write_deadline_s)
+
+    async def _pump(self, a: _Attached) -> None:
+        """Session events -> outbox, for the session's whole life (across streams)."""
+        try:
+            async for event in self.sup.events(a.session_id):
+                if isinstance(event, FrameProcessed):
+                    a.frame_events_seen += 1
+                    if a.frame_event_every <= 0 or \
+                            (a.frame_events_seen - 1) % a.frame_event_every:
+                        continue
+                a.outbox.put(event)
+        except SessionNotFoundError:
+            pass
+        finally:
+            a.finished = True
+            a.outbox.close()
+
+    async def _write_loop(self, a: _Attached,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        deadline = self.config.write_deadline_s
+        while True:
+            event = await a.outbox.get()
+            if event is None:
+                return
+            shed = a.outbox.take_shed()
+            if shed is not None:
+                note = pb.ServerEvent(audio_offset_ms=event.audio_offset_ms,
+                                      server_receive_time=time.time())
+                note.events_shed.partials = shed.partials
+                note.events_shed.frame_events = shed.frame_events
+                note.events_shed.other = shed.other
+                await asyncio.wait_for(context.write(note), deadline)
+            await asyncio.wait_for(context.write(self._wire(a, event)), deadline)
+            if isinstance(event, SessionClosed):
+                return
+
+    def _wire(self, a: _Attached, event: Event) -> pb.ServerEvent:
+        msg = server_event(event)
+        received, capture = a.receipt(event.audio_offset_ms)
+        msg.server_receive_time = received
+        if capture is not None:
+            msg.capture_time = capture
+        return msg
+
+    async def _read_loop(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+                         writer: asyncio.Task[None]) -> bool:
+        """Apply client messages until the client half-closes (True) or the stream breaks
+        (False). Invalid input aborts the stream with INVALID_ARGUMENT."""
+        while True:
+            read = asyncio.ensure_future(context.read())
+            done, _ = await asyncio.wait({read, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if read not in done:
+                read.cancel()
+                return False  # the writer ended (session closed, or client not reading)
+            msg = read.result()
+            if not isinstance(msg, pb.ClientMessage):
+                return True  # EOF: the client half-closed
+            kind = msg.WhichOneof("message")
+            if kind == "config":
+                await self._fail(a, context, "SessionConfig was already sent; send it once, "
+                                 "first (use Control RECONFIGURE to change parameters)")
+            elif kind == "audio":
+                await self._on_audio(a, msg.audio, context)
+            elif kind == "control":
+                await self._on_control(a, msg.control, context)
+            else:
+                await self._fail(a, context, "empty ClientMessage")
+
+    async def _on_audio(self, a: _Attached, frame: pb.AudioFrame,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        seq = frame.sequence
+        if seq and seq <= a.last_sequence:
+            if a.resume_floor is not None and seq <= a.resume_floor:
+                a.frames_skipped += 1  # re-sent after a resume: already processed
+                return
+            await self._fail(a, context, f"audio sequence went backwards ({seq} after "
+                             f"{a.last_sequence})")
+        if len(frame.pcm) > MAX_FRAME_BYTES:
+            await self._fail(a, context, f"audio frame of {len(frame.pcm)} bytes is over the "
+                             f"{MAX_FRAME_BYTES} byte limit; send 20-100 ms frames")
+        try:
+            self.sup.push(a.session_id, frame.pcm)
+        except InvalidAudioError as exc:
+            await self._fail(a, context, str(exc))
+        except SessionBackloggedError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except SessionNotFoundError:
+            return  # closing (drain): frames after the end are ignored
+        if seq:
+            a.last_sequence = seq
+        a.resume_floor = None
+        a.received_ms += len(frame.pcm) / 2 / a.sample_rate * 1000.0
+        a.receipts.append((a.received_ms, time.time(),
+                           frame.capture_time if frame.HasField("capture_time") else None))
+
+    async def _on_control(self, a: _Attached, control: pb.Control,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        sid = a.session_id
+        try:
+            if control.action == pb.Control.PLAYBACK_STARTED:
+                self.sup.set_playback(sid, True)
+            elif control.action == pb.Control.PLAYBACK_STOPPED:
+                self.sup.set_playback(sid, False)
+            elif control.action == pb.Control.FORCE_END_OF_TURN:
+                self.sup.force_end_of_turn(sid)
+            elif control.action == pb.Control.FLUSH:
+                self.sup.flush(sid)
+            elif control.action == pb.Control.KEEPALIVE:
+                self.sup.touch(sid)
+            elif control.action == pb.Control.RECONFIGURE:
+                cfg = pb.SessionConfig()
+                cfg.CopyFrom(a.config)
+                cfg.MergeFrom(control.config)
+                cfg.sample_rate_hz = a.sample_rate
+                try:
+                    engine = engine_config(cfg, self.sup.config.engine)
+                except InvalidRequestError as exc:
+                    await self._fail(a, context, str(exc))
+                    return
+                self.sup.reconfigure(sid, engine)
+                a.config = effective_config(cfg, engine)
+                a.frame_event_every = cfg.frame_event_every
+            else:
+                await self._fail(a, context, f"unknown control action {control.action}")
+        except SessionNotFoundError:
+            return
+
+    async def _fail(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+                    message: str) -> None:
+        """A client error: the stream ends INVALID_ARGUMENT and the session is closed (not
+        resumable -- resuming would replay the same mistake)."""
+        a.finished = True
+        with contextlib.suppress(SessionNotFoundError):
+            self.sup.close_session(a.session_id, "error")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def expire(self, now: float) -> None:
+        """Close sessions whose stream has been gone longer than the resume window."""
+        for token, a in list(self.sessions.items()):
+            if a.finished and not a.stream_active:
+                self.sessions.pop(token, None)
+            elif a.detached_at is not None and now - a.detached_at > self.config.resume_window_s:
+                log.info("session %s: resume window passed; closing", a.session_id)
+                a.finished = True
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(a.session_id, "client")
+                self.sessions.pop(token, None)
+
+
+class GrpcApi:
+    """The gRPC server bound to the supervisor; ``start``/``stop`` on the daemon's loop."""
+
+    def __init__(self, sup: Supervisor, config: GrpcConfig | None = None) -> None:
+        self.sup = sup
+        self.config = config or GrpcConfig()
+        self.servicer = AlfredServicer(sup, self.config)
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        server = grpc.aio.server(options=[
+            # A second daemon must fail to bind, not share the port and steal streams.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ])
+        pb_grpc.add_AlfredServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["Alfred"].full_name, reflection.SERVICE_NAME,
+             health.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(cfg.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.listen} (address in use or not allowed)")
+        await server.start()
+        self._server = server
+        await self._set_serving(self.sup.health)
+        self.sup.on_health_change(self._on_health)
+        self._expiry = asyncio.create_task(self._expire_loop())
+        log.info("gRPC listening on %s", cfg.listen)
+
+    def _on_health(self, h: Health) -> None:
+        task = asyncio.ensure_future(self._set_serving(h))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _set_serving(self, h: Health) -> None:
+        serving = self.servicer.accepting and h is not Health.FAILED
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.servicer.expire(time.monotonic())
+
+    async def begin_shutdown(self) -> None:
+        """Stop admitting streams and report NOT_SERVING; open streams keep going."""
+        self.servicer.accepting = False
+        await self._set_serving(self.sup.health)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

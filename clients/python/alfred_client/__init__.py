@@ -1,0 +1,335 @@
+"""Python client of alfred-daemon's gRPC streaming API.
+
+Async::
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        async for event in client.stream_wav("call.wav", realtime=True):
+            print(event.type, event.data)
+
+Sync::
+
+    with Client() as client:
+        for event in client.stream_wav("call.wav"):
+            ...
+
+Audio sources: a WAV file (``stream_wav``), a numpy array or int16 PCM bytes
+(``stream_array``/``stream_pcm``), or any (async) iterable of LINEAR16 frames (``stream``).
+Events are :class:`Event` values with a snake_case ``type`` (``final_transcription``...) and
+the event's fields in ``data``; ``event.message`` is the raw protobuf.
+
+Resume: with ``resume=True`` (the default) a stream that breaks (UNAVAILABLE, connection
+reset) reconnects with its resume token and re-sends the frames it still holds after the
+last sequence the daemon confirmed, so no audio is lost or analysed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from ._gen.alfred.v1 import alfred_pb2 as pb
+from ._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
+
+__all__ = ["AsyncClient", "Client", "Event", "SessionOptions", "StreamError", "pb"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+FRAME_MS = 20
+REPLAY_FRAMES = 1500
+"""Frames (30 s at 20 ms) kept for re-sending after a resume."""
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+
+
+class StreamError(Exception):
+    """The daemon ended the stream with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    """snake_case event name, e.g. ``partial_transcription``."""
+    audio_offset_ms: int
+    processing_ms: float
+    server_receive_time: float
+    data: dict[str, Any]
+    message: pb.ServerEvent = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-lines shape: ``type``, ``audio_offset_ms``, ``processing_ms`` and the
+        event's fields."""
+        return {"type": self.type, "audio_offset_ms": self.audio_offset_ms,
+                "processing_ms": round(self.processing_ms, 2), **self.data}
+
+    @classmethod
+    def from_message(cls, msg: pb.ServerEvent) -> Event:
+        kind = msg.WhichOneof("event") or "unknown"
+        data: dict[str, Any] = {}
+        if kind != "unknown":
+            body = getattr(msg, kind)
+            data = MessageToDict(body, preserving_proto_field_name=True,
+                                 always_print_fields_with_no_presence=True)
+            # The proto3 JSON mapping writes 64-bit integers as strings; events are small
+            # numbers (offsets, sequences), so give them back as ints.
+            for fd in body.DESCRIPTOR.fields:
+                if fd.name in data and fd.cpp_type in (fd.CPPTYPE_INT64, fd.CPPTYPE_UINT64):
+                    data[fd.name] = int(data[fd.name])
+        return cls(kind, int(msg.audio_offset_ms), float(msg.processing_ms),
+                   float(msg.server_receive_time), data, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """What a SessionConfig carries besides the audio format; None = daemon default."""
+
+    partials: bool | None = None
+    partial_interval_ms: int | None = None
+    vad_threshold: float | None = None
+    min_speech_ms: int | None = None
+    min_silence_ms: int | None = None
+    turn_enabled: bool | None = None
+    turn_threshold: float | None = None
+    turn_silence_ms: int | None = None
+    fallback_silence_ms: int | None = None
+    frame_event_every: int = 0
+    language: str = "en"
+
+    def to_proto(self, sample_rate: int, resume_token: str = "") -> pb.SessionConfig:
+        cfg = pb.SessionConfig(encoding=pb.LINEAR16, sample_rate_hz=sample_rate, channels=1,
+                               language=self.language,
+                               frame_event_every=self.frame_event_every,
+                               resume_token=resume_token)
+        if self.partials is not None:
+            cfg.partials = self.partials
+        if self.partial_interval_ms is not None:
+            cfg.partial_interval_ms = self.partial_interval_ms
+        for src, dst in ((self.vad_threshold, "threshold"), (self.min_speech_ms,
+                         "min_speech_ms"), (self.min_silence_ms, "min_silence_ms")):
+            if src is not None:
+                setattr(cfg.vad, dst, src)
+        for src, dst in ((self.turn_enabled, "enabled"), (self.turn_threshold, "threshold"),
+                         (self.turn_silence_ms, "silence_ms"),
+                         (self.fallback_silence_ms, "fallback_silence_ms")):
+            if src is not None:
+                setattr(cfg.turn, dst, src)
+        return cfg
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def read_wav_pcm(path: str | Path) -> tuple[bytes, int]:
+    """A mono 16-bit PCM WAV file's samples and rate (the daemon resamples other rates)."""
+    with wave.open(str(path), "rb") as wf:
+        if wf.getsampwidth() != 2 or wf.getnchannels() != 1:
+            raise ValueError(f"{path}: need 16-bit mono PCM WAV (got {wf.getnchannels()} "
+                             f"channels, {8 * wf.getsampwidth()}-bit)")
+        return wf.readframes(wf.getnframes()), wf.getframerate()
+
+
+def pcm_frames(pcm: bytes, sample_rate: int, frame_ms: int = FRAME_MS) -> list[bytes]:
+    step = sample_rate * frame_ms // 1000 * 2
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+def array_to_pcm(array: Any) -> bytes:
+    """numpy float (-1..1) or int16 array -> LINEAR16 bytes."""
+    import numpy as np
+
+    arr = np.asarray(array)
+    if arr.dtype != np.int16:
+        arr = (np.clip(arr.astype(np.float32), -1.0, 1.0 - 1 / 32768) * 32768).astype(np.int16)
+    return arr.astype("<i2").tobytes()
+
+
+# ----------------------------------------------------------------------------- async
+
+
+class AsyncClient:
+    def __init__(self, target: str = DEFAULT_TARGET, *, max_resumes: int = 3) -> None:
+        self.target = target
+        self.max_resumes = max_resumes
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.AlfredStub(self._channel)
+        self.session_id = ""
+        self.resume_token = ""
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def status(self) -> dict[str, Any]:
+        import json
+
+        doc = await self._stub.GetPipelineStatus(pb.GetPipelineStatusRequest())
+        out: dict[str, Any] = json.loads(doc.json)
+        return out
+
+    async def stream_wav(self, path: str | Path, *, realtime: bool = False,
+                         options: SessionOptions | None = None) -> AsyncIterator[Event]:
+        pcm, rate = read_wav_pcm(path)
+        async for ev in self.stream_pcm(pcm, rate, realtime=realtime, options=options):
+            yield ev
+
+    async def stream_array(self, array: Any, sample_rate: int, *, realtime: bool = False,
+                           options: SessionOptions | None = None) -> AsyncIterator[Event]:
+        async for ev in self.stream_pcm(array_to_pcm(array), sample_rate, realtime=realtime,
+                                        options=options):
+            yield ev
+
+    async def stream_pcm(self, pcm: bytes, sample_rate: int, *, realtime: bool = False,
+                         options: SessionOptions | None = None) -> AsyncIterator[Event]:
+        frames = pcm_frames(pcm, sample_rate)
+
+        async def paced() -> AsyncIterator[bytes]:
+            t0 = time.monotonic()
+            for k, frame in enumerate(frames):
+                yield frame
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + (k + 1) * FRAME_MS / 1000
+                                            - time.monotonic()))
+
+        async for ev in self.stream(paced(), sample_rate, options=options):
+            yield ev
+
+    async def stream(self, frames: AsyncIterable[bytes] | Iterable[bytes], sample_rate: int,
+                     *, options: SessionOptions | None = None,
+                     resume: bool = True) -> AsyncIterator[Event]:
+        """Send ``frames`` (LINEAR16 bytes) and yield the session's events until it closes."""
+        options = options or SessionOptions()
+        source = _aiter(frames)
+        replay: deque[tuple[int, bytes]] = deque(maxlen=REPLAY_FRAMES)
+        seq = 0
+        resumes = 0
+        confirmed = 0
+
+        async def requests(token: str) -> AsyncIterator[pb.ClientMessage]:
+            nonlocal seq
+            yield pb.ClientMessage(config=options.to_proto(sample_rate, token))
+            for s, frame in list(replay):  # after a resume: what the daemon may not have
+                if s > confirmed:
+                    yield pb.ClientMessage(audio=pb.AudioFrame(sequence=s, pcm=frame))
+            async for frame in source:
+                seq += 1
+                replay.append((seq, frame))
+                yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=frame))
+
+        token = ""
+        while True:
+            call = self._stub.StreamSession(requests(token))
+            try:
+                async for msg in call:
+                    ev = Event.from_message(msg)
+                    if ev.type == "session_started":
+                        self.session_id = msg.session_started.session_id
+                        self.resume_token = token = msg.session_started.resume_token
+                        confirmed = msg.session_started.last_sequence
+                    yield ev
+                return
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if not (resume and token and code in RESUMABLE and resumes < self.max_resumes):
+                    raise StreamError(code, exc.details() or "") from None
+                resumes += 1  # the shared source continues where the broken call left it
+                await asyncio.sleep(0.2)
+
+
+async def _aiter(frames: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(frames, AsyncIterable):
+        async for f in frames:
+            yield f
+    else:
+        for f in frames:
+            yield f
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+class Client:
+    """Blocking client: the same API, iterators instead of async iterators."""
+
+    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.AlfredStub(self._channel)
+        self.session_id = ""
+        self.resume_token = ""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def status(self) -> dict[str, Any]:
+        import json
+
+        out: dict[str, Any] = json.loads(
+            self._stub.GetPipelineStatus(pb.GetPipelineStatusRequest()).json)
+        return out
+
+    def stream_wav(self, path: str | Path, *, realtime: bool = False,
+                   options: SessionOptions | None = None) -> Iterator[Event]:
+        pcm, rate = read_wav_pcm(path)
+        return self.stream_pcm(pcm, rate, realtime=realtime, options=options)
+
+    def stream_array(self, array: Any, sample_rate: int, *, realtime: bool = False,
+                     options: SessionOptions | None = None) -> Iterator[Event]:
+        return self.stream_pcm(array_to_pcm(array), sample_rate, realtime=realtime,
+                               options=options)
+
+    def stream_pcm(self, pcm: bytes, sample_rate: int, *, realtime: bool = False,
+                   options: SessionOptions | None = None) -> Iterator[Event]:
+        frames = pcm_frames(pcm, sample_rate)
+
+        def paced() -> Iterator[bytes]:
+            t0 = time.monotonic()
+            for k, frame in enumerate(frames):
+                yield frame
+                if realtime:
+                    time.sleep(max(0.0, t0 + (k + 1) * FRAME_MS / 1000 - time.monotonic()))
+
+        return self.stream(paced(), sample_rate, options=options)
+
+    def stream(self, frames: Iterable[bytes], sample_rate: int, *,
+               options: SessionOptions | None = None) -> Iterator[Event]:
+        options = options or SessionOptions()
+
+        def requests() -> Iterator[pb.ClientMessage]:
+            yield pb.ClientMessage(config=options.to_proto(sample_rate))
+            for seq, frame in enumerate(frames, start=1):
+                yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=frame))
+
+        try:
+            for msg in self._stub.StreamSession(requests()):
+                ev = Event.from_message(msg)
+                if ev.type == "session_started":
+                    self.session_id = msg.session_started.session_id
+                    self.resume_token = msg.session_started.resume_token
+                yield ev
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise StreamError(code, details or "") from None
+
