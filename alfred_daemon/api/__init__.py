@@ -1,1 +1,3 @@
-"""Placeholder package: built by a later issue (see README's Layout)."""
+"""Client-facing surfaces on the supervisor's event loop: the gRPC server (``grpc_server``),
+wire conversion and validation (``convert``), per-session bounded outbound queues
+(``outbox``). The HTTP ops surface and dashboard join with the ops issue."""
