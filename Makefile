@@ -14,11 +14,12 @@ run: setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/node/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/alfred-daemon models fetch
+	cd clients/node && npm ci --no-audit --no-fund
 	touch $@
 
 lint: setup

@@ -56,6 +56,7 @@ from .outbox import Outbox
 log = logging.getLogger(__name__)
 
 SERVICE = "alfred.v1.Alfred"
+HALF_CLOSE_CHECK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,37 +154,44 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                                 "the first message must be a SessionConfig (config first, "
                                 "then audio)")
         attached = await self._attach(first.config, context)
+        try:
+            # Before the writer exists: a call takes one write at a time.
+            await self._send_started(attached, context, resumed=bool(first.config.resume_token))
+        except BaseException:
+            attached.stream_active = False
+            attached.detached_at = time.monotonic()
+            raise
         writer = asyncio.create_task(self._write_loop(attached, context))
+        # Retrieve the writer's outcome whatever happens to this handler (a client cancel
+        # cancels the handler mid-await), so a failed write is never an orphan exception.
+        writer.add_done_callback(lambda t: t.cancelled() or t.exception())
         half_closed = False
         try:
-            await self._send_started(attached, context, resumed=bool(first.config.resume_token))
             half_closed = await self._read_loop(attached, context, writer)
         finally:
             if half_closed and not attached.finished:
-                attached.finished = True
+                # End of input: finalise, then let the writer deliver everything up to
+                # session_closed (the client is still reading).
                 with contextlib.suppress(SessionNotFoundError):
                     await self.sup.finish_session(attached.session_id)
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await writer  # delivers the rest, ending with session_closed
             elif not writer.done():
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writer
+            # Always collect the writer, so its failure (a cancelled call, a deadline) is
+            # retrieved here and never surfaces as an unhandled task exception.
+            (outcome,) = await asyncio.gather(writer, return_exceptions=True)
             attached.stream_active = False
             if not attached.finished:
                 attached.detached_at = time.monotonic()
                 log.info("session %s detached; resumable for %.0f s", attached.session_id,
                          self.config.resume_window_s)
-        if writer.done() and not writer.cancelled() and writer.exception() is not None:
-            exc = writer.exception()
-            if not isinstance(exc, TimeoutError):
-                log.error("session %s: event writer failed", attached.session_id,
-                          exc_info=exc)
-            else:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"client did not read events for "
-                                    f"{self.config.write_deadline_s:.0f} s; stream cancelled "
-                                    "(the session can be resumed)")
+        if isinstance(outcome, TimeoutError) and not context.cancelled():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"client did not read events for "
+                                f"{self.config.write_deadline_s:.0f} s; stream cancelled "
+                                "(the session can be resumed)")
+        elif isinstance(outcome, Exception) and not context.cancelled():
+            log.error("session %s: event writer failed", attached.session_id,
+                      exc_info=outcome)
 
     async def _attach(self, cfg: pb.SessionConfig,
                       context: grpc.aio.ServicerContext[Any, Any]) -> _Attached:
@@ -294,7 +302,11 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 return False  # the writer ended (session closed, or client not reading)
             msg = read.result()
             if not isinstance(msg, pb.ClientMessage):
-                return True  # EOF: the client half-closed
+                # EOF: a half-close (end of input) -- unless the call was cancelled, which
+                # also ends the reads but means "connection lost": keep the session. The
+                # cancellation can trail the EOF by a moment, hence the short look.
+                await asyncio.sleep(HALF_CLOSE_CHECK_S)
+                return not (context.cancelled() or context.done())
             kind = msg.WhichOneof("message")
             if kind == "config":
                 await self._fail(a, context, "SessionConfig was already sent; send it once, "

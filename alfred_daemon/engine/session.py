@@ -173,6 +173,8 @@ class SessionCore:
         self._queue: deque[_QueueItem] = deque()
         self._final_slots: dict[int, _FinalSlot] = {}  # job id -> slot
         self._held: dict[int, _Utterance] = {}  # utterance id -> ended, final held
+        self._queued_ms = 0
+        """Latest offset queued so far (FrameProcessed aside)."""
         self._jobs: list[Job] = []
         self._in_flight: dict[int, Job] = {}
 
@@ -290,7 +292,8 @@ class SessionCore:
         silence began, and a partial is dated at the end of its audio when its decode
         returns. So the notice is re-dated to the earliest offset a future event can carry.
         """
-        safe = self.earliest_pending_offset_ms()
+        # Never before what is already queued (that would break the order by itself).
+        safe = max(self.earliest_pending_offset_ms(), self._queued_ms)
         if event.audio_offset_ms > safe:
             event = dataclasses.replace(event, audio_offset_ms=safe)
         self._emit(event)
@@ -301,8 +304,11 @@ class SessionCore:
         for pending in (self._candidate_start, self._silence_start):
             if pending is not None:
                 earliest = min(earliest, pending)
+        current = self._utt.utterance_id if self._utt is not None else None
         for job in self._in_flight.values():
-            if job.kind is JobKind.PARTIAL:
+            # Only the current utterance's partial can still become an event; one of an
+            # ended utterance feeds its held final or is dropped.
+            if job.kind is JobKind.PARTIAL and job.ref_id == current:
                 earliest = min(earliest, job.end)
         return samples_to_ms(earliest)
 
@@ -375,6 +381,7 @@ class SessionCore:
         start = max(0, utt.start - ms_to_samples(self.config.stt.preroll_ms))
         slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn)
         self._queue.append(slot)  # queued now: it orders every later event behind it
+        self._queued_ms = max(self._queued_ms, samples_to_ms(end_of_speech))
         if utt.partial_in_flight:
             # The final's decoder prefix is the stable text. Issuing it now would make that
             # prefix depend on whether the in-flight partial happened to return first -- on
@@ -517,6 +524,7 @@ class SessionCore:
             return
         self._turn = None
         self._queue.append(_TurnSlot(turn, reason, prob, self.position, ms))
+        self._queued_ms = max(self._queued_ms, samples_to_ms(self.position))
 
     def _resolve_turn(self, slot: _TurnSlot) -> TurnEnded | None:
         texts = [t for _, t in sorted(slot.turn.texts.items()) if t]
@@ -545,6 +553,8 @@ class SessionCore:
 
     def _emit(self, event: Event) -> None:
         self._queue.append(event)
+        if not isinstance(event, FrameProcessed):
+            self._queued_ms = max(self._queued_ms, event.audio_offset_ms)
 
 
 # --------------------------------------------------------------------------- driver
