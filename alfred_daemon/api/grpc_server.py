@@ -93,7 +93,10 @@ class _Attached:
     resume_floor: int | None = None
     """After a resume: frames up to this sequence are re-sends and are skipped."""
     detached_at: float | None = None
-    finished: bool = False
+    closed: bool = False
+    """The runtime session is over (its outbox may still hold events)."""
+    delivered: bool = False
+    """session_closed reached a client (or the session was refused): nothing to resume."""
 
     def receipt(self, offset_ms: int) -> tuple[float, float | None]:
         ends = [r[0] for r in self.receipts]
@@ -169,7 +172,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         try:
             half_closed = await self._read_loop(attached, context, writer)
         finally:
-            if half_closed and not attached.finished:
+            if half_closed and not attached.closed:
                 # End of input: finalise, then let the writer deliver everything up to
                 # session_closed (the client is still reading).
                 with contextlib.suppress(SessionNotFoundError):
@@ -180,7 +183,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             # retrieved here and never surfaces as an unhandled task exception.
             (outcome,) = await asyncio.gather(writer, return_exceptions=True)
             attached.stream_active = False
-            if not attached.finished:
+            if not attached.delivered:
                 attached.detached_at = time.monotonic()
                 log.info("session %s detached; resumable for %.0f s", attached.session_id,
                          self.config.resume_window_s)
@@ -199,7 +202,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         if cfg.resume_token:
             attached = self.sessions.get(cfg.resume_token)
-            if attached is None or attached.finished:
+            if attached is None or attached.delivered:
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     "unknown or expired resume token")
                 raise AssertionError  # unreachable
@@ -260,7 +263,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         except SessionNotFoundError:
             pass
         finally:
-            a.finished = True
+            a.closed = True
             a.outbox.close()
 
     async def _write_loop(self, a: _Attached,
@@ -280,6 +283,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 await asyncio.wait_for(context.write(note), deadline)
             await asyncio.wait_for(context.write(self._wire(a, event)), deadline)
             if isinstance(event, SessionClosed):
+                a.delivered = True
                 return
 
     def _wire(self, a: _Attached, event: Event) -> pb.ServerEvent:
@@ -381,7 +385,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                     message: str) -> None:
         """A client error: the stream ends INVALID_ARGUMENT and the session is closed (not
         resumable -- resuming would replay the same mistake)."""
-        a.finished = True
+        a.delivered = True
         with contextlib.suppress(SessionNotFoundError):
             self.sup.close_session(a.session_id, "error")
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
@@ -391,11 +395,11 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     def expire(self, now: float) -> None:
         """Close sessions whose stream has been gone longer than the resume window."""
         for token, a in list(self.sessions.items()):
-            if a.finished and not a.stream_active:
+            if a.delivered and not a.stream_active:
                 self.sessions.pop(token, None)
             elif a.detached_at is not None and now - a.detached_at > self.config.resume_window_s:
                 log.info("session %s: resume window passed; closing", a.session_id)
-                a.finished = True
+                a.delivered = True
                 with contextlib.suppress(SessionNotFoundError):
                     self.sup.close_session(a.session_id, "client")
                 self.sessions.pop(token, None)

@@ -1,0 +1,365 @@
+"""Helpers for the gRPC end-to-end tests (tests/test_grpc.py).
+
+A real ``alfred-daemon serve`` subprocess (ready = the standard health check says SERVING;
+stopped with SIGTERM, its worker processes checked to be gone), the standard health and
+reflection calls, raw-stub streams that record every event and the final status, audio
+from the shared corpus, and WER. Every wait here is bounded in time and every loop in count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jiwer
+import psutil
+import pytest
+from alfred_client import read_wav_pcm
+from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
+from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from alfred_daemon.engine.audio import float_to_pcm16
+from alfred_daemon.engine.text import norm_text
+
+from .conftest import REPO, SHARED_AUDIO, Utterance
+
+JFK = REPO / "tests" / "data" / "jfk.wav"
+JFK_REFERENCE = ("And so my fellow Americans, ask not what your country can do for you, "
+                 "ask what you can do for your country.")
+SERVICE = "alfred.v1.Alfred"
+RATE = 16_000
+FRAME_BYTES = 640
+"""20 ms of 16 kHz LINEAR16, what live clients send."""
+FRAME_S = 0.02
+WINDOW = 512
+"""Samples per VAD window (the daemon's unit of analysis)."""
+FRAMES_PER_WHOLE_WINDOWS = 8
+"""8 frames of 320 samples = 2560 samples = 5 windows."""
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def status_name(status: int) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+# ----------------------------------------------------------------------------- the daemon
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def daemon_executable() -> str:
+    beside = Path(sys.executable).parent / "alfred-daemon"
+    if not beside.is_file():
+        pytest.fail(f"{beside} is missing: install the project into the venv (make setup)")
+    return str(beside)
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log: Path
+    children: list[psutil.Process] = field(default_factory=list)
+    """The daemon's descendants (its workers) once it was SERVING."""
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no daemon log)"
+
+    def tree(self) -> list[psutil.Process]:
+        """The daemon process and its live descendants."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def pss_mb(self) -> float:
+        """Proportional set size of the whole process tree (supervisor + workers), MB."""
+        total = 0
+        for p in self.tree():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total / 1e6
+
+
+def health_check(channel: grpc.Channel, service: str = "", timeout: float = 1.0) -> int:
+    """grpc.health.v1.Health/Check (types-grpcio-health-checking's HealthStub declares no
+    methods, so the call is spelled out with grpc_health's message types)."""
+    check = channel.unary_unary(
+        f"/{health.SERVICE_NAME}/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    resp = check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+    status: int = resp.status
+    return status
+
+
+def list_services(target: str, timeout: float = 5.0) -> list[str]:
+    """Server reflection (v1alpha) ListServices."""
+    with grpc.insecure_channel(target) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        names: list[str] = []
+        for resp in info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                         timeout=timeout):
+            names += [s.name for s in resp.list_services_response.service]
+        return names
+
+
+def wait_serving(daemon: Daemon, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll the standard health check until SERVING, bounded; fail with the log if not."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with grpc.insecure_channel(daemon.target) as channel:
+        while time.monotonic() < deadline:
+            if daemon.proc.poll() is not None:
+                pytest.fail(f"daemon exited with {daemon.proc.returncode} before it was "
+                            f"ready:\n{daemon.log_tail()}")
+            try:
+                status = health_check(channel, "", timeout=1.0)
+                if status == SERVING:
+                    return
+                last = status_name(status)
+            except grpc.RpcError as exc:
+                last = str(exc.code()) if isinstance(exc, grpc.Call) else repr(exc)
+            time.sleep(0.1)
+    pytest.fail(f"daemon not SERVING within {timeout:.0f} s (last: {last}):\n"
+                f"{daemon.log_tail()}")
+
+
+def start_daemon(workdir: Path, workers: int = 2) -> Daemon:
+    """``alfred-daemon serve`` on a free loopback port, runtime dir under ``workdir``;
+    returns once SERVING with its worker processes recorded."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "daemon.log"
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [daemon_executable(), "serve", "--listen", f"127.0.0.1:{port}",
+             "--runtime-dir", str(workdir / "run"), "--workers", str(workers)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    d = Daemon(proc, port, workdir, log)
+    try:
+        wait_serving(d)
+        d.children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(d.children) >= workers, (
+            f"daemon has {len(d.children)} child processes, expected {workers} workers")
+    except BaseException:
+        stop_daemon(d)
+        reap(d)
+        raise
+    return d
+
+
+def stop_daemon(daemon: Daemon, timeout: float = STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM (drain and exit), SIGKILL after ``timeout``; the exit code (None if killed)."""
+    proc = daemon.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            return None
+    return proc.returncode
+
+
+def reap(daemon: Daemon, timeout: float = 10.0) -> list[int]:
+    """Wait (bounded) for the daemon's workers to exit; kill any left. Returns the pids that
+    outlived the daemon (empty when the daemon took its workers with it)."""
+    _, alive = psutil.wait_procs(daemon.children, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return sorted(p.pid for p in alive)
+
+
+@contextlib.contextmanager
+def running_daemon(workdir: Path, workers: int = 2) -> Iterator[Daemon]:
+    """A daemon for the ``with`` block; afterwards it is stopped (if the block did not) and
+    it must have exited 0 and left no child process behind."""
+    d = start_daemon(workdir, workers)
+    ok = False
+    try:
+        yield d
+        ok = True
+    finally:
+        code = stop_daemon(d)
+        outlived = reap(d)
+        tail = d.log_tail()
+        if ok:
+            assert not outlived, f"worker processes outlived the daemon: {outlived}\n{tail}"
+            assert code == 0, f"daemon exit code after SIGTERM: {code}\n{tail}"
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def wav_pcm(path: Path) -> bytes:
+    pcm, rate = read_wav_pcm(path)
+    assert rate == RATE, f"{path}: {rate} Hz"
+    return pcm
+
+
+def utterance_pcm(u: Utterance) -> bytes:
+    return float_to_pcm16(u.audio)
+
+
+def silence_pcm(seconds: float) -> bytes:
+    return bytes(2 * int(seconds * RATE))
+
+
+def frames_of(pcm: bytes, frame_bytes: int = FRAME_BYTES) -> list[bytes]:
+    return [pcm[i : i + frame_bytes] for i in range(0, len(pcm), frame_bytes)]
+
+
+def pad_to_whole_windows(pcm: bytes) -> bytes:
+    """Zero-pad to whole 20 ms frames that end on a VAD window boundary."""
+    unit = FRAME_BYTES * FRAMES_PER_WHOLE_WINDOWS
+    return pcm + bytes((-len(pcm)) % unit)
+
+
+def pcm_ms(pcm: bytes) -> float:
+    return len(pcm) / 2 / RATE * 1000.0
+
+
+def corpus_file(name: str) -> Path:
+    return SHARED_AUDIO / name
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(norm_text(reference), norm_text(hypothesis)))
+
+
+# ----------------------------------------------------------------------------- raw streams
+
+
+def config_message(**fields: Any) -> pb.ClientMessage:
+    cfg = pb.SessionConfig(encoding=pb.LINEAR16, sample_rate_hz=RATE, channels=1)
+    for name, value in fields.items():
+        setattr(cfg, name, value)
+    return pb.ClientMessage(config=cfg)
+
+
+def audio_message(sequence: int, pcm: bytes) -> pb.ClientMessage:
+    return pb.ClientMessage(audio=pb.AudioFrame(sequence=sequence, pcm=pcm))
+
+
+def kind(ev: pb.ServerEvent) -> str:
+    return ev.WhichOneof("event") or "unknown"
+
+
+@dataclass
+class StreamResult:
+    """What one StreamSession call gave: its events and its final status."""
+
+    events: list[pb.ServerEvent]
+    code: grpc.StatusCode
+    details: str
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind(e) for e in self.events]
+
+
+async def read_all(call: grpc.aio.StreamStreamCall[pb.ClientMessage, pb.ServerEvent],
+                   events: list[pb.ServerEvent], timeout: float) -> StreamResult:
+    """Read until the call ends (bounded by ``timeout``); appends to ``events``."""
+    deadline = time.monotonic() + timeout
+    for _ in itertools.count():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            call.cancel()
+            break
+        try:
+            msg = await asyncio.wait_for(call.read(), remaining)
+        except TimeoutError:
+            call.cancel()
+            break
+        except grpc.aio.AioRpcError:
+            break
+        if msg is grpc.aio.EOF:
+            break
+        assert isinstance(msg, pb.ServerEvent)
+        events.append(msg)
+    return StreamResult(events, await call.code(), await call.details() or "")
+
+
+async def send_and_collect(stub: pb_grpc.AlfredAsyncStub, messages: Sequence[pb.ClientMessage],
+                           timeout: float = 15.0) -> StreamResult:
+    """One stream: send ``messages``, half-close, read every event until the status."""
+    call = stub.StreamSession(timeout=timeout)
+    events: list[pb.ServerEvent] = []
+
+    async def send() -> None:
+        # The daemon may end the call before everything is written (that is the point of a
+        # bad input): a write on an ended call raises, and the status says why.
+        with contextlib.suppress(grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            for m in messages:
+                await call.write(m)
+            await call.done_writing()
+
+    sender = asyncio.create_task(send())
+    result = await read_all(call, events, timeout)
+    await asyncio.wait_for(sender, 5.0)
+    return result
+
+
+def event_dicts(events: Iterable[pb.ServerEvent]) -> list[str]:
+    """Compact one-line renderings of events, for assertion messages."""
+    out = []
+    for e in events:
+        k = kind(e)
+        body = str(getattr(e, k)).replace("\n", " ").strip() if k != "unknown" else ""
+        out.append(f"{k}@{e.audio_offset_ms} {body}".strip())
+    return out
+
+
+async def session_status(stub: pb_grpc.AlfredAsyncStub, session_id: str) -> dict[str, Any]:
+    doc = await stub.GetSessionStatus(pb.GetSessionStatusRequest(session_id=session_id),
+                                      timeout=5.0)
+    out: dict[str, Any] = json.loads(doc.json)
+    return out
+
