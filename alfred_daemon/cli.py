@@ -172,6 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .api.grpc_server import GrpcConfig
+    from .api.http_server import HttpConfig
     from .engine.errors import EngineError
     from .ops.serve import serve
     from .runtime.config import RuntimeConfig, WorkersConfig
@@ -183,7 +184,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         kwargs = {} if args.runtime_dir is None else {"runtime_dir": args.runtime_dir}
         config = RuntimeConfig(workers=WorkersConfig(count=args.workers),
                                models=_models_config(args), **kwargs)
-        return asyncio.run(serve(config, GrpcConfig(listen=args.listen)))
+        http = HttpConfig(host=args.http_host, port=args.http_port)
+        return asyncio.run(serve(config, GrpcConfig(listen=args.listen), http_config=http))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
@@ -216,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per core)")
     sv.add_argument("--listen", default="127.0.0.1:50051",
                     help="gRPC address (default 127.0.0.1:50051)")
+    sv.add_argument("--http-host", default="127.0.0.1", help="HTTP ops address")
+    sv.add_argument("--http-port", type=int, default=8015, help="HTTP ops port (default 8015)")
     sv.add_argument("--runtime-dir", default=None,
                     help="private directory for control sockets (default $XDG_RUNTIME_DIR)")
     _add_model_flags(sv)

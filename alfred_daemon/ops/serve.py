@@ -13,6 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from ..api.grpc_server import GrpcApi, GrpcConfig
+from ..api.http_server import HttpApi, HttpConfig
 from ..runtime.config import RuntimeConfig
 from ..runtime.supervisor import Supervisor
 from .signals import SignalQueue
@@ -21,17 +22,22 @@ log = logging.getLogger(__name__)
 
 
 async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
-                on_ready: Callable[[Supervisor], Awaitable[None]] | None = None) -> int:
-    """Start the supervisor and the gRPC server, call ``on_ready`` once both run, then wait
-    for signals. ``grpc_config=None`` runs the runtime alone (tests, embedding)."""
+                on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
+                http_config: HttpConfig | None = None) -> int:
+    """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
+    they run, then wait for signals. A ``None`` config leaves that server out (tests,
+    embedding)."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
     sup = Supervisor(config)
     api = GrpcApi(sup, grpc_config) if grpc_config is not None else None
+    http = HttpApi(sup, http_config) if http_config is not None else None
     try:
         await sup.start()
         if api is not None:
             await api.start()
+        if http is not None:
+            await http.start()
         if on_ready is not None:
             await on_ready(sup)
         while True:
@@ -49,4 +55,6 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
             await sup.stop(grace=0)
         if api is not None:
             await api.stop()
+        if http is not None:
+            await http.stop()
         signals.close()

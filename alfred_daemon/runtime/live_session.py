@@ -53,6 +53,9 @@ class LiveSession:
     vad_in_flight: bool = False
     write_times: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic, wall) write time of each window from ``vad_next`` on."""
+    arrival: npt.NDArray[np.float64] = field(
+        default_factory=lambda: np.zeros(0, np.float64))
+    """Monotonic write time of every resident window, by ``seq % n_slots`` (latencies)."""
     closing: bool = False
     closed_reason: str | None = None
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,6 +109,15 @@ class LiveSession:
         return windows
 
     # ------------------------------------------------------------------ figures
+
+    def arrival_of(self, offset_ms: int) -> float | None:
+        """When the window ending at ``offset_ms`` entered the ring (None if overwritten)."""
+        if self.arrival.size == 0:
+            return None
+        k = max(0, (offset_ms * (SAMPLE_RATE // 1000) - 1) // WINDOW)
+        if k >= self.ring.write_seq or k < self.ring.write_seq - self.arrival.size:
+            return None
+        return float(self.arrival[k % self.arrival.size])
 
     @property
     def queued_windows(self) -> int:

@@ -67,9 +67,12 @@ from ..engine.events import (
     BackpressureRecovered,
     BackpressureTriggered,
     Event,
+    FinalTranscription,
     FramesDropped,
+    PartialTranscription,
     PipelineHealth,
     SessionClosed,
+    TurnEnded,
     WorkerRecovered,
 )
 from ..engine.jobs import Job, JobKind, JobResult
@@ -260,6 +263,7 @@ class Supervisor:
         self.alerts: deque[Alert] = deque(maxlen=200)
         self.transitions: deque[Transition] = deque(maxlen=200)
         self._health_listeners: list[Callable[[Health], None]] = []
+        self._observers: list[Callable[[str, float], None]] = []
 
     # ================================================================== lifecycle
 
@@ -473,9 +477,12 @@ class Supervisor:
                 f"session {s.session_id} has {s.queued_windows} windows waiting and "
                 f"{s.ring.n_slots} slots of audio still needed; frame not accepted")
         mono, wall = time.monotonic(), time.time()
+        if s.arrival.size != s.ring.n_slots:
+            s.arrival = np.zeros(s.ring.n_slots, np.float64)
         for w in windows:
-            s.ring.write(w)
+            k = s.ring.write(w)
             s.write_times.append((mono, wall))
+            s.arrival[k % s.ring.n_slots] = mono
         s.windows_written += n
 
     def touch(self, session_id: str) -> None:
@@ -597,6 +604,12 @@ class Supervisor:
         s.ring.set_reader(RETAIN_READER, min(s.core.retain_from() // WINDOW, s.ring.write_seq))
 
     def _deliver(self, s: LiveSession, ev: Event) -> None:
+        if isinstance(ev, PartialTranscription | FinalTranscription | TurnEnded):
+            # Latency as a voice agent feels it: from the arrival of the audio the event
+            # refers to (its offset) to the event being handed to the client.
+            arrived = s.arrival_of(ev.audio_offset_ms)
+            if arrived is not None:
+                self._observe(f"{ev.TYPE}_latency_ms", (time.monotonic() - arrived) * 1000)
         s.events.put_nowait(ev)
         s.events_sent += 1
         s.last_event = ev.TYPE
@@ -776,6 +789,7 @@ class Supervisor:
                 for p in item.probs:
                     mono, written = s.write_times.popleft()
                     self.frame_times_ms.append((now - mono) * 1000.0)
+                    self._observe("frame_ms", (now - mono) * 1000.0)
                     self.handoff_ms.append((msg.picked_up - written) * 1000.0)
                     s.core.on_vad(float(p), per_window)
                 n = len(item.probs)
@@ -1137,6 +1151,19 @@ class Supervisor:
 
     def on_health_change(self, listener: Callable[[Health], None]) -> None:
         self._health_listeners.append(listener)
+
+    def on_observation(self, observer: Callable[[str, float], None]) -> None:
+        """Called with named measurements as they happen (``frame_ms``,
+        ``partial_transcription_latency_ms``, ``final_transcription_latency_ms``,
+        ``turn_ended_latency_ms``): the metrics layer turns them into histograms."""
+        self._observers.append(observer)
+
+    def _observe(self, name: str, value: float) -> None:
+        for observer in self._observers:
+            try:
+                observer(name, value)
+            except Exception:
+                log.exception("observer failed")
 
     def frames_in_queue(self) -> int:
         return sum(s.queued_windows for s in self._sessions.values())

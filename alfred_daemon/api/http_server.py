@@ -1,0 +1,228 @@
+"""The HTTP ops surface (aiohttp, on the supervisor's event loop; 127.0.0.1:8015 default).
+
+Endpoints (paths and JSON field names are the product spec's):
+
+* ``GET /pipeline/status`` -- the status document: pipelineState, performanceMetrics (also
+  under its older name performanceMonitor), resourceOptimization, per-worker and
+  per-session detail.
+* ``GET /metrics`` -- Prometheus exposition; ``GET /metrics.json`` -- the spec's JSON metrics.
+* ``GET /session/{id}/status`` -- one session (404 if unknown).
+* ``POST /optimize`` -- body ``{"triggerGC", "cleanupSessions", "optimizeBuffers"}`` (all
+  booleans, all optional, default true); answers what it did and freed.
+* ``GET /healthz`` -- liveness (the event loop answers; 503 once health is failed);
+  ``GET /readyz`` -- readiness (running with workers up; 503 while starting or draining).
+
+Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status that says what was wrong.
+Prometheus metrics are read from the supervisor at scrape time (a custom collector), except
+latencies, which are histograms fed by the supervisor's observations as they happen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..runtime.errors import SessionNotFoundError
+from ..runtime.health import Health
+from ..runtime.supervisor import DaemonState, Supervisor
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2500, 5000)
+FRAME_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8015
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class _SupervisorCollector(Collector):
+    """Counters and gauges read from the supervisor at scrape time."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        sup = self.sup
+        c = sup.counters
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"alfred_{name}", doc, value=value)
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"alfred_{name}", doc, value=value)
+
+        yield counter("frames_analysed", "32 ms windows analysed by VAD", c.windows_analysed)
+        yield counter("frames_dropped", "windows whose analysis was shed", c.frames_dropped)
+        yield counter("sessions_opened", "sessions admitted", c.sessions_opened)
+        yield counter("sessions_refused", "sessions refused at admission", c.sessions_refused)
+        yield counter("jobs", "Whisper and Smart Turn jobs completed", c.jobs_done)
+        yield counter("job_errors", "jobs that failed", c.job_errors)
+        yield counter("partials_shed", "partial decodes skipped under load", c.partials_shed)
+        yield counter("worker_restarts", "workers respawned after a death or hang",
+                      c.worker_restarts)
+        yield counter("backpressure_events", "backpressure ladder transitions",
+                      c.backpressure_events)
+        yield counter("alerts_raised", "alerts raised", c.alerts_raised)
+        yield gauge("sessions_active", "open sessions", len(sup.session_ids()))
+        yield gauge("frames_in_queue", "windows waiting for VAD", sup.frames_in_queue())
+        yield gauge("processing_load", "backpressure load figure (1 = at capacity)", sup.load)
+        yield gauge("backpressure_level", "0 none .. 3 pause_processing", int(sup.ladder.level))
+        health = GaugeMetricFamily("alfred_health", "1 for the current health state",
+                                   labels=["state"])
+        for h in Health:
+            health.add_metric([h.value], 1.0 if sup.health is h else 0.0)
+        yield health
+        memory = GaugeMetricFamily("alfred_memory_pss_bytes", "PSS per daemon process",
+                                   labels=["pid", "role"])
+        worker_pids = {w["pid"] for w in sup.status()["workers"]}
+        for pid, mb in sup.memory_by_pid.items():
+            role = "worker" if pid in worker_pids else "supervisor"
+            memory.add_metric([str(pid), role], mb * 1024 * 1024)
+        yield memory
+
+
+class HttpApi:
+    def __init__(self, sup: Supervisor, config: HttpConfig | None = None) -> None:
+        self.sup = sup
+        self.config = config or HttpConfig()
+        self.registry = CollectorRegistry()
+        self.registry.register(_SupervisorCollector(sup))
+        self._histograms = {
+            "frame_ms": Histogram("alfred_frame_time_ms", "ring write -> VAD result, ms",
+                                  buckets=FRAME_BUCKETS_MS, registry=self.registry),
+            "partial_transcription_latency_ms": Histogram(
+                "alfred_partial_latency_ms", "audio arrival -> partial delivered, ms",
+                buckets=LATENCY_BUCKETS_MS, registry=self.registry),
+            "final_transcription_latency_ms": Histogram(
+                "alfred_final_latency_ms", "audio arrival (end of speech) -> final, ms",
+                buckets=LATENCY_BUCKETS_MS, registry=self.registry),
+            "turn_ended_latency_ms": Histogram(
+                "alfred_turn_latency_ms", "audio arrival -> turn_ended delivered, ms",
+                buckets=LATENCY_BUCKETS_MS, registry=self.registry),
+        }
+        sup.on_observation(self._observe)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _observe(self, name: str, value: float) -> None:
+        hist = self._histograms.get(name)
+        if hist is not None:
+            hist.observe(value)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 20)
+        app.add_routes([
+            web.get("/pipeline/status", self.pipeline_status),
+            web.get("/metrics", self.metrics),
+            web.get("/metrics.json", self.metrics_json),
+            web.get("/session/{session_id}/status", self.session_status),
+            web.post("/optimize", self.optimize),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+        ])
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port,
+                           reuse_port=False)
+        await site.start()
+        server = site._server  # the bound port (config port 0 = any)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        log.info("HTTP listening on %s:%d", self.config.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------ handlers
+
+    async def pipeline_status(self, request: web.Request) -> web.Response:
+        doc = self.sup.status()
+        doc["performanceMonitor"] = doc["performanceMetrics"]
+        return web.json_response(doc)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def metrics_json(self, request: web.Request) -> web.Response:
+        doc = self.sup.status()
+        return web.json_response({
+            "pipelineState": doc["pipelineState"],
+            "performanceMetrics": doc["performanceMetrics"],
+            "resourceOptimization": doc["resourceOptimization"],
+            "counters": doc["counters"],
+            "latencyMs": {name: _histogram_summary(h) for name, h in self._histograms.items()},
+        })
+
+    async def session_status(self, request: web.Request) -> web.Response:
+        sid = request.match_info["session_id"]
+        try:
+            return web.json_response(self.sup.session_status(sid))
+        except SessionNotFoundError:
+            return _error(404, "session_not_found", f"no open session {sid!r}")
+
+    async def optimize(self, request: web.Request) -> web.Response:
+        flags = {"triggerGC": True, "cleanupSessions": True, "optimizeBuffers": True}
+        if request.can_read_body:
+            try:
+                body: Any = json.loads(await request.text() or "{}")
+            except json.JSONDecodeError as exc:
+                return _error(400, "invalid_json", f"body is not JSON: {exc.msg}")
+            if not isinstance(body, dict):
+                return _error(400, "invalid_body", "body must be a JSON object")
+            unknown = sorted(set(body) - set(flags))
+            if unknown:
+                return _error(400, "unknown_field",
+                              f"unknown field(s) {unknown}; allowed: {sorted(flags)}")
+            for key, value in body.items():
+                if not isinstance(value, bool):
+                    return _error(400, "invalid_field",
+                                  f"{key} must be true or false, not {value!r}")
+                flags[key] = value
+        done = await self.sup.optimize(trigger_gc=flags["triggerGC"],
+                                       cleanup_sessions=flags["cleanupSessions"],
+                                       optimize_buffers=flags["optimizeBuffers"])
+        return web.json_response(done)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        health = self.sup.health
+        status = 503 if health is Health.FAILED else 200
+        return web.json_response({"status": health.value, "state": self.sup.state},
+                                 status=status)
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready = self.sup.state == DaemonState.RUNNING and self.sup.health is not Health.FAILED
+        return web.json_response({"ready": ready, "state": self.sup.state},
+                                 status=200 if ready else 503)
+
+
+def _histogram_summary(hist: Histogram) -> dict[str, float]:
+    """Count and sum of a histogram (the JSON view; percentiles come from Prometheus)."""
+    count = total = 0.0
+    for metric in hist.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    return {"count": count, "mean": (total / count) if count else 0.0}

@@ -1,0 +1,128 @@
+"""The HTTP ops surface against a live runtime with a streaming session (real models, real
+speech): every endpoint, and the 4xx answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from alfred_daemon.api.http_server import HttpApi, HttpConfig
+from alfred_daemon.engine.audio import float_to_pcm16, read_wav
+from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
+from alfred_daemon.runtime.supervisor import Supervisor
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+JFK = REPO / "tests" / "data" / "jfk.wav"
+
+
+def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
+    audio, _rate = read_wav(JFK)
+    pcm = float_to_pcm16(np.concatenate([audio, np.zeros(16_000, np.float32)]))
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
+                                       shm_prefix=f"alfhttp{int(time.time()) % 100000}",
+                                       workers=WorkersConfig(count=2)))
+        await sup.start()
+        http = HttpApi(sup, HttpConfig(port=0))
+        await http.start()
+        base = f"http://127.0.0.1:{http.port}"
+        try:
+            sid = sup.open_session()
+            events: list[str] = []
+
+            async def consume() -> None:
+                async for ev in sup.events(sid):
+                    events.append(ev.TYPE)
+
+            consumer = asyncio.create_task(consume())
+            async with aiohttp.ClientSession() as client:
+                t0 = time.monotonic()
+                half = len(pcm) // 2 // 640 * 640
+                for k, i in enumerate(range(0, half, 640)):  # the first half, real time
+                    sup.push(sid, pcm[i : i + 640])
+                    await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
+                out["status"] = await (await client.get(f"{base}/pipeline/status")).json()
+                r = await client.get(f"{base}/session/{sid}/status")
+                out["session"] = (r.status, await r.json())
+                for i in range(half, len(pcm), 640):
+                    sup.push(sid, pcm[i : i + 640])
+                await sup.finish_session(sid)
+                await asyncio.wait_for(consumer, 10)
+                r = await client.get(f"{base}/metrics")
+                out["metrics"] = (r.status, r.headers["Content-Type"], await r.text())
+                out["metrics_json"] = await (await client.get(f"{base}/metrics.json")).json()
+                r = await client.get(f"{base}/session/nope/status")
+                out["unknown"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", json={"triggerGC": True,
+                                                                "cleanupSessions": False})
+                out["optimize"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", data="{not json")
+                out["bad_json"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", json={"triggerGC": "yes"})
+                out["bad_type"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", json={"gc": True})
+                out["bad_field"] = (r.status, await r.json())
+                r = await client.get(f"{base}/healthz")
+                out["healthz"] = (r.status, await r.json())
+                r = await client.get(f"{base}/readyz")
+                out["readyz"] = (r.status, await r.json())
+                r = await client.get(f"{base}/nothing-here")
+                out["404"] = r.status
+            out["events"] = events
+            out["optimize_after"] = sup.status()["resourceOptimization"]
+        finally:
+            await http.stop()
+            await sup.stop(grace=0)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+    status = out["status"]
+    for key in ("health", "processingLoad", "memoryUsage", "sessionsActive", "framesInQueue"):
+        assert key in status["pipelineState"], key
+    assert status["pipelineState"]["sessionsActive"] == 1
+    for key in ("averageFrameTime", "throughput", "errorRate", "memoryEfficiency"):
+        assert key in status["performanceMetrics"], key
+    assert status["performanceMonitor"] == status["performanceMetrics"]
+    for key in ("gcTriggered", "sessionsCleanedUp", "memoryOptimizations", "backpressureEvents"):
+        assert key in status["resourceOptimization"], key
+    assert len(status["workers"]) == 2 and all(w["state"] == "ready" for w in status["workers"])
+    assert status["performanceMetrics"]["throughput"] > 0
+
+    code, session = out["session"]
+    assert code == 200 and session["windowsWritten"] > 100 and session["state"] == "active"
+
+    code, ctype, text = out["metrics"]
+    assert code == 200 and ctype.startswith("text/plain")
+    for name in ("alfred_frames_analysed_total", "alfred_sessions_active",
+                 "alfred_frame_time_ms_bucket", "alfred_final_latency_ms_count",
+                 "alfred_partial_latency_ms_count", "alfred_turn_latency_ms_count",
+                 "alfred_memory_pss_bytes", "alfred_backpressure_level",
+                 'alfred_health{state="healthy"}', "alfred_worker_restarts_total"):
+        assert name in text, name
+    finals = [line for line in text.splitlines()
+              if line.startswith("alfred_final_latency_ms_count")]
+    assert finals and float(finals[0].split()[-1]) >= 1
+    assert out["metrics_json"]["latencyMs"]["final_transcription_latency_ms"]["count"] >= 1
+
+    assert out["unknown"][0] == 404 and out["unknown"][1]["error"]["code"] == "session_not_found"
+    code, done = out["optimize"]
+    assert code == 200 and done["triggerGC"] is True and done["cleanupSessions"] is False
+    assert "freedMB" in done and "memoryBeforeMB" in done
+    assert out["optimize_after"]["gcTriggered"] >= 1
+    assert out["bad_json"][0] == 400 and "not JSON" in out["bad_json"][1]["error"]["message"]
+    assert out["bad_type"][0] == 400 and "triggerGC" in out["bad_type"][1]["error"]["message"]
+    assert out["bad_field"][0] == 400 and "gc" in out["bad_field"][1]["error"]["message"]
+    assert out["healthz"][0] == 200 and out["readyz"][0] == 200
+    assert out["404"] == 404
+    assert "final_transcription" in out["events"]
