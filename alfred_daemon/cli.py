@@ -169,23 +169,23 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from .api.grpc_server import GrpcConfig
     from .api.http_server import HttpConfig
     from .engine.errors import EngineError
+    from .ops.logs import setup_logging
     from .ops.serve import serve
     from .runtime.config import RuntimeConfig, WorkersConfig
     from .runtime.rundir import RuntimeDirError
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format, args.log_file)
     try:
         kwargs = {} if args.runtime_dir is None else {"runtime_dir": args.runtime_dir}
         config = RuntimeConfig(workers=WorkersConfig(count=args.workers),
                                models=_models_config(args), **kwargs)
         http = HttpConfig(host=args.http_host, port=args.http_port)
-        return asyncio.run(serve(config, GrpcConfig(listen=args.listen), http_config=http))
+        return asyncio.run(serve(config, GrpcConfig(listen=args.listen), http_config=http,
+                                 pid_file=args.pid_file))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
@@ -220,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gRPC address (default 127.0.0.1:50051)")
     sv.add_argument("--http-host", default="127.0.0.1", help="HTTP ops address")
     sv.add_argument("--http-port", type=int, default=8015, help="HTTP ops port (default 8015)")
+    sv.add_argument("--pid-file", type=Path, default=None, help="write the daemon's pid here")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.add_argument("--log-format", default="text", choices=["text", "json"],
+                    help="stderr log lines: text (journald-aware) or json")
+    sv.add_argument("--log-file", type=Path, default=None,
+                    help="also log to this size-rotated file (e.g. logs/alfred-daemon.log)")
     sv.add_argument("--runtime-dir", default=None,
                     help="private directory for control sockets (default $XDG_RUNTIME_DIR)")
     _add_model_flags(sv)

@@ -1,60 +1,96 @@
 """``alfred-daemon serve``: run the daemon until a signal says stop.
 
-SIGTERM / SIGINT: drain (no new sessions; open utterances get their finals and turn
-decisions within ``drain_grace``), stop the workers, unlink every shared-memory segment,
-exit 0. SIGHUP: nothing can change live yet, so it is logged and ignored.
+SIGTERM / SIGINT: STOPPING=1 to systemd, gRPC health NOT_SERVING and new streams refused,
+drain (open utterances get their finals and turn decisions within ``drain_grace``), stop the
+workers, unlink every shared-memory segment, exit 0. SIGHUP: RELOADING=1 ... READY=1; nothing
+in this configuration can change live yet, so it is logged (the config-file issue adds what
+can be reloaded). While running, the watchdog is fed from the event loop only while the
+daemon is not failed, with a one-line STATUS summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from ..api.grpc_server import GrpcApi, GrpcConfig
 from ..api.http_server import HttpApi, HttpConfig
 from ..runtime.config import RuntimeConfig
+from ..runtime.health import Health
 from ..runtime.supervisor import Supervisor
+from . import pidfile
 from .signals import SignalQueue
+from .systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 
+def status_line(sup: Supervisor) -> str:
+    """The one-line STATUS= summary systemctl shows."""
+    workers = sup.status()["workers"]
+    ready = sum(1 for w in workers if w["state"] == "ready")
+    return (f"{sup.health.value}; {len(sup.session_ids())} sessions; load {sup.load:.2f}; "
+            f"backpressure {sup.ladder.level.action}; workers {ready}/{len(workers)}")
+
+
 async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
-                http_config: HttpConfig | None = None) -> int:
+                http_config: HttpConfig | None = None, pid_file: Path | None = None) -> int:
     """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
     they run, then wait for signals. A ``None`` config leaves that server out (tests,
     embedding)."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
+    notifier = Notifier()
     sup = Supervisor(config)
     api = GrpcApi(sup, grpc_config) if grpc_config is not None else None
     http = HttpApi(sup, http_config) if http_config is not None else None
+    watchdog: asyncio.Task[None] | None = None
     try:
+        notifier.status("starting: verifying models, starting workers")
         await sup.start()
         if api is not None:
             await api.start()
         if http is not None:
             await http.start()
+        if pid_file is not None:
+            pidfile.write(pid_file)
         if on_ready is not None:
             await on_ready(sup)
+        # READY only now: models loaded, workers up, every listener bound.
+        notifier.ready(status_line(sup))
+        watchdog = asyncio.create_task(notifier.watchdog_loop(
+            healthy=lambda: sup.health is not Health.FAILED,
+            status=lambda: status_line(sup)))
         while True:
             sig = await signals.get()
             if sig == signal.SIGHUP:
+                notifier.reloading()
                 log.info("SIGHUP: nothing in this configuration can change live; ignored")
+                notifier.ready(status_line(sup))
                 continue
             log.info("%s: draining", sig.name)
+            notifier.stopping(f"draining {len(sup.session_ids())} sessions")
             if api is not None:
                 await api.begin_shutdown()  # health NOT_SERVING, new streams UNAVAILABLE
             await sup.stop()  # open streams get their finals and session_closed
             return 0
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
         if sup.state != "stopped":
             await sup.stop(grace=0)
         if api is not None:
             await api.stop()
         if http is not None:
             await http.stop()
+        if pid_file is not None:
+            pidfile.remove(pid_file)
+        notifier.close()
         signals.close()
