@@ -18,6 +18,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .engine.models import ModelsConfig
+    from .ops.config import DaemonConfig
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
@@ -167,28 +168,72 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         return 2
 
 
+def _serve_config(args: argparse.Namespace) -> DaemonConfig:
+    """The config file (``--config``; defaults without one) plus environment overrides,
+    then the command-line flags that were given explicitly."""
+    import dataclasses
+
+    from .ops.config import load
+
+    cfg = load(args.config)
+    rt, grpc_cfg, http, logs = cfg.runtime, cfg.grpc, cfg.http, cfg.logging
+    if args.workers is not None:
+        rt = dataclasses.replace(rt, workers=dataclasses.replace(rt.workers, count=args.workers))
+    if args.runtime_dir is not None:
+        rt = dataclasses.replace(rt, runtime_dir=args.runtime_dir)
+    if any(getattr(args, k) is not None for k in ("vad_model", "stt_model", "turn_model",
+                                                   "models_dir")):
+        rt = dataclasses.replace(rt, models=_models_config(args))
+    if args.listen is not None:
+        grpc_cfg = dataclasses.replace(grpc_cfg, listen=args.listen)
+    if args.http_host is not None:
+        http = dataclasses.replace(http, host=args.http_host)
+    if args.http_port is not None:
+        http = dataclasses.replace(http, port=args.http_port)
+    for flag, key in (("log_level", "level"), ("log_format", "format")):
+        if getattr(args, flag) is not None:
+            logs = dataclasses.replace(logs, **{key: getattr(args, flag)})
+    if args.log_file is not None:
+        logs = dataclasses.replace(logs, file=str(args.log_file))
+    if args.pid_file is not None:
+        logs = dataclasses.replace(logs, pid_file=str(args.pid_file))
+    return dataclasses.replace(cfg, runtime=rt, grpc=grpc_cfg, http=http, logging=logs)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .api.grpc_server import GrpcConfig
-    from .api.http_server import HttpConfig
     from .engine.errors import EngineError
     from .ops.logs import setup_logging
     from .ops.serve import serve
-    from .runtime.config import RuntimeConfig, WorkersConfig
     from .runtime.rundir import RuntimeDirError
 
-    setup_logging(args.log_level, args.log_format, args.log_file)
     try:
-        kwargs = {} if args.runtime_dir is None else {"runtime_dir": args.runtime_dir}
-        config = RuntimeConfig(workers=WorkersConfig(count=args.workers),
-                               models=_models_config(args), **kwargs)
-        http = HttpConfig(host=args.http_host, port=args.http_port)
-        return asyncio.run(serve(config, GrpcConfig(listen=args.listen), http_config=http,
-                                 pid_file=args.pid_file))
+        cfg = _serve_config(args)
+        setup_logging(cfg.logging.level, cfg.logging.format,
+                      Path(cfg.logging.file) if cfg.logging.file else None)
+        pid_file = Path(cfg.logging.pid_file) if cfg.logging.pid_file else None
+        return asyncio.run(serve(cfg.runtime, cfg.grpc, http_config=cfg.http,
+                                 pid_file=pid_file, config_path=args.config))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .engine.errors import ConfigError
+    from .ops.config import dumps, load, to_mapping
+
+    try:
+        cfg = load(args.file)
+    except ConfigError as exc:
+        print(f"alfred-daemon: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        print(dumps(to_mapping(cfg)), end="")
+    else:
+        print(f"{args.file}: ok" if args.file else "defaults: ok")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,14 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_cmd_stream)
 
     sv = sub.add_parser("serve", help="run the daemon (supervisor and workers) until SIGTERM")
-    sv.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per core)")
-    sv.add_argument("--listen", default="127.0.0.1:50051",
-                    help="gRPC address (default 127.0.0.1:50051)")
-    sv.add_argument("--http-host", default="127.0.0.1", help="HTTP ops address")
-    sv.add_argument("--http-port", type=int, default=8015, help="HTTP ops port (default 8015)")
+    sv.add_argument("--config", type=Path, default=None,
+                    help="TOML config file (see systemd/alfred-daemon.toml); flags override it")
+    sv.add_argument("--workers", type=int, default=None,
+                    help="worker processes (0 = one per core)")
+    sv.add_argument("--listen", default=None, help="gRPC address (default 127.0.0.1:50051)")
+    sv.add_argument("--http-host", default=None, help="HTTP ops address (default 127.0.0.1)")
+    sv.add_argument("--http-port", type=int, default=None, help="HTTP ops port (default 8015)")
     sv.add_argument("--pid-file", type=Path, default=None, help="write the daemon's pid here")
-    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sv.add_argument("--log-format", default="text", choices=["text", "json"],
+    sv.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    sv.add_argument("--log-format", default=None, choices=["text", "json"],
                     help="stderr log lines: text (journald-aware) or json")
     sv.add_argument("--log-file", type=Path, default=None,
                     help="also log to this size-rotated file (e.g. logs/alfred-daemon.log)")
@@ -230,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="private directory for control sockets (default $XDG_RUNTIME_DIR)")
     _add_model_flags(sv)
     sv.set_defaults(func=_cmd_serve)
+
+    co = sub.add_parser("config", help="show the effective config or check a config file")
+    co.add_argument("action", choices=["show", "check"])
+    co.add_argument("file", type=Path, nargs="?", default=None)
+    co.set_defaults(func=_cmd_config)
 
     mo = sub.add_parser("models", help="fetch or check model weights")
     mo.add_argument("action", choices=["fetch", "check"])

@@ -75,7 +75,7 @@ def main() -> int:
             tasks.append(asyncio.create_task(relay(sup, i, sid)))
             tasks.append(asyncio.create_task(stream(sup, i, sid, pcm, spec.get("loops", 1))))
 
-    code = asyncio.run(serve(config, None, on_ready))
+    code = asyncio.run(serve(config, None, on_ready=on_ready))
     emit({"exit": code})
     return code
 

@@ -29,6 +29,34 @@ from .systemd import Notifier
 log = logging.getLogger(__name__)
 
 
+class _Reloader:
+    """SIGHUP: re-read the config file; apply what can change live, name what needs a
+    restart. Compares file with file (command-line flags are not in either), so a flag
+    that overrides a restart-only key is not reported as a pending change."""
+
+    def __init__(self, path: Path | None) -> None:
+        from .config import load
+
+        self.path = path
+        self.loaded = load(path)
+
+    def __call__(self, sup: Supervisor) -> None:
+        from ..engine.errors import ConfigError
+        from .config import load, restart_needed
+
+        try:
+            new = load(self.path)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded, it is invalid: %s", exc)
+            return
+        pending = restart_needed(self.loaded, new)
+        self.loaded = new
+        sup.apply_config(new.runtime)
+        logging.getLogger().setLevel(new.logging.level.upper())
+        log.info("SIGHUP: config %s reloaded%s", self.path or "(defaults + environment)",
+                 f"; needs a restart to change: {', '.join(pending)}" if pending else "")
+
+
 def status_line(sup: Supervisor) -> str:
     """The one-line STATUS= summary systemctl shows."""
     workers = sup.status()["workers"]
@@ -37,9 +65,10 @@ def status_line(sup: Supervisor) -> str:
             f"backpressure {sup.ladder.level.action}; workers {ready}/{len(workers)}")
 
 
-async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
+async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
-                http_config: HttpConfig | None = None, pid_file: Path | None = None) -> int:
+                http_config: HttpConfig | None = None, pid_file: Path | None = None,
+                config_path: Path | None = None) -> int:
     """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
     they run, then wait for signals. A ``None`` config leaves that server out (tests,
     embedding)."""
@@ -50,6 +79,7 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
     api = GrpcApi(sup, grpc_config) if grpc_config is not None else None
     http = HttpApi(sup, http_config) if http_config is not None else None
     watchdog: asyncio.Task[None] | None = None
+    reloader = _Reloader(config_path)
     try:
         notifier.status("starting: verifying models, starting workers")
         await sup.start()
@@ -70,7 +100,7 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None,
             sig = await signals.get()
             if sig == signal.SIGHUP:
                 notifier.reloading()
-                log.info("SIGHUP: nothing in this configuration can change live; ignored")
+                reloader(sup)
                 notifier.ready(status_line(sup))
                 continue
             log.info("%s: draining", sig.name)

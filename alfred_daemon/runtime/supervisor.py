@@ -485,6 +485,21 @@ class Supervisor:
             s.arrival[k % s.ring.n_slots] = mono
         s.windows_written += n
 
+    def apply_config(self, config: RuntimeConfig) -> None:
+        """Take what can change while running (SIGHUP): processor limits and batching,
+        backpressure, limits, alert thresholds, lag and health intervals, drain grace, and
+        engine defaults for new sessions. Worker count, models, runtime dir, shared-memory
+        prefix and ring size keep their start-up values (the caller reports them)."""
+        keep = self.config
+        self.config = dataclasses.replace(
+            config, workers=keep.workers, models=keep.models, runtime_dir=keep.runtime_dir,
+            shm_prefix=keep.shm_prefix, ring_seconds=keep.ring_seconds,
+            job_cost_multiplier=keep.job_cost_multiplier,
+            vad_cost_ms_per_window=keep.vad_cost_ms_per_window)
+        self.ladder.config = config.coordination
+        self.monitor.thresholds = config.alerts
+        log.info("runtime config applied")
+
     def touch(self, session_id: str) -> None:
         """A keepalive: the session is not idle."""
         self._get(session_id).last_activity = time.monotonic()
