@@ -175,6 +175,7 @@ def start_daemon(workdir: Path, workers: int = 2) -> Daemon:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [daemon_executable(), "serve", "--listen", f"127.0.0.1:{port}",
+             "--http-port", str(free_port()),
              "--runtime-dir", str(workdir / "run"), "--workers", str(workers)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )
