@@ -126,3 +126,92 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
     assert out["healthz"][0] == 200 and out["readyz"][0] == 200
     assert out["404"] == 404
     assert "final_transcription" in out["events"]
+
+
+def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
+    audio, _rate = read_wav(JFK)
+    pcm = float_to_pcm16(np.concatenate([audio, np.zeros(16_000, np.float32)]))
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
+                                       shm_prefix=f"alfws{int(time.time()) % 100000}",
+                                       workers=WorkersConfig(count=2)))
+        await sup.start()
+        http = HttpApi(sup, HttpConfig(port=0))
+        await http.start()
+        base = f"http://127.0.0.1:{http.port}"
+        try:
+            async with aiohttp.ClientSession() as client:
+                # The browser protocol, real time.
+                async with client.ws_connect(f"{base}/ws") as ws:
+                    await ws.send_json({"type": "config", "sampleRate": 16000,
+                                        "frameEventEvery": 10})
+                    started = await ws.receive_json(timeout=10)
+                    t0 = time.monotonic()
+                    for k, i in enumerate(range(0, len(pcm), 640)):
+                        await ws.send_bytes(pcm[i : i + 640])
+                        await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
+                    await ws.send_json({"type": "end"})
+                    received = []
+                    while True:
+                        msg = await ws.receive(timeout=20)
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        received.append(msg.json())
+                out["ws"] = (started, received)
+                # A bad config, and audio before the config.
+                async with client.ws_connect(f"{base}/ws") as ws:
+                    await ws.send_json({"type": "config", "sampleRateHz": 22050})
+                    out["ws_bad_rate"] = (await ws.receive_json(timeout=10),
+                                          (await ws.receive(timeout=10)).type)
+                async with client.ws_connect(f"{base}/ws") as ws:
+                    await ws.send_bytes(b"\x00\x00" * 320)
+                    out["ws_audio_first"] = await ws.receive_json(timeout=10)
+                # POST /process_frame: 20 ms frames, the first one creates the session.
+                answers = []
+                for i in range(0, 16_000 * 2 * 2, 640):  # 2 s
+                    form = aiohttp.FormData()
+                    form.add_field("session_id", "http-client-1")
+                    form.add_field("audio", pcm[i : i + 640], filename="frame.pcm")
+                    r = await client.post(f"{base}/process_frame", data=form)
+                    answers.append((r.status, await r.json()))
+                form = aiohttp.FormData()
+                form.add_field("session_id", "http-client-1")
+                form.add_field("audio", b"\x00\x01\x02", filename="odd.pcm")
+                r = await client.post(f"{base}/process_frame", data=form)
+                out["pf_odd"] = (r.status, await r.json())
+                r = await client.post(f"{base}/process_frame", json={"session_id": "x"})
+                out["pf_not_multipart"] = r.status
+                out["pf"] = answers
+        finally:
+            await http.stop()
+            await sup.stop(grace=0)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+    started, received = out["ws"]
+    assert started["type"] == "sessionStarted" and started["sessionId"]
+    types = [m["type"] for m in received]
+    for name in ("speechStart", "speechEnd", "partialTranscription", "finalTranscription",
+                 "turnEnd", "frameProcessed", "pipelineHealth"):
+        assert name in types, (name, types)
+    assert types[-1] == "sessionClosed" and received[-1]["reason"] == "finished"
+    finals = " ".join(m["text"] for m in received if m["type"] == "finalTranscription")
+    assert "ask not what your country" in finals.lower().replace("!", "").replace(".", "") \
+        or "country can do for you" in finals.lower()
+    assert all("audioOffsetMs" in m for m in received)
+    err, close_type = out["ws_bad_rate"]
+    assert err["type"] == "error" and err["code"] == "INVALID_ARGUMENT"
+    assert "22050" in err["message"] and close_type == aiohttp.WSMsgType.CLOSE
+    assert out["ws_audio_first"]["code"] == "INVALID_ARGUMENT"
+    assert "config first" in out["ws_audio_first"]["message"]
+
+    answers = out["pf"]
+    assert all(code == 200 for code, _ in answers)
+    frame_events = [e for _, a in answers for e in a["events"] if e["type"] == "frameProcessed"]
+    windows = sum(a["windows"] for _, a in answers)
+    assert windows >= 60 and len(frame_events) >= windows - 2  # each analysed window answered
+    assert any(e["type"] == "speechStart" for _, a in answers for e in a["events"])
+    assert out["pf_odd"][0] == 400 and "even" in out["pf_odd"][1]["error"]["message"]
+    assert out["pf_not_multipart"] == 400

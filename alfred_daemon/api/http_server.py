@@ -9,6 +9,9 @@ Endpoints (paths and JSON field names are the product spec's):
 * ``GET /session/{id}/status`` -- one session (404 if unknown).
 * ``POST /optimize`` -- body ``{"triggerGC", "cleanupSessions", "optimizeBuffers"}`` (all
   booleans, all optional, default true); answers what it did and freed.
+* ``POST /process_frame`` -- multipart ``session_id`` + ``audio`` (one frame) for clients
+  that cannot stream; answers the events produced once that frame is analysed.
+* ``GET /ws`` -- the browser protocol (:mod:`.ws_bridge`).
 * ``GET /healthz`` -- liveness (the event loop answers; 503 once health is failed);
   ``GET /readyz`` -- readiness (running with workers up; 503 while starting or draining).
 
@@ -19,6 +22,8 @@ latencies, which are histograms fed by the supervisor's observations as they hap
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -30,9 +35,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..runtime.errors import SessionNotFoundError
+from ..engine.errors import InvalidAudioError
+from ..runtime.errors import (
+    AdmissionError,
+    DaemonUnavailableError,
+    SessionBackloggedError,
+    SessionNotFoundError,
+)
 from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
+from .outbox import Outbox
+from .ws_bridge import WsBridge, wire
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +129,10 @@ class HttpApi:
                 buckets=LATENCY_BUCKETS_MS, registry=self.registry),
         }
         sup.on_observation(self._observe)
+        self.ws = WsBridge(sup)
+        self._frame_sessions: dict[str, Outbox] = {}
+        self._pumps: set[asyncio.Task[None]] = set()
+        """Sessions fed by POST /process_frame, with their undelivered events."""
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -134,6 +151,8 @@ class HttpApi:
             web.post("/optimize", self.optimize),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
+            web.post("/process_frame", self.process_frame),
+            web.get("/ws", self.ws.handle),
         ])
         return app
 
@@ -203,6 +222,72 @@ class HttpApi:
                                        cleanup_sessions=flags["cleanupSessions"],
                                        optimize_buffers=flags["optimizeBuffers"])
         return web.json_response(done)
+
+    async def process_frame(self, request: web.Request) -> web.Response:
+        """For clients that cannot stream: multipart ``session_id`` + ``audio`` (LINEAR16,
+        typically 20 ms; optional ``sample_rate``, default 16000, used when the session is
+        created by its first frame). Answers once the frame's audio has been analysed, with
+        every event the session produced since the previous call."""
+        if not request.content_type.startswith("multipart/"):
+            return _error(400, "invalid_body", "send multipart/form-data with session_id and "
+                          "audio")
+        form = await request.post()
+        sid = form.get("session_id")
+        audio = form.get("audio")
+        if not isinstance(sid, str) or not sid:
+            return _error(400, "missing_field", "session_id is required")
+        if audio is None:
+            return _error(400, "missing_field", "audio (LINEAR16 bytes) is required")
+        pcm = audio.file.read() if isinstance(audio, web.FileField) else str(audio).encode()
+        try:
+            rate = int(str(form.get("sample_rate", "16000")))
+        except ValueError:
+            return _error(400, "invalid_field", "sample_rate must be an integer")
+        outbox = self._frame_sessions.get(sid)
+        try:
+            if outbox is None:
+                # Per-window VAD results are this endpoint's answer: frame events on.
+                engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
+                self.sup.open_session(engine, sample_rate=rate, session_id=sid)
+                outbox = Outbox(limit=1000)
+                self._frame_sessions[sid] = outbox
+                task = asyncio.create_task(self._pump_frames(sid, outbox))
+                self._pumps.add(task)
+                task.add_done_callback(self._pumps.discard)
+            windows = self.sup.push(sid, pcm)
+        except InvalidAudioError as exc:
+            return _error(400, "invalid_audio", str(exc))
+        except AdmissionError as exc:
+            return _error(503, exc.reason, str(exc))
+        except DaemonUnavailableError as exc:
+            return _error(503, "unavailable", str(exc))
+        except SessionBackloggedError as exc:
+            return _error(429, "backlogged", str(exc))
+        except SessionNotFoundError as exc:
+            return _error(404, "session_not_found", str(exc))
+        except ValueError as exc:
+            return _error(409, "session_exists", str(exc))
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while asyncio.get_running_loop().time() < deadline:
+            status = self.sup.session_status(sid)
+            if status["windowsQueued"] == 0:
+                break
+            await asyncio.sleep(0.005)
+        events = []
+        while len(outbox):
+            ev = await outbox.get()
+            if ev is not None:
+                events.append(wire(ev))
+        return web.json_response({"sessionId": sid, "windows": windows, "events": events})
+
+    async def _pump_frames(self, sid: str, outbox: Outbox) -> None:
+        try:
+            async for event in self.sup.events(sid):
+                outbox.put(event)
+        except SessionNotFoundError:
+            pass
+        finally:
+            self._frame_sessions.pop(sid, None)
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = self.sup.health

@@ -1,0 +1,222 @@
+"""The browser protocol: one WebSocket per session, the same sessions and events as gRPC.
+
+Client -> daemon:
+  1. a text message ``{"type": "config", "sampleRate": 16000, "partials": true,
+     "partialIntervalMs": 500, "frameEventEvery": 0, "vad": {...}, "turn": {...}}``
+     (keys as in the gRPC SessionConfig, camelCase);
+  2. binary messages: LINEAR16 mono audio at that rate, any length (20 ms is typical);
+  3. optional text messages ``{"type": "control", "action": "playback_started" |
+     "playback_stopped" | "force_end_of_turn" | "flush" | "keepalive"}`` and
+     ``{"type": "end"}`` (end of input: the remaining events follow, then the socket closes).
+
+Daemon -> client: JSON text messages ``{"type": <spec name>, "audioOffsetMs": ...,
+"processingMs": ..., <fields in camelCase>}`` with the product spec's event names:
+``sessionStarted``, ``frameProcessed``, ``speechStart``, ``speechEnd``,
+``partialTranscription``, ``finalTranscription``, ``turnEnd``, ``turnResumed``,
+``interruption``, ``pipelineHealth``, ``backpressureTriggered``, ``backpressureRecovered``,
+``framesDropped``, ``workerRecovered``, ``eventsShed``, ``sessionClosed``, ``error``.
+Bad input gets an ``error`` message with a gRPC-style code and the socket closes (1008 for
+a bad config or control, 1007 for bad audio); other sessions are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
+from google.protobuf.json_format import ParseDict, ParseError
+
+from ..engine.errors import InvalidAudioError
+from ..engine.events import Event, FrameProcessed, SessionClosed
+from ..runtime.errors import (
+    AdmissionError,
+    DaemonUnavailableError,
+    SessionBackloggedError,
+    SessionNotFoundError,
+)
+from ..runtime.supervisor import Supervisor
+from .convert import MAX_FRAME_BYTES, InvalidRequestError, engine_config
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+SPEC_NAMES = {
+    "frame_processed": "frameProcessed", "speech_started": "speechStart",
+    "speech_ended": "speechEnd", "partial_transcription": "partialTranscription",
+    "final_transcription": "finalTranscription", "turn_ended": "turnEnd",
+    "turn_resumed": "turnResumed", "interruption": "interruption",
+    "pipeline_health": "pipelineHealth", "backpressure_triggered": "backpressureTriggered",
+    "backpressure_recovered": "backpressureRecovered", "frames_dropped": "framesDropped",
+    "worker_recovered": "workerRecovered", "session_closed": "sessionClosed",
+}
+CONTROLS = {"playback_started", "playback_stopped", "force_end_of_turn", "flush", "keepalive"}
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def wire(event: Event) -> dict[str, Any]:
+    """An engine/runtime event as the browser protocol's JSON object."""
+    body = event.to_dict()
+    kind = body.pop("type")
+    return {"type": SPEC_NAMES.get(kind, camel(kind)),
+            **{camel(k): v for k, v in body.items()}}
+
+
+def session_config(message: dict[str, Any]) -> pb.SessionConfig:
+    """The gRPC SessionConfig a browser's config message describes."""
+    body = {k: v for k, v in message.items() if k != "type"}
+    if "sampleRate" in body:  # the browser protocol's name for sampleRateHz
+        body["sampleRateHz"] = body.pop("sampleRate")
+    try:
+        return ParseDict(body, pb.SessionConfig())  # accepts camelCase (the JSON mapping)
+    except ParseError as exc:
+        raise InvalidRequestError(f"invalid config: {exc}") from None
+
+
+class WsBridge:
+    def __init__(self, sup: Supervisor, outbox_limit: int = 256) -> None:
+        self.sup = sup
+        self.outbox_limit = outbox_limit
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_FRAME_BYTES)
+        await ws.prepare(request)
+        try:
+            first = await asyncio.wait_for(ws.receive(), 30.0)
+        except TimeoutError:
+            await self._fail(ws, "INVALID_ARGUMENT", "no config within 30 s", 1008)
+            return ws
+        if first.type != WSMsgType.TEXT:
+            await self._fail(ws, "INVALID_ARGUMENT",
+                             "the first message must be the JSON config (config first, then "
+                             "binary audio)", 1008)
+            return ws
+        try:
+            msg = json.loads(first.data)
+            if not isinstance(msg, dict) or msg.get("type") != "config":
+                raise InvalidRequestError('the first message must be {"type": "config", ...}')
+            cfg = session_config(msg)
+            if cfg.sample_rate_hz == 0:
+                cfg.sample_rate_hz = 16_000
+            engine = engine_config(cfg, self.sup.config.engine)
+            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz)
+        except (json.JSONDecodeError, InvalidRequestError, InvalidAudioError) as exc:
+            await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
+            return ws
+        except AdmissionError as exc:
+            await self._fail(ws, "RESOURCE_EXHAUSTED", str(exc), 1013)
+            return ws
+        except DaemonUnavailableError as exc:
+            await self._fail(ws, "UNAVAILABLE", str(exc), 1013)
+            return ws
+        await ws.send_json({"type": "sessionStarted", "sessionId": sid,
+                            "sampleRate": cfg.sample_rate_hz})
+        outbox = Outbox(self.outbox_limit)
+        pump = asyncio.create_task(self._pump(sid, outbox, cfg.frame_event_every))
+        writer = asyncio.create_task(self._write(ws, outbox))
+        ended = False
+        try:
+            ended = await self._read(ws, sid)
+        finally:
+            if ended:
+                with contextlib.suppress(SessionNotFoundError):
+                    await self.sup.finish_session(sid)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer, 30.0)
+            else:
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(sid, "client")
+            for task in (pump, writer):
+                task.cancel()
+            await asyncio.gather(pump, writer, return_exceptions=True)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _read(self, ws: web.WebSocketResponse, sid: str) -> bool:
+        """Apply messages until ``end`` (True) or the socket closes/fails (False)."""
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                if len(msg.data) > MAX_FRAME_BYTES:
+                    await self._fail(ws, "INVALID_ARGUMENT", "audio frame over 1 MiB", 1009)
+                    return False
+                try:
+                    self.sup.push(sid, msg.data)
+                except InvalidAudioError as exc:
+                    await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1007)
+                    return False
+                except SessionBackloggedError as exc:
+                    await self._fail(ws, "RESOURCE_EXHAUSTED", str(exc), 1013)
+                    return False
+                except SessionNotFoundError:
+                    return False
+            elif msg.type == WSMsgType.TEXT:
+                try:
+                    body = json.loads(msg.data)
+                except json.JSONDecodeError:
+                    body = None
+                kind = body.get("type") if isinstance(body, dict) else None
+                if kind == "end":
+                    return True
+                if kind == "control" and body is not None and body.get("action") in CONTROLS:
+                    self._control(sid, str(body["action"]))
+                    continue
+                await self._fail(ws, "INVALID_ARGUMENT",
+                                 f"unexpected message {msg.data[:80]!r}: send binary audio, "
+                                 'a {"type": "control", "action": ...} or {"type": "end"}',
+                                 1008)
+                return False
+            else:
+                return False
+        return False
+
+    def _control(self, sid: str, action: str) -> None:
+        with contextlib.suppress(SessionNotFoundError):
+            if action == "playback_started":
+                self.sup.set_playback(sid, True)
+            elif action == "playback_stopped":
+                self.sup.set_playback(sid, False)
+            elif action == "force_end_of_turn":
+                self.sup.force_end_of_turn(sid)
+            elif action == "flush":
+                self.sup.flush(sid)
+            else:
+                self.sup.touch(sid)
+
+    async def _pump(self, sid: str, outbox: Outbox, every: int) -> None:
+        seen = 0
+        try:
+            async for event in self.sup.events(sid):
+                if isinstance(event, FrameProcessed):
+                    seen += 1
+                    if every <= 0 or (seen - 1) % every:
+                        continue
+                outbox.put(event)
+        except SessionNotFoundError:
+            pass
+        finally:
+            outbox.close()
+
+    async def _write(self, ws: web.WebSocketResponse, outbox: Outbox) -> None:
+        while (event := await outbox.get()) is not None:
+            shed = outbox.take_shed()
+            if shed is not None:
+                await ws.send_json({"type": "eventsShed", "partials": shed.partials,
+                                    "frameEvents": shed.frame_events, "other": shed.other})
+            await asyncio.wait_for(ws.send_json(wire(event)), 10.0)
+            if isinstance(event, SessionClosed):
+                return
+
+    @staticmethod
+    async def _fail(ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.close(code=close, message=message[:120].encode())
