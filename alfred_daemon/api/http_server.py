@@ -12,6 +12,7 @@ Endpoints (paths and JSON field names are the product spec's):
 * ``POST /process_frame`` -- multipart ``session_id`` + ``audio`` (one frame) for clients
   that cannot stream; answers the events produced once that frame is analysed.
 * ``GET /ws`` -- the browser protocol (:mod:`.ws_bridge`).
+* ``GET /monitor`` -- the live dashboard (:mod:`.monitor`).
 * ``GET /healthz`` -- liveness (the event loop answers; 503 once health is failed);
   ``GET /readyz`` -- readiness (running with workers up; 503 while starting or draining).
 
@@ -44,6 +45,7 @@ from ..runtime.errors import (
 )
 from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
+from .monitor import Monitor
 from .outbox import Outbox
 from .ws_bridge import WsBridge, wire
 
@@ -130,6 +132,7 @@ class HttpApi:
         }
         sup.on_observation(self._observe)
         self.ws = WsBridge(sup)
+        self.monitor = Monitor(sup)
         self._frame_sessions: dict[str, Outbox] = {}
         self._pumps: set[asyncio.Task[None]] = set()
         """Sessions fed by POST /process_frame, with their undelivered events."""
@@ -153,6 +156,9 @@ class HttpApi:
             web.get("/readyz", self.readyz),
             web.post("/process_frame", self.process_frame),
             web.get("/ws", self.ws.handle),
+            web.get("/monitor", self.monitor.page),
+            web.get("/monitor/history", self.monitor.history_json),
+            web.get("/monitor/stream", self.monitor.stream),
         ])
         return app
 
@@ -162,12 +168,14 @@ class HttpApi:
         site = web.TCPSite(self._runner, self.config.host, self.config.port,
                            reuse_port=False)
         await site.start()
+        self.monitor.start()
         server = site._server  # the bound port (config port 0 = any)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         log.info("HTTP listening on %s:%d", self.config.host, self.port)
 
     async def stop(self) -> None:
+        await self.monitor.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,0 +1,107 @@
+"""The monitor dashboard in real headless Chromium (Debian's package, driven by Playwright):
+the page loads, its charts move while a session streams, the optimize button works; a
+screenshot is saved to test-artifacts/monitor.png."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from alfred_daemon.api.http_server import HttpApi, HttpConfig
+from alfred_daemon.engine.audio import float_to_pcm16, read_wav
+from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
+from alfred_daemon.runtime.supervisor import Supervisor
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("chromium is not installed (make setup installs Debian's chromium)")
+    return path
+
+
+def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    browser_path = chromium()
+    audio, _ = read_wav(REPO / "tests" / "data" / "jfk.wav")
+    pcm = float_to_pcm16(np.concatenate([audio, np.zeros(8000, np.float32)]))
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
+                                       shm_prefix=f"alfmon{int(time.time()) % 100000}",
+                                       workers=WorkersConfig(count=2)))
+        await sup.start()
+        http = HttpApi(sup, HttpConfig(port=0))
+        await http.start()
+        sid = sup.open_session()
+
+        async def stream() -> None:
+            t0 = time.monotonic()
+            for k, i in enumerate(range(0, len(pcm), 640)):
+                sup.push(sid, pcm[i : i + 640])
+                await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
+            await sup.finish_session(sid)
+
+        async def drain() -> None:
+            async for _ in sup.events(sid):
+                pass
+
+        streaming = asyncio.gather(stream(), drain())
+        try:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=browser_path,
+                                                   args=["--no-sandbox"])
+                page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                await page.goto(f"http://127.0.0.1:{http.port}/monitor")
+                await page.wait_for_function("window.alfredMonitor.updates >= 2",
+                                             timeout=15_000)
+                first = await page.evaluate(
+                    "document.getElementById('c-throughput').toDataURL()")
+                out["rows"] = await page.locator("#sessions tbody tr").count()
+                await asyncio.sleep(3.0)
+                out["updates"] = await page.evaluate("window.alfredMonitor.updates")
+                second = await page.evaluate(
+                    "document.getElementById('c-throughput').toDataURL()")
+                out["moved"] = first != second
+                out["throughput"] = await page.evaluate(
+                    "Math.max(...window.alfredMonitor.history.map(s => s.throughput))")
+                out["banner"] = await page.text_content("#banner")
+                before = sup.status()["resourceOptimization"]["memoryOptimizations"]
+                await page.click("#optimize")
+                await page.wait_for_function("window.alfredMonitor.optimized !== undefined",
+                                             timeout=15_000)
+                out["optimize_text"] = await page.text_content("#optimize-result")
+                out["optimizations"] = (
+                    before, sup.status()["resourceOptimization"]["memoryOptimizations"])
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "monitor.png"), full_page=True)
+                await browser.close()
+            await asyncio.wait_for(streaming, 30)
+        finally:
+            await http.stop()
+            await sup.stop(grace=0)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+    assert out["rows"] == 1, out
+    assert out["updates"] >= 4, out
+    assert out["moved"], "the throughput chart did not change while a session streamed"
+    assert out["throughput"] > 0
+    assert out["banner"] and out["banner"].startswith("health:")
+    assert out["optimize_text"] and out["optimize_text"].startswith("freed")
+    assert out["optimizations"][1] == out["optimizations"][0] + 1
+    assert (ARTIFACTS / "monitor.png").stat().st_size > 10_000
