@@ -11,7 +11,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from alfred_client import AsyncClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from alfred_daemon.api.grpc_server import GrpcApi, GrpcConfig
 from alfred_daemon.api.http_server import HttpApi, HttpConfig
 from alfred_daemon.engine.audio import float_to_pcm16, read_wav
 from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
@@ -52,6 +55,7 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
                 for k, i in enumerate(range(0, half, 640)):  # the first half, real time
                     sup.push(sid, pcm[i : i + 640])
                     await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
+                out["scrape1"] = await (await client.get(f"{base}/metrics")).text()
                 out["status"] = await (await client.get(f"{base}/pipeline/status")).json()
                 r = await client.get(f"{base}/session/{sid}/status")
                 out["session"] = (r.status, await r.json())
@@ -104,6 +108,15 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
 
     code, ctype, text = out["metrics"]
     assert code == 200 and ctype.startswith("text/plain")
+    # Parses with prometheus-client's own parser, and the counters moved while streaming.
+    def samples(body: str) -> dict[str, float]:
+        return {s.name: s.value for fam in text_string_to_metric_families(body)
+                for s in fam.samples if not s.labels}
+
+    first, later = samples(out["scrape1"]), samples(text)
+    assert later["alfred_frames_analysed_total"] > first["alfred_frames_analysed_total"] > 0
+    assert later["alfred_jobs_total"] > first["alfred_jobs_total"]
+    assert later["alfred_frame_time_ms_count"] > first["alfred_frame_time_ms_count"]
     for name in ("alfred_frames_analysed_total", "alfred_sessions_active",
                  "alfred_frame_time_ms_bucket", "alfred_final_latency_ms_count",
                  "alfred_partial_latency_ms_count", "alfred_turn_latency_ms_count",
@@ -140,10 +153,20 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
         await sup.start()
         http = HttpApi(sup, HttpConfig(port=0))
         await http.start()
+        grpc_api = GrpcApi(sup, GrpcConfig(listen="127.0.0.1:0"))
+        await grpc_api.start()
         base = f"http://127.0.0.1:{http.port}"
+
+        async def via_grpc() -> list[str]:
+            async with AsyncClient(f"127.0.0.1:{grpc_api.port}") as c:
+                return [ev.data["text"] async for ev in c.stream_pcm(pcm, 16_000,
+                                                                     realtime=True)
+                        if ev.type == "final_transcription"]
+
+        grpc_finals = asyncio.create_task(via_grpc())
         try:
             async with aiohttp.ClientSession() as client:
-                # The browser protocol, real time.
+                # The browser protocol, real time (alongside the same audio over gRPC).
                 async with client.ws_connect(f"{base}/ws") as ws:
                     await ws.send_json({"type": "config", "sampleRate": 16000,
                                         "frameEventEvery": 10})
@@ -160,6 +183,7 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
                             break
                         received.append(msg.json())
                 out["ws"] = (started, received)
+                out["grpc_finals"] = await asyncio.wait_for(grpc_finals, 30)
                 # A bad config, and audio before the config.
                 async with client.ws_connect(f"{base}/ws") as ws:
                     await ws.send_json({"type": "config", "sampleRateHz": 22050})
@@ -185,12 +209,16 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
                 out["pf_not_multipart"] = r.status
                 out["pf"] = answers
         finally:
+            grpc_finals.cancel()
+            await grpc_api.stop()
             await http.stop()
             await sup.stop(grace=0)
 
     asyncio.run(asyncio.wait_for(main(), 120))
 
     started, received = out["ws"]
+    ws_finals = [m["text"] for m in received if m["type"] == "finalTranscription"]
+    assert ws_finals and ws_finals == out["grpc_finals"], (ws_finals, out["grpc_finals"])
     assert started["type"] == "sessionStarted" and started["sessionId"]
     types = [m["type"] for m in received]
     for name in ("speechStart", "speechEnd", "partialTranscription", "finalTranscription",

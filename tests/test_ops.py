@@ -137,3 +137,85 @@ def test_serve_speaks_notify_protocol_pid_file_and_json_logs(tmp_path: Path) -> 
     records = [json.loads(ln) for ln in lines]
     assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert any("draining" in r["message"] for r in records)
+
+
+def test_bad_config_fails_start_naming_the_key(tmp_path: Path) -> None:
+    exe = str(Path(sys.executable).parent / "alfred-daemon")
+    for body, needle in (("[processor]\nmax_batch_size = 0\n", "processor.max_batch_size"),
+                         ('[workers]\ncount = "two"\n', "workers.count"),
+                         ("[limits]\nmaxMemoryMB = 5\n", "limits.maxMemoryMB")):
+        path = tmp_path / "bad.toml"
+        path.write_text(body)
+        run = subprocess.run([exe, "serve", "--config", str(path), "--runtime-dir",
+                              str(tmp_path / "run")], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert run.returncode == 2, run.stderr
+        assert needle in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+def test_no_watchdog_while_failed(tmp_path: Path) -> None:
+    """With its only worker dead and the restart brake engaged, the daemon is failed: the
+    watchdog pings stop (systemd will restart it), STATUS says failed."""
+    config = tmp_path / "c.toml"
+    config.write_text("[workers]\ncount = 1\nmax_restarts_per_minute = 1\n")
+    sock_path = tmp_path / "notify.sock"
+    recv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    recv.bind(str(sock_path))
+    recv.settimeout(0.1)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "alfred-daemon"), "serve", "--config", str(config),
+         "--listen", f"127.0.0.1:{free_port()}", "--http-port", str(free_port()),
+         "--runtime-dir", str(tmp_path / "run")],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+    def drain(seconds: float) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                got.append(recv.recv(4096).decode())
+            except TimeoutError:
+                continue
+        return got
+
+    def worker_pids() -> list[int]:
+        import psutil
+
+        return [c.pid for c in psutil.Process(proc.pid).children(recursive=True)
+                if "alfred_daemon.runtime.worker" in " ".join(c.cmdline())]
+
+    try:
+        deadline = time.monotonic() + 90
+        msgs: list[str] = []
+        while not any("READY=1" in m for m in msgs) and time.monotonic() < deadline:
+            msgs += drain(0.5)
+        assert any("READY=1" in m for m in msgs), msgs
+        assert any("WATCHDOG=1" in m for m in drain(1.0))
+        for _ in range(2):  # the first death is respawned, the second hits the brake
+            pids = worker_pids()
+            assert pids
+            os.kill(pids[0], signal.SIGKILL)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 15 and worker_pids() == pids:
+                time.sleep(0.05)
+            time.sleep(1.0)
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while not any(m.startswith("STATUS=failed") for m in seen) \
+                and time.monotonic() < deadline:
+            seen += drain(0.2)
+        assert any(m.startswith("STATUS=failed") for m in seen), seen
+        failed = drain(2.0)  # a fresh window, entirely after the failure
+        assert failed and not any("WATCHDOG=1" in m for m in failed), failed
+        assert all(m.startswith("STATUS=failed") for m in failed), failed
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        recv.close()

@@ -79,8 +79,8 @@ class Notifier:
         while True:
             if interval is not None and healthy():
                 self.notify(watchdog=1, status=status())
-            elif interval is None:
-                self.status(status())
+            else:
+                self.status(status())  # no ping: a failed daemon gets restarted
             await asyncio.sleep(interval if interval is not None else 5.0)
 
     def close(self) -> None:
