@@ -1,2 +1,4 @@
-"""Operating the daemon: ``serve`` (run until a signal), signals. Config files, logging,
-systemd notify and the unit file arrive with the ops issue."""
+"""Operating the daemon: ``serve`` (run until a signal), ``signals`` (handlers only
+enqueue), ``config`` (the TOML file, validation, environment overrides, reload),
+``logs`` (journald-aware or JSON lines, rotating file), ``pidfile``, ``systemd`` (the notify
+protocol and watchdog)."""
