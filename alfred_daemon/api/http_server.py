@@ -277,9 +277,11 @@ class HttpApi:
             return _error(409, "session_exists", str(exc))
         deadline = asyncio.get_running_loop().time() + 2.0
         while asyncio.get_running_loop().time() < deadline:
-            status = self.sup.session_status(sid)
-            if status["windowsQueued"] == 0:
-                break
+            try:
+                if self.sup.session_status(sid)["windowsQueued"] == 0:
+                    break
+            except SessionNotFoundError:
+                break  # closed meanwhile (idle, shutdown): answer what it produced
             await asyncio.sleep(0.005)
         events = []
         while len(outbox):
