@@ -9,38 +9,27 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 from alfred_client import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from alfred_daemon.api.grpc_server import GrpcApi, GrpcConfig
-from alfred_daemon.api.http_server import HttpApi, HttpConfig
-from alfred_daemon.engine.audio import float_to_pcm16, read_wav
-from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
+from alfred_daemon.api.http_server import HttpApi
 from alfred_daemon.runtime.supervisor import Supervisor
 
-from .conftest import REPO
+from .http_helpers import jfk_pcm, live_http
 
 pytestmark = pytest.mark.slow
 
-JFK = REPO / "tests" / "data" / "jfk.wav"
 
 
 def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
-    audio, _rate = read_wav(JFK)
-    pcm = float_to_pcm16(np.concatenate([audio, np.zeros(16_000, np.float32)]))
+    pcm = jfk_pcm()
     out: dict[str, Any] = {}
 
     async def main() -> None:
-        sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
-                                       shm_prefix=f"alfhttp{int(time.time()) % 100000}",
-                                       workers=WorkersConfig(count=2)))
-        await sup.start()
-        http = HttpApi(sup, HttpConfig(port=0))
-        await http.start()
-        base = f"http://127.0.0.1:{http.port}"
-        try:
+        async with live_http(tmp_path) as (sup, http):
+            base = f"http://127.0.0.1:{http.port}"
             sid = sup.open_session()
             events: list[str] = []
 
@@ -85,9 +74,6 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
                 out["404"] = r.status
             out["events"] = events
             out["optimize_after"] = sup.status()["resourceOptimization"]
-        finally:
-            await http.stop()
-            await sup.stop(grace=0)
 
     asyncio.run(asyncio.wait_for(main(), 120))
 
@@ -142,17 +128,14 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
 
 
 def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
-    audio, _rate = read_wav(JFK)
-    pcm = float_to_pcm16(np.concatenate([audio, np.zeros(16_000, np.float32)]))
+    pcm = jfk_pcm()
     out: dict[str, Any] = {}
 
     async def main() -> None:
-        sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
-                                       shm_prefix=f"alfws{int(time.time()) % 100000}",
-                                       workers=WorkersConfig(count=2)))
-        await sup.start()
-        http = HttpApi(sup, HttpConfig(port=0))
-        await http.start()
+        async with live_http(tmp_path) as (sup, http):
+            await with_grpc(sup, http)
+
+    async def with_grpc(sup: Supervisor, http: HttpApi) -> None:
         grpc_api = GrpcApi(sup, GrpcConfig(listen="127.0.0.1:0"))
         await grpc_api.start()
         base = f"http://127.0.0.1:{http.port}"
@@ -211,8 +194,6 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
         finally:
             grpc_finals.cancel()
             await grpc_api.stop()
-            await http.stop()
-            await sup.stop(grace=0)
 
     asyncio.run(asyncio.wait_for(main(), 120))
 

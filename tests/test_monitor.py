@@ -10,15 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from alfred_daemon.api.http_server import HttpApi, HttpConfig
-from alfred_daemon.engine.audio import float_to_pcm16, read_wav
-from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
+from alfred_daemon.api.http_server import HttpApi
 from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO
+from .http_helpers import jfk_pcm, live_http
 
 pytestmark = pytest.mark.slow
 
@@ -36,17 +34,14 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
     browser_path = chromium()
-    audio, _ = read_wav(REPO / "tests" / "data" / "jfk.wav")
-    pcm = float_to_pcm16(np.concatenate([audio, np.zeros(8000, np.float32)]))
+    pcm = jfk_pcm(0.5)
     out: dict[str, Any] = {}
 
     async def main() -> None:
-        sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
-                                       shm_prefix=f"alfmon{int(time.time()) % 100000}",
-                                       workers=WorkersConfig(count=2)))
-        await sup.start()
-        http = HttpApi(sup, HttpConfig(port=0))
-        await http.start()
+        async with live_http(tmp_path) as (sup, http):
+            await drive(sup, http)
+
+    async def drive(sup: Supervisor, http: HttpApi) -> None:
         sid = sup.open_session()
 
         async def stream() -> None:
@@ -92,8 +87,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                 await browser.close()
             await asyncio.wait_for(streaming, 30)
         finally:
-            await http.stop()
-            await sup.stop(grace=0)
+            streaming.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 120))
 

@@ -1,0 +1,41 @@
+"""A live runtime with its HTTP ops surface, for the HTTP, WebSocket and monitor tests."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+
+from alfred_daemon.api.http_server import HttpApi, HttpConfig
+from alfred_daemon.engine.audio import float_to_pcm16, read_wav
+from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
+from alfred_daemon.runtime.supervisor import Supervisor
+
+from .conftest import REPO
+
+JFK = REPO / "tests" / "data" / "jfk.wav"
+
+
+def jfk_pcm(tail_s: float = 1.0) -> bytes:
+    """jfk.wav as LINEAR16 with ``tail_s`` of silence after it."""
+    audio, _ = read_wav(JFK)
+    return float_to_pcm16(np.concatenate([audio, np.zeros(int(16_000 * tail_s), np.float32)]))
+
+
+@contextlib.asynccontextmanager
+async def live_http(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, HttpApi]]:
+    """Supervisor (2 real workers) + HTTP on a free port; stopped afterwards."""
+    sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
+                                   shm_prefix=f"alfhttp{secrets.token_hex(3)}",
+                                   workers=WorkersConfig(count=2)))
+    await sup.start()
+    http = HttpApi(sup, HttpConfig(port=0))
+    try:
+        await http.start()
+        yield sup, http
+    finally:
+        await http.stop()
+        await sup.stop(grace=0)
