@@ -50,3 +50,27 @@ def test_never_drops_finals_or_turns_even_past_the_limit() -> None:
     assert len(box) == 7
     assert box.take_shed() is None
     assert box.shed_total.partials == 0
+
+
+def test_fill_samples_frame_events_and_closes() -> None:
+    from collections.abc import AsyncIterator
+
+    from alfred_daemon.api.outbox import fill
+
+    async def events() -> AsyncIterator[FrameProcessed | SessionClosed]:
+        for i in range(1, 7):
+            yield FrameProcessed(audio_offset_ms=32 * i, probability=0.5, is_speech=False)
+        yield SessionClosed(audio_offset_ms=224, reason="finished")
+
+    async def run(every: int) -> list[int]:
+        box = Outbox()
+        await fill(box, events(), lambda: every)
+        assert box.closed
+        out = []
+        while (ev := await box.get()) is not None:
+            out.append(ev.audio_offset_ms)
+        return out
+
+    assert asyncio.run(run(0)) == [224]  # no frame events, the rest untouched
+    assert asyncio.run(run(1)) == [32, 64, 96, 128, 160, 192, 224]
+    assert asyncio.run(run(3)) == [32, 128, 224]  # every third window

@@ -35,7 +35,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.errors import InvalidAudioError
-from ..engine.events import Event, FrameProcessed, SessionClosed
+from ..engine.events import Event, SessionClosed
 from ..runtime.errors import (
     AdmissionError,
     DaemonUnavailableError,
@@ -51,7 +51,7 @@ from .convert import (
     engine_config,
     server_event,
 )
-from .outbox import Outbox
+from .outbox import Outbox, fill
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ class _Attached:
     last_sequence: int = 0
     frames_skipped: int = 0
     frame_event_every: int = 0
-    frame_events_seen: int = 0
     received_ms: float = 0.0
     receipts: deque[tuple[float, float, float | None]] = field(
         default_factory=lambda: deque(maxlen=6000))
@@ -253,18 +252,9 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     async def _pump(self, a: _Attached) -> None:
         """Session events -> outbox, for the session's whole life (across streams)."""
         try:
-            async for event in self.sup.events(a.session_id):
-                if isinstance(event, FrameProcessed):
-                    a.frame_events_seen += 1
-                    if a.frame_event_every <= 0 or \
-                            (a.frame_events_seen - 1) % a.frame_event_every:
-                        continue
-                a.outbox.put(event)
-        except SessionNotFoundError:
-            pass
+            await fill(a.outbox, self.sup.events(a.session_id), lambda: a.frame_event_every)
         finally:
             a.closed = True
-            a.outbox.close()
 
     async def _write_loop(self, a: _Attached,
                           context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -46,7 +46,7 @@ from ..runtime.errors import (
 from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
 from .monitor import Monitor
-from .outbox import Outbox
+from .outbox import Outbox, fill
 from .ws_bridge import WsBridge, wire
 
 log = logging.getLogger(__name__)
@@ -292,10 +292,7 @@ class HttpApi:
 
     async def _pump_frames(self, sid: str, outbox: Outbox) -> None:
         try:
-            async for event in self.sup.events(sid):
-                outbox.put(event)
-        except SessionNotFoundError:
-            pass
+            await fill(outbox, self.sup.events(sid), lambda: 1)
         finally:
             self._frame_sessions.pop(sid, None)
 

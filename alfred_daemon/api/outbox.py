@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..engine.events import Event, FrameProcessed, PartialTranscription, PipelineHealth
+from ..runtime.errors import SessionNotFoundError
 
 SHEDDABLE = (PartialTranscription, FrameProcessed, PipelineHealth)
 
@@ -82,3 +84,23 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         return self._items.popleft()
+
+
+async def fill(outbox: Outbox, events: AsyncIterator[Event],
+               frame_event_every: Callable[[], int]) -> None:
+    """Move a session's events into ``outbox`` until the session ends, keeping every
+    ``frame_event_every()``-th FrameProcessed (0: none; read per event, so a reconfigure
+    takes effect at once); the outbox is closed at the end."""
+    seen = 0
+    try:
+        async for event in events:
+            if isinstance(event, FrameProcessed):
+                seen += 1
+                every = frame_event_every()
+                if every <= 0 or (seen - 1) % every:
+                    continue
+            outbox.put(event)
+    except SessionNotFoundError:
+        pass  # closed before its events were subscribed to: nothing more will come
+    finally:
+        outbox.close()

@@ -32,7 +32,7 @@ from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from google.protobuf.json_format import ParseDict, ParseError
 
 from ..engine.errors import InvalidAudioError
-from ..engine.events import Event, FrameProcessed, SessionClosed
+from ..engine.events import Event, SessionClosed
 from ..runtime.errors import (
     AdmissionError,
     DaemonUnavailableError,
@@ -41,7 +41,7 @@ from ..runtime.errors import (
 )
 from ..runtime.supervisor import Supervisor
 from .convert import MAX_FRAME_BYTES, InvalidRequestError, engine_config
-from .outbox import Outbox
+from .outbox import Outbox, fill
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ class WsBridge:
         await ws.send_json({"type": "sessionStarted", "sessionId": sid,
                             "sampleRate": cfg.sample_rate_hz})
         outbox = Outbox(self.outbox_limit)
-        pump = asyncio.create_task(self._pump(sid, outbox, cfg.frame_event_every))
+        every = cfg.frame_event_every
+        pump = asyncio.create_task(fill(outbox, self.sup.events(sid), lambda: every))
         writer = asyncio.create_task(self._write(ws, outbox))
         ended = False
         try:
@@ -190,20 +191,6 @@ class WsBridge:
                 self.sup.flush(sid)
             else:
                 self.sup.touch(sid)
-
-    async def _pump(self, sid: str, outbox: Outbox, every: int) -> None:
-        seen = 0
-        try:
-            async for event in self.sup.events(sid):
-                if isinstance(event, FrameProcessed):
-                    seen += 1
-                    if every <= 0 or (seen - 1) % every:
-                        continue
-                outbox.put(event)
-        except SessionNotFoundError:
-            pass
-        finally:
-            outbox.close()
 
     async def _write(self, ws: web.WebSocketResponse, outbox: Outbox) -> None:
         while (event := await outbox.get()) is not None:
