@@ -83,6 +83,20 @@ class StreamResampler:
         return np.asarray(out, dtype=np.float32)
 
 
+def session_samples(
+    frame: bytes | bytearray | memoryview | npt.NDArray[np.generic],
+    frame_rate: int | None, session_rate: int, resampler: StreamResampler | None,
+) -> FloatArray:
+    """One client frame as 16 kHz float32: the rate checked against the session's,
+    converted, resampled. Raises InvalidAudioError before any state changes."""
+    if frame_rate is not None and frame_rate != session_rate:
+        raise InvalidAudioError(
+            f"frame is {frame_rate} Hz but the session was opened at {session_rate} Hz"
+        )
+    samples = to_float32(frame)
+    return resampler(samples) if resampler is not None else samples
+
+
 def read_wav(path: str | Path) -> tuple[FloatArray, int]:
     """Read a PCM WAV file as mono float32 and its sample rate (stereo is averaged)."""
     try:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .audio import StreamResampler, to_float32
+from .audio import StreamResampler, session_samples
 from .config import SAMPLE_RATE, EngineConfig
 from .errors import InvalidAudioError
 from .events import (
@@ -625,13 +625,7 @@ class Session:
     def push(self, frame: bytes | npt.NDArray[np.generic], *,
              sample_rate: int | None = None) -> list[Event]:
         """Feed one frame (any length); returns the events it completed."""
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise InvalidAudioError(
-                f"frame is {sample_rate} Hz but the session was opened at {self.sample_rate} Hz"
-            )
-        samples = to_float32(frame)
-        if self._resampler is not None:
-            samples = self._resampler(samples)
+        samples = session_samples(frame, sample_rate, self.sample_rate, self._resampler)
         self._pending = np.concatenate([self._pending, samples])
         self._process_windows()
         return self.core.drain_events()

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..engine.audio import StreamResampler, to_float32
+from ..engine.audio import StreamResampler, session_samples
 from ..engine.config import SAMPLE_RATE, EngineConfig
-from ..engine.errors import InvalidAudioError
 from ..engine.events import Event
 from ..engine.session import SessionCore
 from ..engine.vad import WINDOW, VadState
@@ -78,14 +77,7 @@ class LiveSession:
                      sample_rate: int | None) -> npt.NDArray[np.int16]:
         """Validate and convert one client frame; returns the whole windows it completes
         (int16, shape (n, 512)). Raises InvalidAudioError before any state changes."""
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise InvalidAudioError(
-                f"frame is {sample_rate} Hz but the session was opened at {self.sample_rate} Hz"
-            )
-        samples = to_float32(frame)
-        if self.resampler is not None:
-            samples = self.resampler(samples)
-        return self._cut(samples)
+        return self._cut(session_samples(frame, sample_rate, self.sample_rate, self.resampler))
 
     def tail_windows(self) -> npt.NDArray[np.int16]:
         """End of input: the resampler's tail and the last partial window, zero-padded."""
@@ -144,7 +136,6 @@ class LiveSession:
             "windowsAnalysed": self.windows_analysed,
             "windowsDropped": self.windows_dropped,
             "windowsQueued": self.queued_windows,
-            "lagMs": round(self.lag_ms(now), 1),
             "jobsInFlight": len(self.core.in_flight),
             "partials": stats.partials,
             "finals": stats.finals,

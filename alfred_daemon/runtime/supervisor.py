@@ -1196,10 +1196,11 @@ class Supervisor:
         return n / window_s
 
     def session_status(self, session_id: str) -> dict[str, Any]:
-        s = self._get(session_id)
-        now = time.monotonic()
+        return self._session_status(self._get(session_id), time.monotonic())
+
+    def _session_status(self, s: LiveSession, now: float) -> dict[str, Any]:
         out = s.status(now)
-        out["lagMs"] = round(self._session_lag_ms(s, now), 1)
+        out["lagMs"] = round(self._session_lag_ms(s, now), 1)  # VAD and job queue lag
         out["config"] = {"beamSize": s.core.config.stt.beam_size,
                          "partials": s.core.config.stt.partials}
         return out
@@ -1253,7 +1254,7 @@ class Supervisor:
             "alertCounts": dict(self.monitor.counts),
             "counters": dataclasses.asdict(c),
             "workers": workers,
-            "sessions": [s.status(now) for s in self._sessions.values()],
+            "sessions": [self._session_status(s, now) for s in self._sessions.values()],
         }
 
 
