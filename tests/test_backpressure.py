@@ -417,10 +417,12 @@ def test_degrade_reduce_quality() -> None:
     assert (out.stt.beam_size, out.stt.partial_beam_size) == (1, 1)
     assert out.stt.partial_interval_ms == 1000
     assert out.stt.partials is True
+    assert out.stt.speculative_final is False
     assert out.frame_events is True
     # Nothing else in stt changes.
     assert (
-        dataclasses.replace(out.stt, beam_size=5, partial_beam_size=2, partial_interval_ms=500)
+        dataclasses.replace(out.stt, beam_size=5, partial_beam_size=2, partial_interval_ms=500,
+                            speculative_final=True)
         == cfg.stt
     )
     assert cfg.stt.beam_size == 5  # the input is not modified

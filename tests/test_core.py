@@ -948,6 +948,133 @@ def test_retain_from_holds_audio_of_an_unanswered_final() -> None:
     assert d.core.retain_from() > final.start
 
 
+# --------------------------------------------------------------------------- speculative finals
+
+SPEC_POSTROLL_WINDOWS = 3
+
+
+def speculative(**stt: object) -> EngineConfig:
+    """Postroll 96 ms (3 windows) < min silence 200 ms: the final can be speculated."""
+    return BASE.replace(stt={"postroll_ms": 96, "partials": False, **stt})
+
+
+def test_speculative_final_issued_once_the_postroll_is_in() -> None:
+    d = Driver(speculative())
+    d.silence(10)
+    d.speech(30)
+    d.silence(SPEC_POSTROLL_WINDOWS - 1)
+    assert d.pending_of(JobKind.FINAL) == []
+    d.silence(1)
+    spec = d.only_pending(JobKind.FINAL)
+    assert (spec.start, spec.end) == (10 * W - PREROLL, 40 * W + 3 * W)
+    assert d.core.stats.speculations == 1
+    d.reply(spec, text="early bird")
+    assert of(d.drain(), FinalTranscription) == []  # not before the VAD confirms
+    d.silence(MIN_SILENCE_WINDOWS - SPEC_POSTROLL_WINDOWS - 1)
+    assert of(d.drain(), SpeechEnded) == []
+    d.silence(1)
+    events = d.drain()
+    assert [type(e) for e in events] == [SpeechEnded, FinalTranscription]
+    assert of(events, FinalTranscription)[0].text == "early bird"
+    assert of(events, FinalTranscription)[0].audio_offset_ms == 40 * WMS
+    assert d.pending_of(JobKind.FINAL) == []  # the confirmation issued no second decode
+
+
+def test_speculative_final_still_decoding_at_confirmation_fills_the_slot_later() -> None:
+    d = Driver(speculative())
+    d.speech(30)
+    d.silence(MIN_SILENCE_WINDOWS + 5)
+    spec = d.only_pending(JobKind.FINAL)
+    turn = d.only_pending(JobKind.TURN)
+    d.reply(turn, probability=0.9)
+    events = d.drain()
+    assert of(events, SpeechEnded) and not of(events, FinalTranscription)
+    assert not of(events, TurnEnded)  # waits for the final of its utterance
+    d.reply(spec, text="late")
+    events = d.drain()
+    assert [type(e) for e in events] == [FinalTranscription, TurnEnded]
+    assert of(events, TurnEnded)[0].transcript == "late"
+
+
+def test_speculation_abandoned_when_speech_resumes() -> None:
+    d = Driver(speculative())
+    d.speech(30)
+    d.silence(SPEC_POSTROLL_WINDOWS + 1)
+    spec = d.only_pending(JobKind.FINAL)
+    assert d.core.wants(spec)
+    d.speech(1)  # speech resumes before the silence is confirmed
+    assert not d.core.wants(spec)
+    assert d.core.stats.speculations_abandoned == 1
+    d.reply(spec, text="wrong")  # a result that comes back anyway is ignored
+    assert d.core.stats.stale_results == 1
+    d.speech(10)
+    d.silence(MIN_SILENCE_WINDOWS)
+    second = [j for j in d.pending_of(JobKind.FINAL) if j is not spec]
+    assert len(second) == 1 and second[0].end == (30 + 5 + 10) * W + 3 * W
+    d.reply(second[0], text="right")
+    assert [f.text for f in of(d.drain(), FinalTranscription)] == ["right"]
+
+
+def test_speculation_waits_for_an_in_flight_partial() -> None:
+    d = Driver(speculative(partials=True))
+    partial = None
+    for _ in range(PARTIAL_WINDOWS):
+        for job in d.speech(1):
+            partial = job
+    assert partial is not None and partial.kind is JobKind.PARTIAL
+    d.silence(SPEC_POSTROLL_WINDOWS + 2)
+    assert d.pending_of(JobKind.FINAL) == []  # its prefix may still change
+    spec = d.reply(partial, text="hello")
+    assert [j.kind for j in spec] == [JobKind.FINAL]
+    assert spec[0].prefix == ""  # one hypothesis commits nothing (agreement of 3)
+
+
+def test_speculative_and_confirmed_finals_give_identical_events() -> None:
+    """Same probabilities, same answers: speculation changes when the decode starts, never
+    what comes out (events compared whole, offsets and texts included)."""
+    rng = random.Random(99)
+    probs = []
+    for seg in range(60):
+        lo, hi = (0.55, 1.0) if seg % 2 == 0 else (0.0, 0.3)
+        probs += [rng.uniform(lo, hi) for _ in range(rng.randint(2, 40))]
+
+    def run(spec_on: bool) -> tuple[list[Event], SessionCore]:
+        d = Driver(BASE.replace(stt={"postroll_ms": 96, "speculative_final": spec_on}))
+        for p in probs:
+            d.feed([p])
+            for job in list(d.pending):
+                # The answer depends only on what the job is, like a real decode.
+                d.reply(job, text=f"w{job.start} w{job.end}", probability=(job.end % 7) / 7)
+            d.drain()
+        return d.events, d.core
+
+    with_spec, core_on = run(True)
+    without, core_off = run(False)
+    assert core_on.stats.speculations > 5
+    assert core_on.stats.speculations_abandoned > 0
+    assert core_off.stats.speculations == 0
+    assert with_spec == without
+    assert len(of(with_spec, FinalTranscription)) > 5
+
+
+def test_decision_pending_from_pause_to_turn_evaluation() -> None:
+    """What the runtime keeps a lane free for: from the first silent window after speech
+    until Smart Turn has been asked (then the final and the turn job are issued)."""
+    d = Driver(speculative())
+    assert not d.core.decision_pending
+    d.speech(20)
+    assert not d.core.decision_pending
+    d.silence(1)
+    assert d.core.decision_pending  # a pause has begun: a final is coming
+    d.silence(SPEC_POSTROLL_WINDOWS - 1)
+    spec = d.only_pending(JobKind.FINAL)
+    assert d.core.is_speculative(spec)
+    d.silence(MIN_SILENCE_WINDOWS - SPEC_POSTROLL_WINDOWS)
+    assert not d.core.is_speculative(spec)  # adopted by the confirmation: owed now
+    assert d.only_pending(JobKind.TURN)
+    assert not d.core.decision_pending  # asked; nothing else is due until speech resumes
+
+
 # --------------------------------------------------------------------------- frame events
 
 

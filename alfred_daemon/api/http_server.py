@@ -88,6 +88,10 @@ class _SupervisorCollector(Collector):
         yield counter("jobs", "Whisper and Smart Turn jobs completed", c.jobs_done)
         yield counter("job_errors", "jobs that failed", c.job_errors)
         yield counter("partials_shed", "partial decodes skipped under load", c.partials_shed)
+        yield counter("speculations_skipped", "speculative finals abandoned before decoding",
+                      c.speculations_skipped)
+        yield counter("jobs_discarded", "job results no longer wanted on return (wasted work)",
+                      c.jobs_discarded)
         yield counter("worker_restarts", "workers respawned after a death or hang",
                       c.worker_restarts)
         yield counter("backpressure_events", "backpressure ladder transitions",

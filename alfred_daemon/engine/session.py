@@ -22,6 +22,15 @@ All three follow from one mechanism, the output queue: it holds events and *slot
 job puts a slot in the queue when it is issued; events arriving later queue behind it; the
 queue drains only up to the first unfilled slot. A turn decision is a slot too, resolved
 when it reaches the front -- by then every final of the turn has been filled.
+
+Speculative finals: the final's audio ends ``stt.postroll_ms`` after the speech, which is
+shorter than the silence the VAD needs to confirm the end (``vad.min_silence_ms``). So the
+final job can be issued once the postroll is in, while the silence is still unconfirmed;
+when the VAD confirms, the final's slot takes the speculation's result (or waits for it).
+The job is the one the confirmation would have issued -- same audio range, prefix and beam
+-- so the text cannot differ; only the wait does. If speech resumes first, the speculation
+is abandoned: :meth:`SessionCore.wants` then says so, so an executor that has not started it
+yet can skip it, and a result that comes back anyway is ignored.
 """
 
 from __future__ import annotations
@@ -123,6 +132,8 @@ class _Utterance:
     partial_in_flight: bool = False
     held_final: _HeldFinal | None = None
     """The utterance ended while a partial was in flight: its final waits for that partial."""
+    speculation: _Speculation | None = None
+    """A final decode issued while the silence after this utterance was still unconfirmed."""
 
 
 @dataclass(slots=True)
@@ -130,6 +141,14 @@ class _HeldFinal:
     slot: _FinalSlot
     start: int
     end: int
+
+
+@dataclass(slots=True)
+class _Speculation:
+    job: Job
+    end_of_speech: int
+    result: JobResult | None = None
+    """Set when the decode returned before the VAD confirmed the speech end."""
 
 
 @dataclass(slots=True)
@@ -142,6 +161,10 @@ class CoreStats:
     turns_discarded: int = 0
     job_errors: int = 0
     stale_results: int = 0
+    speculations: int = 0
+    """Final decodes issued before the speech end was confirmed."""
+    speculations_abandoned: int = 0
+    """... of which speech resumed (or the utterance was cut another way): wasted work."""
 
 
 class SessionCore:
@@ -172,6 +195,7 @@ class SessionCore:
 
         self._queue: deque[_QueueItem] = deque()
         self._final_slots: dict[int, _FinalSlot] = {}  # job id -> slot
+        self._speculations: dict[int, _Utterance] = {}  # job id -> utterance it speculates on
         self._held: dict[int, _Utterance] = {}  # utterance id -> ended, final held
         self._queued_ms = 0
         """Latest offset queued so far (FrameProcessed aside)."""
@@ -208,6 +232,30 @@ class SessionCore:
     @property
     def in_flight(self) -> list[Job]:
         return list(self._in_flight.values())
+
+    @property
+    def decision_pending(self) -> bool:
+        """A final or a turn decision will be asked for within ~``min_silence_ms``: speech
+        paused but the pause is not confirmed yet, or it is and Smart Turn has not been
+        asked. An executor keeping capacity free for urgent jobs needs it only then."""
+        if self._in_speech:
+            return self._silence_start is not None
+        turn = self._turn
+        return (turn is not None and self.turn_model and self.config.turn.enabled
+                and not turn.evaluated and self._last_speech_end is not None)
+
+    def is_speculative(self, job: Job) -> bool:
+        """``job`` is a final decode issued before its speech end was confirmed (and not
+        yet adopted by the confirmation): useful, but not yet owed to the client."""
+        return job.job_id in self._speculations
+
+    def wants(self, job: Job) -> bool:
+        """Whether ``job``'s result is still of use (False for an abandoned speculation).
+
+        An executor with a queue checks this before starting a job: skipping it saves the
+        decode. Running it anyway is harmless, the result is ignored.
+        """
+        return job.job_id in self._in_flight
 
     def retain_from(self) -> int:
         """Oldest sample any current or future job may still need.
@@ -256,6 +304,8 @@ class SessionCore:
                     self._on_speech_end(self._silence_start, vad_ms)
             else:
                 self._silence_start = None
+                if self._utt is not None:
+                    self._abandon_speculation(self._utt)
         self._tick()
 
     def on_result(self, result: JobResult) -> None:
@@ -267,9 +317,15 @@ class SessionCore:
         if result.error is not None and not result.skipped:
             self.stats.job_errors += 1
         if job.kind is JobKind.FINAL:
+            spec_of = self._speculations.get(job.job_id)
+            if spec_of is not None and spec_of.speculation is not None:
+                spec_of.speculation.result = result  # adopted when the VAD confirms
+                return
             self._on_final(job, result)
         elif job.kind is JobKind.PARTIAL:
             self._on_partial(job, result)
+            if self._utt is not None and self._in_speech:
+                self._maybe_speculate(self._utt)  # it may have waited for this partial
         else:
             self._on_turn(job, result)
 
@@ -382,6 +438,20 @@ class SessionCore:
         slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn)
         self._queue.append(slot)  # queued now: it orders every later event behind it
         self._queued_ms = max(self._queued_ms, samples_to_ms(end_of_speech))
+        spec = utt.speculation
+        if spec is not None:
+            job = spec.job
+            if (end_of_speech, start, audio_end, utt.stable.text) == (
+                    spec.end_of_speech, job.start, job.end, job.prefix):
+                # The speculation is exactly the job we would issue now: adopt it.
+                utt.speculation = None
+                self._speculations.pop(job.job_id, None)
+                if spec.result is not None:
+                    self._fill_final(slot, job, spec.result)
+                else:
+                    self._final_slots[job.job_id] = slot
+                return
+            self._abandon_speculation(utt)
         if utt.partial_in_flight:
             # The final's decoder prefix is the stable text. Issuing it now would make that
             # prefix depend on whether the in-flight partial happened to return first -- on
@@ -397,6 +467,39 @@ class SessionCore:
                           beam_size=self.config.stt.beam_size, prefix=utt.stable.text)
         self._final_slots[job.job_id] = slot
 
+    def _maybe_speculate(self, utt: _Utterance) -> None:
+        """Issue the final decode early if the postroll is in but the silence unconfirmed.
+
+        Not while a partial is in flight: the final's prefix is the stable text, which that
+        partial may still extend (the same rule as the held final). No partial is issued
+        during a pause, so the prefix cannot change between now and the confirmation.
+        """
+        stt = self.config.stt
+        silence = self._silence_start
+        if (
+            not stt.speculative_final
+            or silence is None
+            or utt.speculation is not None
+            or utt.partial_in_flight
+            or self.position < silence + ms_to_samples(stt.postroll_ms)
+        ):
+            return
+        start = max(0, utt.start - ms_to_samples(stt.preroll_ms))
+        job = self._issue(JobKind.FINAL, utt.utterance_id, start,
+                          silence + ms_to_samples(stt.postroll_ms),
+                          beam_size=stt.beam_size, prefix=utt.stable.text)
+        utt.speculation = _Speculation(job, silence)
+        self._speculations[job.job_id] = utt
+        self.stats.speculations += 1
+
+    def _abandon_speculation(self, utt: _Utterance) -> None:
+        spec, utt.speculation = utt.speculation, None
+        if spec is None:
+            return
+        self._speculations.pop(spec.job.job_id, None)
+        self._in_flight.pop(spec.job.job_id, None)  # a late result is then ignored
+        self.stats.speculations_abandoned += 1
+
     # ------------------------------------------------------------------ periodic decisions
 
     def _tick(self) -> None:
@@ -404,6 +507,7 @@ class SessionCore:
         utt = self._utt
         if utt is not None and self._in_speech:
             length = self.position - utt.start
+            self._maybe_speculate(utt)
             if length >= ms_to_samples(cfg.stt.max_utterance_s * 1000):
                 # Whisper cannot see more than 30 s: finalise what we have and continue the
                 # same speech as a new utterance (no SpeechEnded/SpeechStarted pair: the VAD
@@ -454,7 +558,9 @@ class SessionCore:
     # ------------------------------------------------------------------ job results
 
     def _on_final(self, job: Job, result: JobResult) -> None:
-        slot = self._final_slots.pop(job.job_id)
+        self._fill_final(self._final_slots.pop(job.job_id), job, result)
+
+    def _fill_final(self, slot: _FinalSlot, job: Job, result: JobResult) -> None:
         text = result.text.strip()
         if job.prefix and not (text == job.prefix or text.startswith(job.prefix + " ")):
             # Defensive: the decoder prefix guarantees this (and a failed job has no text);

@@ -288,7 +288,9 @@ def degrade(config: EngineConfig, level: Level) -> EngineConfig:
     * REDUCE_QUALITY: greedy decoding (``stt.beam_size`` and ``stt.partial_beam_size`` 1)
       and half as many partials (``stt.partial_interval_ms`` doubled, capped at 10 s).
       Beam search and partials are most of the STT cost; greedy finals lose a little accuracy
-      but arrive on time.
+      but arrive on time. No speculative finals either (``stt.speculative_final``): a
+      speculation discarded because speech resumed is work an overloaded machine cannot
+      spare, and the final is the same text without it, only later.
     * DROP_FRAMES: the same config as REDUCE_QUALITY. Skipping queued VAD windows is done by
       the runtime's frame queue, not by engine config.
     * PAUSE_PROCESSING: additionally no partials (``stt.partials``) and no per-window
@@ -303,6 +305,7 @@ def degrade(config: EngineConfig, level: Level) -> EngineConfig:
         "beam_size": 1,
         "partial_beam_size": 1,
         "partial_interval_ms": min(MAX_PARTIAL_INTERVAL_MS, 2 * config.stt.partial_interval_ms),
+        "speculative_final": False,
     }
     if level < Level.PAUSE_PROCESSING:
         return config.replace(stt=stt)

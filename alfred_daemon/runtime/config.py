@@ -39,9 +39,9 @@ class ProcessorConfig:
     ``drop_frames`` rung, the oldest are skipped (reported); at other rungs the session's
     ring holds them until it is full."""
     reserved_job_lanes: int = 1
-    """Job lanes partials may not occupy: they stay free for finals and turn decisions
-    (which then never wait behind a partial) and leave a worker's core to the VAD. Capped
-    at the number of job lanes minus one."""
+    """Job lanes partials may not occupy while a final or turn decision is imminent (some
+    session's speech paused): they stay free for it, so it does not wait behind a partial.
+    Capped at the number of job lanes minus one; 0 lets partials take every lane."""
     memory_optimization: bool = True
     """Trim buffers and return freed heap to the OS when ``limits.gcTriggerThreshold`` is
     crossed, not only on an explicit optimize."""

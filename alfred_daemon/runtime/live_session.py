@@ -141,6 +141,8 @@ class LiveSession:
             "finals": stats.finals,
             "turns": stats.turns,
             "jobErrors": stats.job_errors,
+            "speculativeFinals": stats.speculations,
+            "speculationsAbandoned": stats.speculations_abandoned,
             "eventsSent": self.events_sent,
             "lastEvent": self.last_event,
             "lastEventAgoS": round(now - self.last_event_at, 3) if self.last_event_at else None,

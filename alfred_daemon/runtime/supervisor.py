@@ -19,6 +19,10 @@ Scheduling (``_dispatch``)
   idle job lane takes the highest-priority queued job of any session: finals, then turn
   decisions, then partials, oldest first within a kind. A slow decode of one session
   delays others by at most one job, never their VAD (separate lanes).
+* **Urgent work does not queue behind partials.** While any session's speech has paused
+  (a final, then a turn decision, is due within ~200 ms), ``processor.reserved_job_lanes``
+  lanes are kept from partials; speculative finals (see the engine's session module) start
+  in that pause, so the final is usually decoded by the time the pause is confirmed.
 * Each lane has at most one request outstanding, so the supervisor always knows exactly
   what a dead worker was doing and re-queues exactly that.
 
@@ -39,7 +43,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import heapq
 import itertools
 import logging
 import os
@@ -119,6 +122,8 @@ MAX_VAD_WINDOWS_PER_ITEM = 64
 TICK_S = 0.1
 """Housekeeping period: hang checks, load, ladder."""
 HISTORY = 10_000
+RANK_SPECULATIVE = 2
+RANK_PARTIAL = 3
 
 
 class DaemonState:
@@ -182,13 +187,13 @@ class WorkerHandle:
         return self.ready_at is not None and not self.exited
 
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class _Task:
-    kind: int
     seq: int
-    session_key: int = field(compare=False)
-    job: Job = field(compare=False)
-    queued_at: float = field(compare=False, default_factory=time.monotonic)
+    """Queue order; a re-queued task keeps its own (see :meth:`Supervisor._rank`)."""
+    session_key: int
+    job: Job
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -205,6 +210,11 @@ class _Counters:
     jobs_done: int = 0
     job_errors: int = 0
     partials_shed: int = 0
+    speculations_skipped: int = 0
+    """Speculative finals abandoned while still queued (never decoded)."""
+    jobs_discarded: int = 0
+    """Jobs whose result was no longer wanted when it came back (abandoned speculative
+    finals that were already running, duplicates of re-run jobs): wasted work."""
     vad_batches: int = 0
     vad_errors: int = 0
     windows_analysed: int = 0
@@ -613,7 +623,7 @@ class Supervisor:
         if s.closed_reason is not None:
             return
         for job in s.core.take_jobs():
-            heapq.heappush(self._queue, _Task(int(job.kind), next(self._task_seq), s.key, job))
+            self._queue.append(_Task(next(self._task_seq), s.key, job))
         for ev in s.core.drain_events():
             self._deliver(s, ev)
         s.ring.set_reader(RETAIN_READER, min(s.core.retain_from() // WINDOW, s.ring.write_seq))
@@ -645,7 +655,14 @@ class Supervisor:
             self._send_request(lane, VadRequest(next(self._request_ids), items, time.time()))
         idle_jobs = [ln for ln in idle if ln.kind == "job"]
         job_lanes = sum(1 for ln in self._lanes.values() if ln.kind == "job" and ln.ready)
-        reserve = min(self.config.processor.reserved_job_lanes, job_lanes - 1)
+        # Reserved lanes are held back from partials only while some session is about to
+        # need a final or a turn decision (speech paused, not yet confirmed or judged). At
+        # other times every lane may decode partials: with one lane held for the whole
+        # run, partials queued behind each other from four sessions on (p95 partial lag
+        # 470 ms at six sessions) while the held lane's core idled.
+        reserve = 0
+        if any(s.core.decision_pending for s in self._sessions.values()):
+            reserve = min(self.config.processor.reserved_job_lanes, job_lanes - 1)
         for n_idle, lane in zip(range(len(idle_jobs), 0, -1), idle_jobs, strict=True):
             task = self._next_task(partials=n_idle > reserve)
             if task is None:
@@ -691,15 +708,21 @@ class Supervisor:
         self._pump(s)
 
     def _next_task(self, *, partials: bool = True) -> _Task | None:
-        """Pop the most urgent runnable job. With ``partials=False`` (the lane is one of the
-        reserved ones) a partial at the head stays queued and nothing is returned."""
+        """Take the most urgent runnable job (see :meth:`_rank`; the queue holds a few tasks
+        per session, so a linear scan is cheap). With ``partials=False`` (the lane is one of
+        the reserved ones) only an owed final or a turn decision is taken."""
         while self._queue:
-            if not partials and self._queue[0].job.kind is JobKind.PARTIAL:
+            ranked = min(self._queue, key=self._rank)
+            if not partials and self._rank(ranked)[0] >= RANK_SPECULATIVE:
                 return None
-            task = heapq.heappop(self._queue)
+            self._queue.remove(ranked)
+            task = ranked
             s = self._by_key.get(task.session_key)
             if s is None:
                 continue  # session closed
+            if not s.core.wants(task.job):
+                self.counters.speculations_skipped += 1  # abandoned while queued: no decode
+                continue
             if task.job.kind is JobKind.PARTIAL and self.ladder.level >= Level.PAUSE_PROCESSING:
                 self.counters.partials_shed += 1
                 s.core.on_result(JobResult.skip(task.job, "partials paused"))
@@ -707,6 +730,18 @@ class Supervisor:
                 continue
             return task
         return None
+
+    def _rank(self, task: _Task) -> tuple[int, int]:
+        """Scheduling order: finals owed to a client, turn decisions, speculative finals,
+        partials; oldest first within each. A speculation ranks below a turn decision
+        (which is owed now) and, like a partial, never takes a reserved lane: it may yet be
+        abandoned. It ranks again as a final once the VAD confirms the speech end."""
+        if task.job.kind is JobKind.FINAL:
+            s = self._by_key.get(task.session_key)
+            if s is not None and s.core.is_speculative(task.job):
+                return RANK_SPECULATIVE, task.seq
+            return 0, task.seq
+        return (1 if task.job.kind is JobKind.TURN else RANK_PARTIAL), task.seq
 
     def _send_request(self, lane: Lane, msg: VadRequest | JobRequest) -> None:
         lane.request = msg
@@ -827,6 +862,8 @@ class Supervisor:
         if s is None:
             return
         s.last_worker = worker_id
+        if not s.core.wants(msg.result.job):
+            self.counters.jobs_discarded += 1
         try:
             s.core.on_result(msg.result)
             self._pump(s)
@@ -906,7 +943,7 @@ class Supervisor:
                     s.vad_in_flight = False
                     affected.setdefault(s.key, [0, 0])[1] += item.count
             elif task is not None and task.session_key in self._by_key:
-                heapq.heappush(self._queue, task)  # original seq: back at the front
+                self._queue.append(task)  # original seq: ranks before younger tasks
                 self.counters.jobs_rerun += 1
                 affected.setdefault(task.session_key, [0, 0])[0] += 1
         self._forget_worker(w)
