@@ -1045,8 +1045,9 @@ class Supervisor:
 
     def _session_lag_ms(self, s: LiveSession, now: float) -> float:
         lag = s.lag_ms(now)
+        # Only what is owed counts: a queued partial or speculation is optional work.
         oldest = min((t.queued_at for t in self._queue if t.session_key == s.key
-                      and t.job.kind is not JobKind.PARTIAL), default=None)
+                      and self._rank(t)[0] < RANK_SPECULATIVE), default=None)
         if oldest is not None:
             lag = max(lag, (now - oldest) * 1000.0)
         return lag
