@@ -8,7 +8,10 @@ STAMP  := $(VENV)/.alfred-installed
 SAMPLE ?= tests/data/jfk.wav
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo setup test lint typecheck unit bench clean
+PIPECAT_VENV := .venv-pipecat
+PIPECAT_STAMP := $(PIPECAT_VENV)/.installed
+
+.PHONY: run demo setup test lint typecheck unit bench bench-load clean
 
 # The daemon in the foreground (Ctrl-C drains and stops it): gRPC 127.0.0.1:50051,
 # HTTP ops and the live monitor at http://127.0.0.1:8015/monitor.
@@ -47,5 +50,17 @@ bench: setup
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/runtime_bench.py
 
+# alfred-daemon vs Pipecat under real-time load (~17 min): benchmarks/results/load_bench.*
+bench-load: setup $(PIPECAT_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/load_bench.py --pipecat-python $(PIPECAT_VENV)/bin/python
+
+# Pipecat in a virtualenv of its own: it caps protobuf below what the daemon needs.
+$(PIPECAT_STAMP): benchmarks/requirements-pipecat.txt
+	$(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PIPECAT_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-pipecat.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PIPECAT_VENV) .mypy_cache .pytest_cache .ruff_cache
