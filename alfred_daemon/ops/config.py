@@ -79,6 +79,7 @@ _RUNTIME_SCALARS = ("runtime_dir", "shm_prefix", "ring_seconds", "max_lag_ms",
 LIVE = frozenset({"processor.max_concurrent_sessions", "processor.frame_queue_size",
                   "processor.max_batch_size", "processor.batch_processing",
                   "processor.processing_timeout", "processor.reserved_job_lanes",
+                  "processor.reserve_patience_ms",
                   "processor.memory_optimization", "coordination", "limits", "alerts",
                   "engine", "runtime.max_lag_ms", "runtime.health_event_interval",
                   "runtime.drain_grace", "logging.level"})

@@ -710,11 +710,19 @@ class Supervisor:
     def _next_task(self, *, partials: bool = True) -> _Task | None:
         """Take the most urgent runnable job (see :meth:`_rank`; the queue holds a few tasks
         per session, so a linear scan is cheap). With ``partials=False`` (the lane is one of
-        the reserved ones) only an owed final or a turn decision is taken."""
+        the reserved ones) only an owed final, a turn decision, or optional work that has
+        waited ``processor.reserve_patience_ms`` is taken: under load, holding a lane idle
+        for a decision that may come later starves partials of half the machine."""
+        patience = self.config.processor.reserve_patience_ms / 1000.0
         while self._queue:
             ranked = min(self._queue, key=self._rank)
-            if not partials and self._rank(ranked)[0] >= RANK_SPECULATIVE:
-                return None
+            if not partials:
+                now = time.monotonic()
+                allowed = [t for t in self._queue if self._rank(t)[0] < RANK_SPECULATIVE
+                           or now - t.queued_at >= patience]
+                if not allowed:
+                    return None
+                ranked = min(allowed, key=self._rank)
             self._queue.remove(ranked)
             task = ranked
             s = self._by_key.get(task.session_key)
