@@ -390,8 +390,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines.append("Latencies in ms. End of turn: turns Smart Turn judged complete; fallback "
                  "turns (ended by 3 s of silence) are counted, not included. Unattributed: "
                  "finals whose audio end is not within 300 ms of an utterance's speech end "
-                 "(e.g. the first piece of an utterance the VAD split) and turns whose last "
-                 "final was such a one; counted, not timed.")
+                 "(mostly the utterance each session's script cuts off at its end; also the "
+                 "first piece of an utterance the VAD split) and turns whose last final was "
+                 "such a one; counted, not timed.")
     pc = [r for r in rows if r["system"] == "pipecat"]
     if pc:
         lines += ["", "Pipecat, per N: what the latencies above do not show.", "",
