@@ -21,8 +21,9 @@ Scheduling (``_dispatch``)
   delays others by at most one job, never their VAD (separate lanes).
 * **Urgent work does not queue behind partials.** While any session's speech has paused
   (a final, then a turn decision, is due within ~200 ms), ``processor.reserved_job_lanes``
-  lanes are kept from partials; speculative finals (see the engine's session module) start
-  in that pause, so the final is usually decoded by the time the pause is confirmed.
+  lanes are kept from partials (unless one has waited ``processor.reserve_patience_ms``:
+  under load a held lane is lost capacity); speculative finals (see the engine's session
+  module) start in that pause, so the final is usually decoded when the pause is confirmed.
 * Each lane has at most one request outstanding, so the supervisor always knows exactly
   what a dead worker was doing and re-queues exactly that.
 
@@ -715,16 +716,15 @@ class Supervisor:
         for a decision that may come later starves partials of half the machine."""
         patience = self.config.processor.reserve_patience_ms / 1000.0
         while self._queue:
-            ranked = min(self._queue, key=self._rank)
+            candidates = self._queue
             if not partials:
                 now = time.monotonic()
-                allowed = [t for t in self._queue if self._rank(t)[0] < RANK_SPECULATIVE
-                           or now - t.queued_at >= patience]
-                if not allowed:
+                candidates = [t for t in self._queue if self._rank(t)[0] < RANK_SPECULATIVE
+                              or now - t.queued_at >= patience]
+                if not candidates:
                     return None
-                ranked = min(allowed, key=self._rank)
-            self._queue.remove(ranked)
-            task = ranked
+            task = min(candidates, key=self._rank)
+            self._queue.remove(task)
             s = self._by_key.get(task.session_key)
             if s is None:
                 continue  # session closed
@@ -742,8 +742,9 @@ class Supervisor:
     def _rank(self, task: _Task) -> tuple[int, int]:
         """Scheduling order: finals owed to a client, turn decisions, speculative finals,
         partials; oldest first within each. A speculation ranks below a turn decision
-        (which is owed now) and, like a partial, never takes a reserved lane: it may yet be
-        abandoned. It ranks again as a final once the VAD confirms the speech end."""
+        (which is owed now) and, like a partial, takes a reserved lane only once it has
+        waited ``processor.reserve_patience_ms``: it may yet be abandoned. It ranks as a
+        final again once the VAD confirms the speech end."""
         if task.job.kind is JobKind.FINAL:
             s = self._by_key.get(task.session_key)
             if s is not None and s.core.is_speculative(task.job):
