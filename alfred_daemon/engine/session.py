@@ -195,7 +195,6 @@ class SessionCore:
 
         self._queue: deque[_QueueItem] = deque()
         self._final_slots: dict[int, _FinalSlot] = {}  # job id -> slot
-        self._speculations: dict[int, _Utterance] = {}  # job id -> utterance it speculates on
         self._held: dict[int, _Utterance] = {}  # utterance id -> ended, final held
         self._queued_ms = 0
         """Latest offset queued so far (FrameProcessed aside)."""
@@ -247,7 +246,13 @@ class SessionCore:
     def is_speculative(self, job: Job) -> bool:
         """``job`` is a final decode issued before its speech end was confirmed (and not
         yet adopted by the confirmation): useful, but not yet owed to the client."""
-        return job.job_id in self._speculations
+        return self._speculation_of(job) is not None
+
+    def _speculation_of(self, job: Job) -> _Speculation | None:
+        """The live speculation ``job`` is, if any. Only the current utterance can have
+        one: ending an utterance adopts or abandons it."""
+        spec = self._utt.speculation if self._utt is not None else None
+        return spec if spec is not None and spec.job.job_id == job.job_id else None
 
     def wants(self, job: Job) -> bool:
         """Whether ``job``'s result is still of use (False for an abandoned speculation).
@@ -317,9 +322,9 @@ class SessionCore:
         if result.error is not None and not result.skipped:
             self.stats.job_errors += 1
         if job.kind is JobKind.FINAL:
-            spec_of = self._speculations.get(job.job_id)
-            if spec_of is not None and spec_of.speculation is not None:
-                spec_of.speculation.result = result  # adopted when the VAD confirms
+            spec = self._speculation_of(job)
+            if spec is not None:
+                spec.result = result  # adopted when the VAD confirms
                 return
             self._on_final(job, result)
         elif job.kind is JobKind.PARTIAL:
@@ -445,7 +450,6 @@ class SessionCore:
                     spec.end_of_speech, job.start, job.end, job.prefix):
                 # The speculation is exactly the job we would issue now: adopt it.
                 utt.speculation = None
-                self._speculations.pop(job.job_id, None)
                 if spec.result is not None:
                     self._fill_final(slot, job, spec.result)
                 else:
@@ -489,14 +493,12 @@ class SessionCore:
                           silence + ms_to_samples(stt.postroll_ms),
                           beam_size=stt.beam_size, prefix=utt.stable.text)
         utt.speculation = _Speculation(job, silence)
-        self._speculations[job.job_id] = utt
         self.stats.speculations += 1
 
     def _abandon_speculation(self, utt: _Utterance) -> None:
         spec, utt.speculation = utt.speculation, None
         if spec is None:
             return
-        self._speculations.pop(spec.job.job_id, None)
         self._in_flight.pop(spec.job.job_id, None)  # a late result is then ignored
         self.stats.speculations_abandoned += 1
 

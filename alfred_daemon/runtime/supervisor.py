@@ -655,6 +655,8 @@ class Supervisor:
                 break
             self._send_request(lane, VadRequest(next(self._request_ids), items, time.time()))
         idle_jobs = [ln for ln in idle if ln.kind == "job"]
+        if not idle_jobs:
+            return
         job_lanes = sum(1 for ln in self._lanes.values() if ln.kind == "job" and ln.ready)
         # Reserved lanes are held back from partials only while some session is about to
         # need a final or a turn decision (speech paused, not yet confirmed or judged). At
