@@ -169,7 +169,8 @@ def free_port() -> int:
 
 
 class TreeSampler:
-    """CPU % and PSS of a process and its descendants, sampled every 2 s while running."""
+    """CPU % and PSS of a process and its descendants, sampled every second while running
+    (CPU also at start and stop; a process that exits in between keeps its last sample)."""
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)

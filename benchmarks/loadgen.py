@@ -8,6 +8,7 @@ byte-identical audio and read their figures the same way.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -96,13 +97,21 @@ class Script:
         return end if abs(end - frame) <= tolerance else None
 
 
+@functools.cache
+def single_sentence_clips() -> tuple[tuple[npt.NDArray[np.float32], list[int]], ...]:
+    """The corpus clips without an inner pause, each with its speech ends (read and
+    measured once per process, not once per session)."""
+    manifest = json.loads((SHARED_AUDIO / "manifest.json").read_text())
+    clips = ((c, speech_ends(c)) for c in (
+        read_clip(SHARED_AUDIO / u["file"]) for u in manifest["utterances"]))
+    return tuple((c, ends) for c, ends in clips if len(ends) == 1)
+
+
 def make_script(seed: int, seconds: float) -> Script:
     """``seconds`` of audio: single-sentence clips from the shared manifest in a seeded order,
     each followed by 0.8-2.0 s of silence, after a 0-1 s lead-in (so N sessions do not
     speak in lockstep)."""
-    manifest = json.loads((SHARED_AUDIO / "manifest.json").read_text())
-    clips = [(c, ends) for c, ends in ((c, speech_ends(c)) for c in (
-        read_clip(SHARED_AUDIO / u["file"]) for u in manifest["utterances"])) if len(ends) == 1]
+    clips = single_sentence_clips()
     rng = random.Random(seed)
     parts: list[npt.NDArray[np.float32]] = [np.zeros(int(rng.uniform(0, 1) * RATE), np.float32)]
     pos = parts[0].size
