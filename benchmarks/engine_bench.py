@@ -5,7 +5,7 @@ Usage::
     python benchmarks/engine_bench.py [--repeat 15] [--cpu 0] [--out benchmarks/results]
 
 Runs every model on one thread, pinned to one core (``--cpu``, default the first usable
-core), on real speech from ``../shared/audio``. Prints a table and writes
+core), on real speech from ``tests/data``. Prints a table and writes
 ``engine_bench.json`` with every raw timing and ``engine_bench.txt`` with the table.
 Targets (medians): VAD <= 0.2 ms per window per session; final decode of a <= 3 s
 utterance <= 120 ms.
@@ -64,7 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--cpu", type=int, default=None)
-    ap.add_argument("--audio", type=Path, default=REPO.parent / "shared" / "audio")
+    ap.add_argument("--audio", type=Path, default=REPO / "tests" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
 

@@ -7,7 +7,7 @@ Usage (``make bench-load`` installs the ``bench`` extra first)::
         [--seconds 40] [--out benchmarks/results]
 
 Both systems get the same audio: session i streams ``loadgen.make_script(1000 + i)`` --
-real utterances from ``../shared/audio`` in a seeded order, 0.8-2.0 s pauses -- in 20 ms
+real utterances from ``tests/data`` in a seeded order, 0.8-2.0 s pauses -- in 20 ms
 frames at real-time pace. Frame k is due at ``t0 + k x 20 ms``; every latency is measured
 from that scheduled time (a real transport delivers audio in real time whether or not the
 receiver keeps up), on the client's wall clock:

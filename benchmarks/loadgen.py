@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_AUDIO = Path(os.environ.get("ALFRED_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+SHARED_AUDIO = Path(os.environ.get("ALFRED_SHARED_AUDIO", REPO / "tests" / "data"))
 RATE = 16_000
 FRAME = 320
 """Samples per frame sent: 20 ms, what telephony and WebRTC stacks deliver."""

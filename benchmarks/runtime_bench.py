@@ -6,7 +6,7 @@ Usage::
                                        [--out benchmarks/results]
 
 Starts the real daemon runtime (supervisor in this process, worker processes pinned one per
-core) and streams ``--sessions`` sessions of real speech from ``../shared/audio`` --
+core) and streams ``--sessions`` sessions of real speech from ``tests/data`` --
 utterances separated by 0.6-1.6 s pauses, looping -- in 20 ms frames at real-time pace.
 
 Measured:
@@ -51,7 +51,7 @@ from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig  # noqa: E
 from alfred_daemon.runtime.memory import pss_mb  # noqa: E402
 from alfred_daemon.runtime.supervisor import Supervisor  # noqa: E402
 
-SHARED_AUDIO = Path(os.environ.get("ALFRED_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+SHARED_AUDIO = Path(os.environ.get("ALFRED_SHARED_AUDIO", REPO / "tests" / "data"))
 FRAME = 320  # samples: 20 ms at 16 kHz
 
 
