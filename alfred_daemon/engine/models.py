@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .int8_check import Int8Kernels
 
 SILERO_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 WHISPER_TINY_EN_SHA256 = {
@@ -97,6 +98,8 @@ class ModelPaths:
     stt: str
     """A CTranslate2 directory, or a faster-whisper model name when a hub is reachable."""
     turn: Path | None
+    turn_int8: str = "auto"
+    """How Smart Turn's quantized graph runs (``ModelsConfig.turn_int8``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,12 @@ class ModelsConfig:
     turn_path: str | None = None
     turn_enabled: bool = True
     models_dir: str | None = None
+    turn_int8: str = "auto"
+    """Smart Turn's int8 kernels: ``auto`` (fused where a start-up check finds them exact
+    on this CPU, unfused elsewhere), ``fused`` or ``unfused`` (see ``engine/int8_check``)."""
+
+    def __post_init__(self) -> None:
+        Int8Kernels.parse(self.turn_int8)
 
 
 def _verify_default(model: str, path: Path, expected: str, hint: str) -> None:
@@ -190,6 +199,7 @@ def resolve_all(cfg: ModelsConfig) -> ModelPaths:
         vad=resolve_vad(cfg.vad_path),
         stt=resolve_stt(cfg.stt_model),
         turn=resolve_turn(cfg.turn_path, models_dir) if cfg.turn_enabled else None,
+        turn_int8=cfg.turn_int8,
     )
 
 

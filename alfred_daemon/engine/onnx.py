@@ -14,8 +14,13 @@ from typing import Any
 from .errors import ModelError
 
 
-def make_session(path: Path, *, threads: int, model: str, arena: bool = True) -> Any:
+def make_session(path: Path, *, threads: int, model: str, arena: bool = True,
+                 optimize: bool = True) -> Any:
     """Load an ONNX model on the CPU provider, wrapping failures in one clear ModelError.
+
+    ``optimize=False`` runs the graph as written, without ONNX Runtime's fusions: for a
+    quantized (QDQ) graph that means the exact quantized semantics computed in float,
+    instead of fused int8 kernels that saturate on some CPUs (see ``int8_check``).
 
     ``arena=False`` turns off ORT's CPU memory arena and memory-pattern planning: the arena
     keeps the high-water mark of activations for the life of the session (tens of MB for
@@ -31,7 +36,8 @@ def make_session(path: Path, *, threads: int, model: str, arena: bool = True) ->
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3

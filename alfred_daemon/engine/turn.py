@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import SAMPLE_RATE
+from .int8_check import Int8Kernels, choose
 from .numerics import one_blas_thread
 from .onnx import make_session
 
@@ -44,13 +45,21 @@ def prepare_waveform(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 class SmartTurn:
-    """A loaded Smart Turn ONNX graph plus its feature extractor."""
+    """A loaded Smart Turn ONNX graph plus its feature extractor.
 
-    def __init__(self, path: Path, *, threads: int = 1) -> None:
+    The graph is quantized; ``kernels`` says whether ONNX Runtime may fuse it into int8
+    kernels (``int8_check``: AUTO checks this CPU once and picks the exact path).
+    """
+
+    def __init__(self, path: Path, *, threads: int = 1,
+                 kernels: Int8Kernels = Int8Kernels.AUTO) -> None:
         from .stt import faster_whisper_module
 
         self.path = path
-        self._session = make_session(path, threads=threads, model="Smart Turn", arena=False)
+        self.kernels = choose(kernels)
+        """FUSED or UNFUSED: what this instance runs."""
+        self._session = make_session(path, threads=threads, model="Smart Turn", arena=False,
+                                     optimize=self.kernels is Int8Kernels.FUSED)
         self._fe: Any = faster_whisper_module("feature_extractor").FeatureExtractor(
             feature_size=80, chunk_length=WINDOW_S)
 

@@ -104,6 +104,9 @@ class Hello:
     pid: int
     core: int | None
     load_ms: float
+    turn_kernels: str
+    """Smart Turn's int8 kernels as chosen on this CPU (``fused``/``unfused``; empty
+    without the model)."""
 
 
 @dataclass(frozen=True, slots=True)
