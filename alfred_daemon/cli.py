@@ -17,14 +17,21 @@ from typing import TYPE_CHECKING
 from . import __version__
 
 if TYPE_CHECKING:
+    from alfred_client import StreamError
+
     from .engine.models import ModelsConfig
     from .ops.config import DaemonConfig
 
 
-def _cmd_transcribe(args: argparse.Namespace) -> int:
-    import numpy as np
+def _fail(message: object) -> int:
+    """Bad input ends in one sentence and exit code 2, as the config loader's errors do: the
+    user needs what is wrong and what to do, which a traceback would bury."""
+    print(f"alfred-daemon: {message}", file=sys.stderr)
+    return 2
 
-    from .engine.audio import read_wav
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from .engine.audio import RESAMPLER_RATES, float_to_pcm16, load_wav
     from .engine.config import EngineConfig, SttConfig
     from .engine.errors import EngineError
     from .engine.events import Event
@@ -33,12 +40,12 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     from .engine.session import Session
 
     try:
+        # The file first: a bad one is reported at once, not after seconds of model loading.
+        audio, rate = load_wav(args.file, RESAMPLER_RATES)
         paths = resolve_all(_models_config(args, turn_enabled=not args.no_turn))
         models = Models.load(paths, threads=args.threads)
-        audio, rate = read_wav(args.file)
     except EngineError as exc:
-        print(f"alfred-daemon: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     cfg = EngineConfig(stt=SttConfig(partials=not args.no_partials))
     session = Session(models, cfg, sample_rate=rate)
     frame = max(1, rate * 20 // 1000)  # 20 ms frames, as a live client would send
@@ -51,14 +58,14 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             else:
                 print(_human(ev), flush=True)
 
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    for i in range(0, pcm.size, frame):
+    pcm = float_to_pcm16(audio)  # LINEAR16, what `stream` sends the daemon
+    for i in range(0, len(pcm) // 2, frame):
         if args.realtime:
             due = t_start + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        show(session.push(pcm[i : i + frame].tobytes()))
+        show(session.push(pcm[2 * i : 2 * (i + frame)]))
     show(session.close())
     return 0
 
@@ -128,6 +135,10 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
     from alfred_client import AsyncClient, Event, SessionOptions, StreamError
 
+    from .engine.audio import load_wav
+    from .engine.errors import EngineError
+    from .runtime.supervisor import SUPPORTED_RATES
+
     def show(ev: Event) -> None:
         if args.json:
             print(json.dumps(ev.to_dict()), flush=True)
@@ -150,22 +161,46 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             line = f"{t} {ev.type.replace('_', ' ')}"
         print(line, flush=True)
 
+    try:
+        audio, rate = load_wav(args.file, SUPPORTED_RATES)
+    except EngineError as exc:
+        return _fail(exc)
+    heard = False
+
     async def run() -> int:
+        nonlocal heard
         options = SessionOptions(partials=not args.no_partials)
         async with AsyncClient(args.target) as client:
-            async for ev in client.stream_wav(args.file, realtime=args.realtime,
-                                              options=options):
+            async for ev in client.stream_array(audio, rate, realtime=args.realtime,
+                                                options=options):
+                heard = True
                 show(ev)
         return 0
 
     try:
         return asyncio.run(run())
     except StreamError as exc:
-        print(f"alfred-daemon: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"alfred-daemon: {exc}", file=sys.stderr)
-        return 2
+        return _stream_failed(exc, heard)
+
+
+def _stream_failed(exc: StreamError, heard: bool) -> int:
+    """One sentence for a failed ``stream``. Exit 2 when the user has something to fix (start
+    the daemon, change the input), 1 when the daemon could not serve a valid request
+    (overloaded, shutting down, failed)."""
+    import grpc
+
+    if exc.unreachable:
+        # gRPC's details are a paragraph ("failed to connect to all addresses; last error:
+        # UNKNOWN: ipv4:...: Failed to connect to remote host: Connection refused").
+        why = "connection refused" if "connection refused" in exc.details.lower() else (
+            exc.details)
+        what = ("lost the daemon at {} mid-stream" if heard else "no daemon answered at {}")
+        return _fail(f"{what.format(exc.target)} ({why}); start the daemon with "
+                     "`alfred-daemon serve` (or `make run` in a checkout), or point --target "
+                     "at a running one")
+    verb = "ended" if heard else "refused"
+    print(f"alfred-daemon: the daemon {verb} the stream: {exc}", file=sys.stderr)
+    return 2 if exc.code == grpc.StatusCode.INVALID_ARGUMENT else 1
 
 
 def _serve_config(args: argparse.Namespace) -> DaemonConfig:
@@ -236,27 +271,56 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = ("Speech daemon: Silero VAD, faster-whisper and Smart Turn behind a gRPC API. "
+               "`serve` runs it, `stream` sends a WAV file to a running daemon, `transcribe` "
+               "runs the engine over a WAV file without one.")
+"""Plain text: argparse prints descriptions verbatim, so the module docstring's RST markup
+would show up in ``--help``."""
+
+WAV_FORMATS = ("a WAV file (8/16/24/32-bit integer PCM or 32/64-bit float; stereo is "
+               "averaged to mono)")
+
+OUTPUT_HELP = ("Output, one line per event: `[1.23s]` is the event's position in the audio; "
+               "`partial ask not what|your country` is the text so far, the part before | is "
+               "settled (every later partial and the final start with it), the part after it "
+               "may still change; `final TEXT (477 ms)` is the utterance's text and the time "
+               "Whisper took to decode it.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alfred-daemon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="alfred-daemon", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"alfred-daemon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("transcribe", help="run the engine over a WAV file and print events")
-    tr.add_argument("file", type=Path)
+    tr = sub.add_parser("transcribe", help="run the engine over a WAV file and print events",
+                        description="Run the engine (no daemon) over a WAV file and print its "
+                                    "events.", epilog=OUTPUT_HELP)
+    tr.add_argument("file", type=Path,
+                    help=f"the audio to transcribe: {WAV_FORMATS} at any sample rate")
     tr.add_argument("--realtime", action="store_true", help="feed audio at real-time pace")
     tr.add_argument("--json", action="store_true", help="one JSON object per event per line")
     tr.add_argument("--threads", type=int, default=1, help="model threads (default 1)")
-    tr.add_argument("--no-partials", action="store_true")
+    tr.add_argument("--no-partials", action="store_true",
+                    help="no partial transcriptions while someone speaks, only the final "
+                         "text of each utterance (and the other events)")
     tr.add_argument("--no-turn", action="store_true", help="skip Smart Turn")
     _add_model_flags(tr)
     tr.set_defaults(func=_cmd_transcribe)
 
-    st = sub.add_parser("stream", help="stream a WAV file to a running daemon and print events")
-    st.add_argument("file", type=Path)
+    st = sub.add_parser("stream", help="stream a WAV file to a running daemon and print events",
+                        description="Send a WAV file to a running daemon (start one with "
+                                    "`alfred-daemon serve`) over gRPC, in 20 ms frames, and "
+                                    "print the events it sends back.", epilog=OUTPUT_HELP)
+    st.add_argument("file", type=Path,
+                    help=f"the audio to send: {WAV_FORMATS} at any sample rate; it is converted "
+                         "to 16-bit mono here, and resampled to 16 kHz if the daemon does not "
+                         "take its rate")
     st.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     st.add_argument("--json", action="store_true", help="one JSON object per event per line")
     st.add_argument("--target", default="127.0.0.1:50051", help="daemon address host:port")
-    st.add_argument("--no-partials", action="store_true")
+    st.add_argument("--no-partials", action="store_true",
+                    help="ask the daemon for no partial transcriptions while someone speaks, "
+                         "only the final text of each utterance (and the other events)")
     st.set_defaults(func=_cmd_stream)
 
     sv = sub.add_parser("serve", help="run the daemon (supervisor and workers) until SIGTERM")

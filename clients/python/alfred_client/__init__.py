@@ -28,10 +28,10 @@ import asyncio
 import time
 import wave
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -47,14 +47,62 @@ REPLAY_FRAMES = 1500
 """Frames (30 s at 20 ms) kept for re-sending after a resume."""
 RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
+_T = TypeVar("_T")
+
 
 class StreamError(Exception):
-    """The daemon ended the stream with an error status."""
+    """The daemon ended the stream with an error status, or could not be reached.
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    ``str()`` is ``CODE: details``, the daemon's own sentence. ``unreachable`` is True when
+    no connection to ``target`` could be made at all (nothing listening, unknown host, not a
+    gRPC server): a caller's advice then differs ("start the daemon") from the daemon
+    refusing the stream, though both arrive as UNAVAILABLE.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, *, target: str = "",
+                 unreachable: bool = False) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.target = target
+        self.unreachable = unreachable
+
+
+class _FirstStatus:
+    """The status a grpc.aio call ended with, as first reported.
+
+    grpc.aio overwrites a server's status with a synthetic ``INTERNAL: Internal error from
+    Core`` when a request write is still in flight as the server ends the call
+    (grpc/grpc#36066) -- exactly what happens when the daemon rejects a session's config
+    while the client already sends audio, so its INVALID_ARGUMENT sentence was lost (and the
+    INTERNAL looked resumable). Done callbacks run when the real status is set, before the
+    failed write overwrites it, so the status is copied there.
+    """
+
+    def __init__(self, call: grpc.aio.Call) -> None:
+        self.status: tuple[grpc.StatusCode, str] | None = None
+        call.add_done_callback(self._done)
+
+    def _done(self, call: grpc.aio.Call) -> None:
+        if self.status is None:
+            code, details = _settled(call.code()), _settled(call.details())
+            if code is not None:
+                self.status = (code, details or "")
+
+
+def _settled(coro: Coroutine[Any, Any, _T]) -> _T | None:
+    """The value of a coroutine that can finish without waiting, computed synchronously.
+
+    A done call's ``code()``/``details()`` only read the stored status, but grpc.aio offers
+    them as coroutines, and a done callback cannot await. None if it would have to wait.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        value: _T = stop.value
+        return value
+    coro.close()
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +282,7 @@ class AsyncClient:
         token = ""
         while True:
             call = self._stub.StreamSession(requests(token))
+            first = _FirstStatus(call)
             try:
                 async for msg in call:
                     ev = Event.from_message(msg)
@@ -244,9 +293,14 @@ class AsyncClient:
                     yield ev
                 return
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code, details = first.status or (exc.code(), exc.details() or "")
                 if not (resume and token and code in RESUMABLE and resumes < self.max_resumes):
-                    raise StreamError(code, exc.details() or "") from None
+                    # TRANSIENT_FAILURE: the channel could not connect, as opposed to a
+                    # daemon that answered UNAVAILABLE itself (shutting down).
+                    unreachable = (code == grpc.StatusCode.UNAVAILABLE and self._channel
+                                   .get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+                    raise StreamError(code, details, target=self.target,
+                                      unreachable=unreachable) from None
                 resumes += 1  # the shared source continues where the broken call left it
                 await asyncio.sleep(0.2)
 
@@ -331,5 +385,5 @@ class Client:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = exc.details() if hasattr(exc, "details") else str(exc)
-            raise StreamError(code, details or "") from None
+            raise StreamError(code, details or "", target=self.target) from None
 
