@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -116,6 +117,12 @@ class Daemon:
                 total += p.memory_full_info().pss
         return total / 1e6
 
+    def main_pss_mb(self) -> float:
+        """PSS of the daemon's own process (supervisor, gRPC and HTTP servers, every
+        session's event queues), MB -- without the workers, whose PSS follows each decode
+        (a job lane hands freed heap back to the OS after every job)."""
+        return float(psutil.Process(self.proc.pid).memory_full_info().pss) / 1e6
+
 
 def health_check(channel: grpc.Channel, service: str = "", timeout: float = 1.0) -> int:
     """grpc.health.v1.Health/Check (types-grpcio-health-checking's HealthStub declares no
@@ -166,9 +173,20 @@ def wait_serving(daemon: Daemon, timeout: float = READY_TIMEOUT_S) -> None:
                 f"{daemon.log_tail()}")
 
 
-def start_daemon(workdir: Path, workers: int = 2) -> Daemon:
+STEADY_LADDER_ENV = {
+    "ALFRED__COORDINATION__THRESHOLD": "1.5",
+    "ALFRED__COORDINATION__RECOVERY_THRESHOLD": "1.0",
+    "ALFRED__PROCESSOR__FRAME_QUEUE_SIZE": "10000",
+    "ALFRED__RUNTIME__MAX_LAG_MS": "60000",
+}
+"""Config overrides that hold the backpressure ladder at NORMAL, for daemons whose tests
+compare finals word for word (the arithmetic is in runtime_helpers.steady_ladder)."""
+
+
+def start_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = None) -> Daemon:
     """``alfred-daemon serve`` on a free loopback port, runtime dir under ``workdir``;
-    returns once SERVING with its worker processes recorded."""
+    returns once SERVING with its worker processes recorded. ``env`` adds environment
+    variables (``ALFRED__SECTION__KEY`` config overrides)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "daemon.log"
     port = free_port()
@@ -178,6 +196,7 @@ def start_daemon(workdir: Path, workers: int = 2) -> Daemon:
              "--http-port", str(free_port()),
              "--runtime-dir", str(workdir / "run"), "--workers", str(workers)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     d = Daemon(proc, port, workdir, log)
     try:
@@ -218,10 +237,11 @@ def reap(daemon: Daemon, timeout: float = 10.0) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_daemon(workdir: Path, workers: int = 2) -> Iterator[Daemon]:
+def running_daemon(workdir: Path, workers: int = 2,
+                   env: dict[str, str] | None = None) -> Iterator[Daemon]:
     """A daemon for the ``with`` block; afterwards it is stopped (if the block did not) and
     it must have exited 0 and left no child process behind."""
-    d = start_daemon(workdir, workers)
+    d = start_daemon(workdir, workers, env)
     ok = False
     try:
         yield d

@@ -15,6 +15,7 @@ from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
 from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO
+from .runtime_helpers import steady_ladder
 
 JFK = REPO / "tests" / "data" / "jfk.wav"
 
@@ -27,10 +28,11 @@ def jfk_pcm(tail_s: float = 1.0) -> bytes:
 
 @contextlib.asynccontextmanager
 async def live_http(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, HttpApi]]:
-    """Supervisor (2 real workers) + HTTP on a free port; stopped afterwards."""
+    """Supervisor (2 real workers) + HTTP on a free port; stopped afterwards. The ladder is
+    held at NORMAL (``steady_ladder``): a test compares WebSocket and gRPC finals."""
     sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
                                    shm_prefix=f"alfhttp{secrets.token_hex(3)}",
-                                   workers=WorkersConfig(count=2)))
+                                   workers=WorkersConfig(count=2), **steady_ladder()))
     await sup.start()
     http = HttpApi(sup, HttpConfig(port=0))
     try:

@@ -32,7 +32,8 @@ from alfred_daemon.engine.events import Event, FinalTranscription, FrameProcesse
 from alfred_daemon.engine.jobs import Models
 from alfred_daemon.engine.session import Session
 from alfred_daemon.engine.vad import WINDOW
-from alfred_daemon.runtime.config import RuntimeConfig
+from alfred_daemon.runtime.backpressure import BackpressureConfig
+from alfred_daemon.runtime.config import ProcessorConfig, RuntimeConfig
 from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO
@@ -100,6 +101,24 @@ def runtime_config(tmp_path: Path, **overrides: Any) -> RuntimeConfig:
     }
     kwargs.update(overrides)
     return RuntimeConfig(**kwargs)
+
+
+def steady_ladder() -> dict[str, Any]:
+    """``runtime_config`` overrides under which the backpressure ladder cannot leave NORMAL.
+
+    For tests that compare finals word for word with the single-process engine: at
+    ``reduce_quality`` finals are decoded with beam 1 and at ``drop_frames`` VAD windows
+    are skipped, so exact equality would depend on how fast the machine is. The load
+    figure is max(queue / frame_queue_size, lag / max_lag_ms, job-lane busy fraction); the
+    busy fraction is at most 1.0, and with a 10,000-window queue bound and 60 s of lag as
+    full load the other two stay far below 1.0 in a test of a few seconds -- under the
+    1.5 threshold, on any machine.
+    """
+    return {
+        "coordination": BackpressureConfig(threshold=1.5, recovery_threshold=1.0),
+        "processor": ProcessorConfig(frame_queue_size=10_000),
+        "max_lag_ms": 60_000.0,
+    }
 
 
 def shm_segments(prefix: str, pid: int | None = None) -> list[str]:

@@ -167,6 +167,7 @@ class WorkerHandle:
     lanes: dict[str, Lane] = field(default_factory=dict)
     exited: bool = False
     load_ms: float = 0.0
+    turn_kernels: str = ""
     jobs_done: int = 0
     vad_batches: int = 0
 
@@ -328,6 +329,9 @@ class Supervisor:
             raise
         self.started_at = time.monotonic()
         self.state = DaemonState.RUNNING
+        # Health is judged from here on: before, missing workers are starting, not failed.
+        # The first verdict is taken now so READY is never followed by a stale one.
+        self._evaluate_health(self.started_at)
         log.info("daemon running: %d workers, runtime dir %s", len(self._workers),
                  cfg.runtime_dir)
 
@@ -796,6 +800,7 @@ class Supervisor:
             lane.ready = True
             w = lane.worker
             w.load_ms = msg.load_ms
+            w.turn_kernels = msg.turn_kernels
             if all(ln.ready for ln in w.lanes.values()) and w.ready_at is None:
                 w.ready_at = time.monotonic()
                 log.info("worker %d (pid %d, core %s) ready in %.0f ms (models %.0f ms)",
@@ -1132,6 +1137,10 @@ class Supervisor:
         self.memory_mb = sum(by_pid.values())
 
     def _evaluate_health(self, now: float) -> None:
+        if self.state != DaemonState.RUNNING:
+            # Starting or draining on purpose: workers missing then are not a fault, and an
+            # operator's alerting must not page on every deploy.
+            return
         expected = len(self._workers)
         alive = sum(1 for w in self._workers.values() if w.ready)
         # alerts.memory_mb is the spec's per-daemon figure from its single-process days; the
@@ -1266,6 +1275,7 @@ class Supervisor:
                 "state": "ready" if w.ready else ("exited" if w.exited else "starting"),
                 "uptimeS": round(now - w.started, 1),
                 "modelLoadMs": round(w.load_ms, 1),
+                "smartTurnKernels": w.turn_kernels,
                 "jobsDone": w.jobs_done, "vadBatches": w.vad_batches,
                 "pssMB": round(self.memory_by_pid.get(w.pid, 0.0), 1),
                 "lanes": {k: {"busy": ln.request is not None,

@@ -71,7 +71,9 @@ log = logging.getLogger(__name__)
 VAD_READER = 0
 """Ring reader index consumed by VAD (the supervisor keeps index 1 for retention)."""
 
-JOB_LANE_NICE = 10
+JOB_LANE_NICE = 5
+"""Decode threads yield to the VAD lane (weight 335 against 1024) but are not starved by
+other work on the core: see :func:`_deprioritise`."""
 EXIT_PARENT_GONE = 70
 EXIT_LOAD_FAILED = 71
 
@@ -139,8 +141,13 @@ def worker_main(spec: WorkerSpec, death_fd: int) -> None:
     gc.collect()
     gc.freeze()
     ctx = zmq.Context(io_threads=1)
-    vad_lane = _Lane(ctx, spec, "vad", load_ms, _VadWork(models, spec))
-    job_lane = _Lane(ctx, spec, "job", load_ms, _JobWork(models, spec))
+    turn_kernels = models.turn.kernels.value if models.turn is not None else ""
+    log.info("worker %d: models loaded in %.0f ms (Smart Turn int8 kernels: %s)",
+             spec.worker_id, load_ms, turn_kernels or "no model")
+    vad_lane = _Lane(ctx, spec, "vad", load_ms, _VadWork(models, spec),
+                     turn_kernels=turn_kernels)
+    job_lane = _Lane(ctx, spec, "job", load_ms, _JobWork(models, spec),
+                     turn_kernels=turn_kernels)
     vad_thread = threading.Thread(target=vad_lane.loop, name="vad-lane", daemon=True)
     vad_thread.start()
     job_lane.loop()
@@ -149,20 +156,19 @@ def worker_main(spec: WorkerSpec, death_fd: int) -> None:
 
 
 def _deprioritise(tid: int) -> None:
-    """Make a decode thread yield its core to latency work at once.
+    """Make a decode thread yield its core to latency work.
 
     Both lanes of a worker share one core. A decode is throughput work; a VAD request is
-    latency work (every 32 ms window of every session waits for it). Under the kernel's
-    EEVDF scheduler a merely niced thread keeps the CPU until it reaches parity, which
-    left a waking VAD lane waiting up to ~4 ms; a SCHED_IDLE thread is preempted by any
-    normal thread immediately. Measured with 10 live sessions: frame handoff p99 while
-    the same worker decodes fell from ~3.5 ms (nice 10) to ~1.5-2 ms. Lowering a thread's
-    own priority needs no privilege; nice is the fallback where SCHED_IDLE is refused.
+    latency work (every 32 ms window of every session waits for it), so decode threads
+    run niced. Not SCHED_IDLE, although it hands the core to a waking VAD lane sooner: a
+    SCHED_IDLE thread gets ~0.3 % of a core that any other process keeps busy, so on a
+    shared host (or beside the test runner) decodes on that core stalled until the hang
+    detector killed the worker, again and again. Niced, a decode on a contended core
+    runs ~4x slower instead, and the scheduler's load figure sees it. Lowering a thread's
+    own priority needs no privilege.
     """
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, tid, JOB_LANE_NICE)
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _thread_ids() -> set[int]:
@@ -298,11 +304,12 @@ class _Lane:
     """One request at a time: receive, run, reply; heartbeat and follow state when idle."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], spec: WorkerSpec, name: str,
-                 load_ms: float, work: _VadWork | _JobWork) -> None:
+                 load_ms: float, work: _VadWork | _JobWork, *, turn_kernels: str) -> None:
         self.ctx = ctx
         self.spec = spec
         self.name = name
         self.load_ms = load_ms
+        self.turn_kernels = turn_kernels
         self.work = work
         self.level = 0
         self.trim_generation = 0
@@ -323,7 +330,7 @@ class _Lane:
         poller.register(dealer, zmq.POLLIN)
         poller.register(sub, zmq.POLLIN)
         dealer.send(dumps(Hello(spec.worker_id, self.name, os.getpid(), spec.core,
-                                self.load_ms)))
+                                self.load_ms, self.turn_kernels)))
         interval_ms = int(spec.heartbeat_interval * 1000)
         last_sent = time.monotonic()
         try:
