@@ -58,6 +58,10 @@ BASE = EngineConfig(
         preroll_ms=200,
         postroll_ms=200,
         max_utterance_s=25.0,
+        # The mechanics below predate these two: commits from the first partial on, no
+        # prompt from earlier finals (tests/test_anchor.py covers both).
+        min_commit_audio_ms=0,
+        context_s=0.0,
     ),
     turn=TurnConfig(
         enabled=True, silence_ms=200, threshold=0.5, fallback_silence_ms=3000, max_audio_s=8.0
@@ -662,8 +666,11 @@ def test_below_threshold_waits_for_silence_fallback() -> None:
     assert d.drain() == []  # ended once
 
 
-def test_model_threshold_is_inclusive_and_configurable() -> None:
-    for threshold, probability, ends in [(0.5, 0.5, True), (0.8, 0.7, False), (0.8, 0.85, True)]:
+def test_model_threshold_is_exclusive_and_configurable() -> None:
+    """Strictly above the threshold, as Smart Turn's reference and Pipecat read it: the
+    quantized graph's output moves in 1/256 steps, so exactly 0.5 occurs and is undecided."""
+    for threshold, probability, ends in [(0.5, 0.5, False), (0.5, 0.5 + 1 / 256, True),
+                                         (0.8, 0.7, False), (0.8, 0.85, True)]:
         d = Driver(no_partials(threshold=threshold))
         d.speech(20)
         d.silence(MIN_SILENCE_WINDOWS)

@@ -5,6 +5,7 @@ Each test states the acceptance item it checks. Models load once per run (confte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,10 +30,11 @@ from alfred_daemon.engine.events import (
     TurnEnded,
     TurnEndReason,
 )
+from alfred_daemon.engine.int8_check import Int8Kernels
 from alfred_daemon.engine.jobs import Models
 from alfred_daemon.engine.session import Session
 from alfred_daemon.engine.text import norm_text
-from alfred_daemon.engine.turn import prepare_waveform
+from alfred_daemon.engine.turn import SmartTurn, prepare_waveform
 from alfred_daemon.engine.vad import WINDOW, VadState
 
 from .conftest import REPO, SHARED_AUDIO, Utterance, silence
@@ -178,9 +180,27 @@ def _turn_outcomes(
     return out
 
 
-def test_smart_turn_complete_sentences(models: Models, utterances: list[Utterance]) -> None:
+@pytest.fixture(scope="module", params=["auto", "unfused"])
+def turn_models(request: pytest.FixtureRequest, models: Models) -> Models:
+    """The models with Smart Turn as this host runs it (``auto``) and on the unfused path
+    that hosts without exact fused int8 kernels (x86 without VNNI) run. On a VNNI host the
+    two differ, so both kinds of host's code paths are held to the same bounds here; on
+    an AVX2-only host both are the unfused path (fused kernels there saturate, which
+    tests/test_int8.py shows on an emulated AVX2 CPU)."""
+    assert models.turn is not None
+    kernels = Int8Kernels(request.param)
+    if kernels is Int8Kernels.AUTO:
+        return models
+    return dataclasses.replace(models, turn=SmartTurn(models.turn.path, kernels=kernels))
+
+
+def test_smart_turn_complete_sentences(turn_models: Models,
+                                       utterances: list[Utterance]) -> None:
     """Acceptance 4a: one TurnEnded closes each clip; >= 8 of 11 by the model (p > 0.5,
     <= 400 ms of audio after speech end); the rest by the silence fallback."""
+    models = turn_models
+    assert models.turn is not None
+    print("Smart Turn kernels:", models.turn.kernels.value)
     turns = _turn_outcomes(models, [(u.file, u.audio) for u in utterances])
     by_model = [t for t in turns if t.reason is TurnEndReason.MODEL]
     print("model:", len(by_model), [t.probability for t in turns])
@@ -196,8 +216,11 @@ def _speech_span(models: Models, audio: npt.NDArray[np.float32]) -> tuple[int, i
     return start * 16, end * 16
 
 
-def test_smart_turn_cut_sentences(models: Models, utterances: list[Utterance]) -> None:
+def test_smart_turn_cut_sentences(turn_models: Models, utterances: list[Utterance]) -> None:
     """Acceptance 4b: the same sentences cut at 55 % of their speech: <= 4 of 11 by model."""
+    models = turn_models
+    assert models.turn is not None
+    print("Smart Turn kernels:", models.turn.kernels.value)
     clips = []
     for u in utterances:
         s, e = _speech_span(models, u.audio)

@@ -81,12 +81,45 @@ class SttConfig:
     result is identical either way (same audio, prefix and beam); if speech resumes first,
     the speculative decode is discarded (wasted work, counted). The ladder turns it off."""
     min_window_s: float = 6.0
-    """Audio shorter than this is padded with silence to this length before encoding.
-    Trimmed windows are what make decoding cheap, but below ~5 s the decoder loops or
-    garbles short utterances ("ask not" -> "s not s not"); 6 s of window costs ~15 ms of
-    encoder time and fixes them (measured on the shared JFK fragments)."""
+    """Partial decode windows (audio plus ``window_pad_s``) shorter than this are padded
+    with silence to this length. Trimmed windows are what make decoding cheap, but below
+    ~5 s the decoder loops or garbles short utterances ("ask not" -> "s not s not")."""
+    final_min_window_s: float = 10.0
+    """The same floor for finals. At 6 s a quarter of the finals of utterances under 4 s
+    looped and needed the 30 s fallback (p90 931 ms here); at 10 s none did (p90 213 ms),
+    at the same WER. Partials stay at ``min_window_s``: their words, committed, decide the
+    finals, and they are 5x more frequent (tests/data/long WER 12.0 % vs 12.6 % with 10 s
+    partials)."""
+    window_pad_s: float = 2.0
+    """Silence appended after the audio of every decode window. Whisper learned that
+    speech is followed by more audio; a window ending with the speech makes it start the
+    sentence over (tests/data/long: 41 % WER without, 12 % with 2 s and the fallback)."""
+    window_target_s: float = 5.0
+    """Once this much audio lies between a partial's window start (the utterance's
+    *anchor*) and its end, the partial's committed words are moved out of the window: the
+    anchor advances to a pause after them and they become the next decodes' prompt. So a
+    partial decodes at most about this much audio however long the utterance runs."""
+    window_max_s: float = 12.0
+    """If nothing was committed by the time the window holds this much audio (no two
+    partials agree: noise, mumbling), the anchor moves anyway, past the newest hypothesis's
+    words but its last two, which are committed as they stand."""
+    min_commit_audio_ms: int = 2_000
+    """No partial commits words before the utterance has this much audio: with less,
+    Whisper mishears a phrase's first words consistently ("how do you marry" for "had he
+    married"), so agreement does not catch it (tests/data/long: 12.6 -> 11.7 % WER)."""
+    context_s: float = 30.0
+    """Finals that ended up to this long before an utterance began are given to its
+    decodes as Whisper's previous-text prompt: the VAD cuts speech at every 200 ms pause,
+    and alone "two" in "one two three" is heard as "2 2" (tests/data/long: 13.4 -> 12.6 %
+    WER). 0 = none."""
+    prompt_tokens: int = 64
+    """Tokens of already committed text given to each decode as Whisper's previous-text
+    prompt (0: none)."""
+    compression_ratio_threshold: float = 2.4
+    """A decode whose text compresses better than this (zlib) is a loop (faster-whisper's
+    threshold)."""
     max_utterance_s: float = 25.0
-    """Continuous speech longer than this is finalised in pieces (Whisper's window is 30 s)."""
+    """Continuous speech longer than this is finalised in pieces, each its own final."""
     token_budget_base: int = 6
     max_tokens_per_second: float = 5.0
     """Decoder token budget = base + rate x audio seconds. Trimmed encoder windows make the
@@ -107,7 +140,16 @@ class SttConfig:
         check_range("stt.preroll_ms", self.preroll_ms, 0, 1_000)
         check_range("stt.postroll_ms", self.postroll_ms, 0, 1_000)
         check_range("stt.min_window_s", self.min_window_s, 0.0, 30.0)
-        check_range("stt.max_utterance_s", self.max_utterance_s, 2.0, 28.0)
+        check_range("stt.final_min_window_s", self.final_min_window_s, 0.0, 30.0)
+        check_range("stt.window_pad_s", self.window_pad_s, 0.0, 10.0)
+        check_range("stt.window_target_s", self.window_target_s, 2.0, 20.0)
+        check_range("stt.window_max_s", self.window_max_s, self.window_target_s, 25.0)
+        check_range("stt.prompt_tokens", self.prompt_tokens, 0, 200)
+        check_range("stt.min_commit_audio_ms", self.min_commit_audio_ms, 0, 30_000)
+        check_range("stt.context_s", self.context_s, 0.0, 600.0)
+        check_range("stt.compression_ratio_threshold", self.compression_ratio_threshold,
+                    1.0, 10.0)
+        check_range("stt.max_utterance_s", self.max_utterance_s, 2.0, 600.0)
         check_range("stt.token_budget_base", self.token_budget_base, 1, 100)
         check_range("stt.max_tokens_per_second", self.max_tokens_per_second, 1.0, 20.0)
         check_range("stt.no_speech_threshold", self.no_speech_threshold, 0.0, 1.0)
@@ -122,6 +164,8 @@ class TurnConfig:
     silence_ms: int = 200
     """Silence after speech before Smart Turn is asked whether the turn is over."""
     threshold: float = 0.5
+    """The turn ends when Smart Turn's probability is strictly above this. (The quantized
+    graph's output moves in steps of 1/256, so exactly 0.5 does occur: undecided.)"""
     fallback_silence_ms: int = 3_000
     """Silence after which the turn ends whatever the model said."""
     max_audio_s: float = 8.0

@@ -15,8 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import SttConfig
+from .int8_check import Int8Kernels
 from .models import ModelPaths
-from .stt import WhisperTranscriber
+from .stt import WhisperTranscriber, WordTime
 from .turn import SmartTurn
 from .vad import SileroVad
 
@@ -44,8 +45,13 @@ class Job:
     """Sample range [start, end) at 16 kHz, in session audio coordinates."""
     beam_size: int = 1
     prefix: str = ""
+    """Committed words inside the range, forced as the start of the decode."""
     generation: int = 0
     """TURN only: the pause this evaluation belongs to; stale once speech resumed."""
+    prompt: str = ""
+    """Committed text before the range (Whisper's previous-text prompt)."""
+    align: bool = False
+    """PARTIAL only: return word times, so the caller can move its window past them."""
 
     @property
     def samples(self) -> int:
@@ -61,6 +67,13 @@ class JobResult:
     error: str | None = None
     skipped: bool = False
     """Not run on purpose (load shedding drops queued partials); not an error."""
+    degenerate: bool = False
+    """The decode looked like a loop even after the fallback (finals) or without one
+    (partials, which are then not shown)."""
+    fallback: bool = False
+    """A final's first decode was degenerate and the 30 s window was decoded too."""
+    words: tuple[WordTime, ...] = ()
+    """``text``'s words with times relative to ``job.start`` (partials with ``align``)."""
 
     @classmethod
     def skip(cls, job: Job, reason: str) -> JobResult:
@@ -80,7 +93,9 @@ class Models:
         return cls(
             vad=SileroVad(paths.vad, threads=threads),
             stt=WhisperTranscriber(paths.stt, threads=threads),
-            turn=SmartTurn(paths.turn, threads=threads) if paths.turn is not None else None,
+            turn=(SmartTurn(paths.turn, threads=threads,
+                            kernels=Int8Kernels.parse(paths.turn_int8))
+                  if paths.turn is not None else None),
         )
 
 
@@ -95,8 +110,11 @@ def run_job(
                 return JobResult(job, error="smart turn model not loaded")
             prob, ms = models.turn.predict(audio)
             return JobResult(job, probability=prob, ms=ms)
-        res = models.stt.transcribe(audio, stt_cfg, beam_size=job.beam_size, prefix=job.prefix)
-        return JobResult(job, text=res.text, ms=res.ms)
+        res = models.stt.transcribe(audio, stt_cfg, beam_size=job.beam_size, prefix=job.prefix,
+                                    prompt=job.prompt, align=job.align,
+                                    fallback=job.kind is JobKind.FINAL)
+        return JobResult(job, text=res.text, ms=res.ms, degenerate=res.degenerate,
+                         fallback=res.fallback, words=res.words)
     except Exception as exc:
         log.exception("job %s failed", job)
         return JobResult(job, error=f"{type(exc).__name__}: {exc}")

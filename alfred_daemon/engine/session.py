@@ -61,12 +61,23 @@ from .events import (
     TurnResumed,
 )
 from .jobs import Job, JobKind, JobResult, Models, run_job
-from .text import StablePrefix
+from .text import StablePrefix, common_prefix_words
 from .vad import WINDOW, VadState
 
 log = logging.getLogger(__name__)
 
 MS = SAMPLE_RATE // 1000  # samples per millisecond
+PROMPT_WORDS = 60
+DONE_KEPT = 32
+"""Finals remembered for later prompts (the prompt takes at most ``PROMPT_WORDS``)."""
+"""Anchored words passed as the prompt; the decoder reads only ``stt.prompt_tokens``."""
+CUT_SEARCH_BEFORE = 12
+CUT_SEARCH_AFTER = 2
+CUT_MARGIN = 2
+"""VAD windows around an aligned word boundary searched for the quietest point to cut at.
+The alignment dates a word from where the next one starts, so a pause after a word lies
+inside its span: the search reaches back up to 384 ms, but not into the word's first
+64 ms."""
 
 
 def ms_to_samples(ms: float) -> int:
@@ -87,6 +98,8 @@ class _FinalSlot:
     end_of_speech: int
     turn: _Turn | None
     """The turn whose transcript this final belongs to."""
+    before: str = ""
+    """Text committed before the final's window (the utterance's anchored words)."""
     event: FinalTranscription | None = None
     filled: bool = False
 
@@ -128,6 +141,19 @@ class _Utterance:
     start: int
     """VAD speech start (sample)."""
     stable: StablePrefix
+    """Agreement over hypotheses of the window [anchor, ...): its committed words are
+    forced as the prefix of every later decode of the window."""
+    anchor: int = 0
+    """Where decode windows start: the pre-rolled speech start, then a pause after
+    committed words once the window grew past ``stt.window_target_s`` (see
+    :meth:`SessionCore._move_anchor`)."""
+    anchored: list[str] = field(default_factory=list)
+    """Committed words whose audio lies before the anchor: the text before the window."""
+    probs: deque[tuple[int, float]] = field(default_factory=deque)
+    """(window start, VAD probability) since the anchor: where the pauses are."""
+    context: list[str] | None = None
+    """Words of the finals just before this utterance (``stt.context_s``), the start of
+    every decode prompt; None until all those finals are known (see ``_context_of``)."""
     last_partial_at: int = -1
     partial_in_flight: bool = False
     held_final: _HeldFinal | None = None
@@ -165,6 +191,12 @@ class CoreStats:
     """Final decodes issued before the speech end was confirmed."""
     speculations_abandoned: int = 0
     """... of which speech resumed (or the utterance was cut another way): wasted work."""
+    partials_degenerate: int = 0
+    """Partial decodes that looked like a loop and were not shown."""
+    anchor_moves: int = 0
+    """Times a window's committed words were moved out of it (long utterances)."""
+    forced_anchor_moves: int = 0
+    """... of which nothing had been committed by ``stt.window_max_s``."""
 
 
 class SessionCore:
@@ -196,6 +228,10 @@ class SessionCore:
         self._queue: deque[_QueueItem] = deque()
         self._final_slots: dict[int, _FinalSlot] = {}  # job id -> slot
         self._held: dict[int, _Utterance] = {}  # utterance id -> ended, final held
+        self._unfilled: set[int] = set()
+        """Utterances whose final is not known yet."""
+        self._done: dict[int, tuple[int, str]] = {}
+        """Recent finals: utterance id -> (end of speech, text), for later prompts."""
         self._queued_ms = 0
         """Latest offset queued so far (FrameProcessed aside)."""
         self._jobs: list[Job] = []
@@ -227,6 +263,32 @@ class SessionCore:
                 out.append(head)
             self._queue.popleft()
         return out
+
+    def _context_of(self, utt: _Utterance) -> list[str] | None:
+        """The text before ``utt``: its session's finals that ended within ``stt.context_s``
+        of its start. None while one of them is still being decoded -- a prompt must not
+        depend on which decode happened to return first (the multi-process runtime has to
+        give the inline driver's finals), so the utterance's decodes wait for it; finals
+        take tens of milliseconds, the first partial comes ~0.7 s into the speech."""
+        if utt.context is None:
+            if self.config.stt.context_s <= 0:
+                utt.context = []
+                return utt.context
+            if any(uid < utt.utterance_id for uid in self._unfilled):
+                return None
+            since = utt.start - ms_to_samples(self.config.stt.context_s * 1000)
+            words: list[str] = []
+            for uid in sorted(self._done):
+                end, text = self._done[uid]
+                if uid < utt.utterance_id and end >= since:
+                    words += text.split()
+            utt.context = words[-PROMPT_WORDS:]
+        return utt.context
+
+    def _prompt(self, utt: _Utterance) -> str:
+        """What a decode of ``utt`` is told came before its window: recent finals and the
+        utterance's anchored words (their tail: the decoder reads ``stt.prompt_tokens``)."""
+        return " ".join([*(utt.context or []), *utt.anchored][-PROMPT_WORDS:])
 
     @property
     def in_flight(self) -> list[Job]:
@@ -271,7 +333,7 @@ class SessionCore:
         cfg = self.config
         keep = self.position - ms_to_samples(cfg.vad.min_speech_ms + cfg.stt.preroll_ms + 64)
         if self._utt is not None:
-            keep = min(keep, self._utt.start - ms_to_samples(cfg.stt.preroll_ms))
+            keep = min(keep, self._utt.anchor)
         if self._turn is not None:
             keep = min(keep, max(self._turn.start, self.position - ms_to_samples(
                 cfg.turn.max_audio_s * 1000)))
@@ -302,6 +364,8 @@ class SessionCore:
                 self._candidate_start = None
         else:
             self.stats.speech_windows += 1
+            if self._utt is not None:
+                self._utt.probs.append((start, probability))
             if probability < cfg.effective_neg_threshold:
                 if self._silence_start is None:
                     self._silence_start = start
@@ -405,7 +469,8 @@ class SessionCore:
         self._last_speech_end = None
         utt_id = self._next_utt
         self._next_utt += 1
-        self._utt = _Utterance(utt_id, start, StablePrefix(self.config.stt.stable_agreement))
+        self._utt = _Utterance(utt_id, start, StablePrefix(self.config.stt.stable_agreement),
+                               anchor=max(0, start - ms_to_samples(self.config.stt.preroll_ms)))
         offset = samples_to_ms(start)
         turn = self._turn
         if turn is None:
@@ -439,15 +504,17 @@ class SessionCore:
         self._utt = None
 
     def _finalise(self, utt: _Utterance, end_of_speech: int, audio_end: int) -> None:
-        start = max(0, utt.start - ms_to_samples(self.config.stt.preroll_ms))
-        slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn)
+        start = utt.anchor
+        self._unfilled.add(utt.utterance_id)
+        slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn,
+                          before=" ".join(utt.anchored))
         self._queue.append(slot)  # queued now: it orders every later event behind it
         self._queued_ms = max(self._queued_ms, samples_to_ms(end_of_speech))
         spec = utt.speculation
         if spec is not None:
             job = spec.job
-            if (end_of_speech, start, audio_end, utt.stable.text) == (
-                    spec.end_of_speech, job.start, job.end, job.prefix):
+            if (end_of_speech, start, audio_end, utt.stable.text, self._prompt(utt)) == (
+                    spec.end_of_speech, job.start, job.end, job.prefix, job.prompt):
                 # The speculation is exactly the job we would issue now: adopt it.
                 utt.speculation = None
                 if spec.result is not None:
@@ -456,19 +523,31 @@ class SessionCore:
                     self._final_slots[job.job_id] = slot
                 return
             self._abandon_speculation(utt)
-        if utt.partial_in_flight:
-            # The final's decoder prefix is the stable text. Issuing it now would make that
-            # prefix depend on whether the in-flight partial happened to return first -- on
-            # timing, not audio -- and the multi-process runtime must give the same finals
-            # as the inline driver. Wait for the partial (one decode, tens of ms).
-            utt.held_final = _HeldFinal(slot, start, audio_end)
-            self._held[utt.utterance_id] = utt
-            return
-        self._issue_final(utt, slot, start, audio_end)
+        utt.held_final = _HeldFinal(slot, start, audio_end)
+        self._held[utt.utterance_id] = utt
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Issue the held finals that can go now.
+
+        A final waits while its utterance has a partial in flight (the decoder prefix is
+        the stable text, which that partial may extend) or while its prompt is not known
+        (an earlier final is still being decoded). Issuing it regardless would make its
+        text depend on timing, not audio, and the multi-process runtime must give the
+        same finals as the inline driver. Either wait is one decode, tens of ms.
+        """
+        for uid, utt in sorted(self._held.items()):
+            held = utt.held_final
+            if held is None or utt.partial_in_flight or self._context_of(utt) is None:
+                continue
+            del self._held[uid]
+            utt.held_final = None
+            self._issue_final(utt, held.slot, held.start, held.end)
 
     def _issue_final(self, utt: _Utterance, slot: _FinalSlot, start: int, end: int) -> None:
         job = self._issue(JobKind.FINAL, utt.utterance_id, start, end,
-                          beam_size=self.config.stt.beam_size, prefix=utt.stable.text)
+                          beam_size=self.config.stt.beam_size, prefix=utt.stable.text,
+                          prompt=self._prompt(utt))
         self._final_slots[job.job_id] = slot
 
     def _maybe_speculate(self, utt: _Utterance) -> None:
@@ -486,12 +565,13 @@ class SessionCore:
             or utt.speculation is not None
             or utt.partial_in_flight
             or self.position < silence + ms_to_samples(stt.postroll_ms)
+            or self._context_of(utt) is None
         ):
             return
-        start = max(0, utt.start - ms_to_samples(stt.preroll_ms))
-        job = self._issue(JobKind.FINAL, utt.utterance_id, start,
+        job = self._issue(JobKind.FINAL, utt.utterance_id, utt.anchor,
                           silence + ms_to_samples(stt.postroll_ms),
-                          beam_size=stt.beam_size, prefix=utt.stable.text)
+                          beam_size=stt.beam_size, prefix=utt.stable.text,
+                          prompt=self._prompt(utt))
         utt.speculation = _Speculation(job, silence)
         self.stats.speculations += 1
 
@@ -511,17 +591,12 @@ class SessionCore:
             length = self.position - utt.start
             self._maybe_speculate(utt)
             if length >= ms_to_samples(cfg.stt.max_utterance_s * 1000):
-                # Whisper cannot see more than 30 s: finalise what we have and continue the
-                # same speech as a new utterance (no SpeechEnded/SpeechStarted pair: the VAD
-                # saw no pause; the new utterance id appears on its partials and final).
-                self._finalise(utt, self.position, self.position)
-                self._utt = _Utterance(self._next_utt, self.position,
-                                       StablePrefix(cfg.stt.stable_agreement))
-                self._next_utt += 1
+                self._split(utt)
             elif (
                 cfg.stt.partials
                 and self._silence_start is None
                 and not utt.partial_in_flight
+                and self._context_of(utt) is not None
                 and length >= ms_to_samples(cfg.stt.min_partial_audio_ms)
                 and (utt.last_partial_at < 0
                      or self.position - utt.last_partial_at
@@ -529,9 +604,11 @@ class SessionCore:
             ):
                 utt.partial_in_flight = True
                 utt.last_partial_at = self.position
-                start = max(0, utt.start - ms_to_samples(cfg.stt.preroll_ms))
-                self._issue(JobKind.PARTIAL, utt.utterance_id, start, self.position,
-                            beam_size=cfg.stt.partial_beam_size, prefix=utt.stable.text)
+                window = self.position - utt.anchor
+                self._issue(JobKind.PARTIAL, utt.utterance_id, utt.anchor, self.position,
+                            beam_size=cfg.stt.partial_beam_size, prefix=utt.stable.text,
+                            prompt=self._prompt(utt),
+                            align=window >= ms_to_samples(cfg.stt.window_target_s * 1000))
         turn = self._turn
         if (
             turn is None
@@ -557,10 +634,40 @@ class SessionCore:
         if pause >= ms_to_samples(cfg.turn.fallback_silence_ms):
             self._close_turn(TurnEndReason.SILENCE_FALLBACK, turn.last_probability, 0.0)
 
+    def _split(self, utt: _Utterance) -> None:
+        """Speech ran past ``stt.max_utterance_s`` without a pause: end this utterance with
+        a final and continue the same speech as a new one (no SpeechEnded/SpeechStarted
+        pair: the VAD saw no pause; the new utterance id appears on its partials and final).
+
+        Where words were moved out of the window, they are the final, as they stand (no
+        decode, no cut mid-word) and the window carries over to the new utterance.
+        Otherwise the audio so far is decoded as the final, and the new utterance starts
+        ``stt.preroll_ms`` before the split, so a word cut there is heard in full.
+        """
+        cfg = self.config.stt
+        self._abandon_speculation(utt)
+        new = _Utterance(self._next_utt, self.position, StablePrefix(cfg.stable_agreement),
+                         anchor=max(0, self.position - ms_to_samples(cfg.preroll_ms)))
+        self._next_utt += 1
+        if utt.anchored:
+            self._unfilled.add(utt.utterance_id)
+            slot = _FinalSlot(utt.utterance_id, utt.start, self.position, self._turn,
+                              before=" ".join(utt.anchored))
+            self._queue.append(slot)
+            self._queued_ms = max(self._queued_ms, samples_to_ms(self.position))
+            self._set_final(slot, "", 0.0)
+            # A partial still in flight belongs to the old utterance: its result is stale.
+            new.start, new.anchor, new.stable, new.probs = (
+                utt.anchor, utt.anchor, utt.stable, utt.probs)
+        else:
+            self._finalise(utt, self.position, self.position)
+        self._utt = new
+
     # ------------------------------------------------------------------ job results
 
     def _on_final(self, job: Job, result: JobResult) -> None:
         self._fill_final(self._final_slots.pop(job.job_id), job, result)
+        self._release_held()  # a final waiting for this one's text as its prompt
 
     def _fill_final(self, slot: _FinalSlot, job: Job, result: JobResult) -> None:
         text = result.text.strip()
@@ -569,8 +676,16 @@ class SessionCore:
             # keep the promise to the client regardless.
             n = len(job.prefix.split())
             text = " ".join([job.prefix, *text.split()[n:]])
+        self._set_final(slot, text, result.ms)
+
+    def _set_final(self, slot: _FinalSlot, text: str, ms: float) -> None:
+        text = " ".join(t for t in (slot.before, text) if t)
+        self._unfilled.discard(slot.utterance_id)
+        self._done[slot.utterance_id] = (slot.end_of_speech, text)
+        while len(self._done) > DONE_KEPT:
+            del self._done[min(self._done)]
         slot.event = FinalTranscription(
-            audio_offset_ms=samples_to_ms(slot.end_of_speech), processing_ms=round(result.ms, 2),
+            audio_offset_ms=samples_to_ms(slot.end_of_speech), processing_ms=round(ms, 2),
             utterance_id=slot.utterance_id, text=text, start_ms=samples_to_ms(slot.start),
         )
         slot.filled = True
@@ -579,30 +694,95 @@ class SessionCore:
             slot.turn.texts[slot.utterance_id] = text
 
     def _on_partial(self, job: Job, result: JobResult) -> None:
-        held = self._held.pop(job.ref_id, None)
+        held = self._held.get(job.ref_id)
         if held is not None and held.held_final is not None:
             # The utterance ended while this partial ran. Its hypothesis still feeds the
             # stable prefix (as it would have inline), but no event: a partial after the
             # utterance's SpeechEnded would break offset order.
             held.partial_in_flight = False
-            if result.error is None and result.text:
-                held.stable.update(result.text)
-            final, held.held_final = held.held_final, None
-            self._issue_final(held, final.slot, final.start, final.end)
+            if result.error is None and result.text and not result.degenerate:
+                held.stable.update(result.text, commit=self._may_commit(held, job))
+            self._release_held()
             return
         utt = self._utt
         if utt is None or utt.utterance_id != job.ref_id:
             self.stats.stale_results += 1
             return
         utt.partial_in_flight = False
+        if result.degenerate:
+            self.stats.partials_degenerate += 1
+            return  # a loop is never shown; the next partial tries again
         if result.error is not None or not result.text:
             return
-        text = utt.stable.update(result.text)
+        text = utt.stable.update(result.text, commit=self._may_commit(utt, job))
         self.stats.partials += 1
+        before = " ".join(utt.anchored)
         self._emit(PartialTranscription(
             audio_offset_ms=samples_to_ms(job.end), processing_ms=round(result.ms, 2),
-            utterance_id=utt.utterance_id, text=text, stable_text=utt.stable.text,
+            utterance_id=utt.utterance_id, text=" ".join(t for t in (before, text) if t),
+            stable_text=" ".join(t for t in (before, utt.stable.text) if t),
         ))
+        if job.start == utt.anchor:
+            self._move_anchor(utt, job, result)
+
+    def _may_commit(self, utt: _Utterance, job: Job) -> bool:
+        """Whether a partial's hypothesis may commit words: not before the utterance has
+        ``stt.min_commit_audio_ms`` of audio. Whisper mishears the first words of a phrase
+        it cannot hear the rest of ("how do you marry" for "had he married"), and does so
+        consistently, so agreement alone does not catch it."""
+        return job.end - utt.start >= ms_to_samples(self.config.stt.min_commit_audio_ms)
+
+    def _move_anchor(self, utt: _Utterance, job: Job, result: JobResult) -> None:
+        """Move committed words out of a window that grew past ``stt.window_target_s``.
+
+        The cut goes after one of the committed words, at the quietest VAD window near
+        the word boundary the alignment gives (a pause if there is one; the latest such
+        when several are): the words before it join ``anchored`` (the prompt of later
+        decodes), the window restarts at the cut, and committed words after it stay the
+        window's forced prefix. Past ``stt.window_max_s`` with nothing committed, the
+        newest hypothesis's words but its last two are committed as they stand.
+        """
+        cfg = self.config
+        window = job.end - utt.anchor
+        if window < ms_to_samples(cfg.stt.window_target_s * 1000):
+            return
+        hyp = result.text.split()
+        words = result.words
+        if not words or [w.word for w in words] != hyp:
+            return  # no (usable) alignment: try with the next partial
+        committed = common_prefix_words(utt.stable.committed, hyp)
+        forced = False
+        if committed == 0:
+            if window < ms_to_samples(cfg.stt.window_max_s * 1000):
+                return
+            committed, forced = max(0, len(hyp) - 2), True
+            if committed == 0:
+                return
+        candidates: list[tuple[int, int, float]] = []  # (words before the cut, cut, VAD p)
+        for k in range(1, committed + 1):
+            boundary = job.start + (words[k].start if k < len(words) else words[k - 1].end)
+            lo = max(job.start + words[k - 1].start + CUT_MARGIN * WINDOW,
+                     boundary - CUT_SEARCH_BEFORE * WINDOW)
+            near = [(start, prob) for start, prob in utt.probs
+                    if lo <= start <= boundary + CUT_SEARCH_AFTER * WINDOW]
+            cut, score = min(near, key=lambda sp: sp[1]) if near else (boundary, 1.0)
+            if utt.anchor < cut < job.end:
+                candidates.append((k, cut, score))
+        if not candidates:
+            return
+        # The latest cut at a pause (VAD below its speech-end threshold), else the quietest.
+        pauses = [c for c in candidates if c[2] < cfg.vad.effective_neg_threshold]
+        k, cut, _ = pauses[-1] if pauses else min(candidates, key=lambda c: (c[2], -c[0]))
+        utt.anchored.extend(hyp[:k] if forced else utt.stable.committed[:k])
+        utt.anchor = cut
+        if forced:
+            utt.stable.reset()
+            self.stats.forced_anchor_moves += 1
+        else:
+            utt.stable.rebase(k)
+        while utt.probs and utt.probs[0][0] < cut:
+            utt.probs.popleft()
+        self.stats.anchor_moves += 1
 
     def _on_turn(self, job: Job, result: JobResult) -> None:
         turn = self._turn
@@ -618,7 +798,7 @@ class SessionCore:
             return  # the silence fallback still ends the turn
         turn.last_probability = result.probability
         turn.last_turn_ms = result.ms
-        if result.probability >= self.config.turn.threshold:
+        if result.probability > self.config.turn.threshold:
             if self._candidate_start is not None:
                 turn.deferred = True
             else:
@@ -652,8 +832,10 @@ class SessionCore:
     # ------------------------------------------------------------------ helpers
 
     def _issue(self, kind: JobKind, ref_id: int, start: int, end: int, *, beam_size: int = 1,
-               prefix: str = "", generation: int = 0) -> Job:
-        job = Job(kind, self._next_job, ref_id, start, end, beam_size, prefix, generation)
+               prefix: str = "", generation: int = 0, prompt: str = "",
+               align: bool = False) -> Job:
+        job = Job(kind, self._next_job, ref_id, start, end, beam_size, prefix, generation,
+                  prompt, align)
         self._next_job += 1
         self._jobs.append(job)
         self._in_flight[job.job_id] = job
@@ -711,6 +893,7 @@ class Session:
         sample_rate: int = SAMPLE_RATE,
         resample: bool = True,
         clock: Callable[[], float] = time.perf_counter,
+        on_job: Callable[[JobResult], None] | None = None,
     ) -> None:
         if sample_rate != SAMPLE_RATE and not resample:
             raise InvalidAudioError(
@@ -725,6 +908,8 @@ class Session:
         self._audio = AudioBuffer()
         self._pending = np.zeros(0, dtype=np.float32)
         self._clock = clock
+        self._on_job = on_job
+        """Sees every job's result (benchmarks and tests: what ran, on how much audio)."""
 
     @property
     def config(self) -> EngineConfig:
@@ -789,5 +974,8 @@ class Session:
         while jobs:
             for job in jobs:
                 audio = self._audio.get(job.start, min(job.end, self._audio.end))
-                self.core.on_result(run_job(self.models, job, audio, self.config.stt))
+                result = run_job(self.models, job, audio, self.config.stt)
+                if self._on_job is not None:
+                    self._on_job(result)
+                self.core.on_result(result)
             jobs = self.core.take_jobs()

@@ -2,25 +2,34 @@
 
 ``WhisperModel.transcribe()`` pads every call to Whisper's 30 s window: ~420 ms of encoder
 time on one core even for a 2 s utterance. The CTranslate2 encoder accepts shorter feature
-windows (~10-40 ms for 2-3 s of audio), so we compute log-mel features of the utterance
-(padded with silence to ``min_window_s``, 6 s by default) and call ``encode``/``generate``
-ourselves.
+windows, so we compute log-mel features of the audio plus ``window_pad_s`` of silence
+(at least ``min_window_s`` in all) and call ``encode``/``generate`` ourselves.
 
-The price is that the decoder, having learned that audio is followed by padding, reaches the
-end of a short window and starts the sentence again. Three guards keep finals clean:
+Whisper was trained on 30 s windows in which speech is followed by more audio or by
+padding. A window that ends where the speech ends makes the decoder start the sentence
+over (measured on tests/data/long: 41 % WER with no trailing silence, 16 % with 5 s, 12 %
+with the full 30 s window). Hence the padding, and guards for what still goes wrong:
 
 1. a token budget proportional to the audio length (``token_budget_base +
    max_tokens_per_second x seconds``) bounds what a loop can cost;
-2. :func:`~.text.trim_repetitions` removes immediate repeats and, when the budget was hit,
-   a trailing restart of an earlier sentence;
-3. Whisper's own no-speech rule (no-speech probability high *and* mean log-probability low)
-   turns a decode of noise into an empty result.
+2. a decode is *degenerate* when it hit that budget, repeats itself
+   (:func:`~.text.find_repetition`) or compresses too well (zlib ratio above
+   ``compression_ratio_threshold``, faster-whisper's loop test);
+3. a degenerate final is decoded again on the full 30 s window, as ``transcribe()``
+   would; a degenerate partial is not shown at all (the caller skips it);
+4. Whisper's own no-speech rule (no-speech probability high *and* mean log-probability
+   low) turns a decode of noise into an empty result.
 
-The accuracy test compares these finals with ``transcribe()`` on the same audio.
+Streaming decodes carry context two ways: ``prompt`` (text already committed before the
+window, as Whisper's previous-text prompt) and ``prefix`` (committed words *inside* the
+window, forced as the start of the output). With ``align`` the words of the result get
+times from CTranslate2's cross-attention alignment, so the caller can tell which audio a
+committed word ends at and move its window past it.
 
 A CTranslate2 quirk measured here: for Whisper, ``generate(max_length=L)`` yields at most
-``L // 2`` tokens. The budget is therefore passed as ``2 * budget + 1`` and a result of
-``budget`` tokens or more counts as "hit".
+``L // 2`` tokens without a previous-text prompt and ``L - len(prompt) - 1`` with one;
+``_decode`` sets L for the budget either way, and a result of ``budget`` tokens or more
+(the prefix included) counts as "hit".
 """
 
 from __future__ import annotations
@@ -41,14 +50,28 @@ import numpy.typing as npt
 from .config import SAMPLE_RATE, SttConfig
 from .errors import ModelError
 from .numerics import one_blas_thread
-from .text import trim_repetitions
+from .text import compression_ratio, find_repetition, trim_repetitions
 
 MAX_WINDOW_S = 30.0
+HOP = 160
+"""Samples per log-mel frame."""
+FRAME_SAMPLES = 2 * HOP
+"""Samples per encoder frame (the encoder downsamples by 2): the unit of alignment."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordTime:
+    """A word of a decode and where it lies, in samples from the window's start."""
+
+    word: str
+    start: int
+    end: int
+    """Where the next word starts (Whisper's alignment puts pauses into the word before)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SttResult:
-    """Outcome of one decode."""
+    """Outcome of one decode (or of a decode and its fallback)."""
 
     text: str
     raw_text: str
@@ -59,10 +82,28 @@ class SttResult:
     tokens: int
     encode_ms: float
     decode_ms: float
+    degenerate: bool = False
+    """The text returned still looked like a loop (see the module docstring)."""
+    fallback: bool = False
+    """The first decode was degenerate and the 30 s window was decoded too."""
+    words: tuple[WordTime, ...] = ()
+    """With ``align``: ``text``'s words with their times."""
 
     @property
     def ms(self) -> float:
         return self.encode_ms + self.decode_ms
+
+
+@dataclass(frozen=True, slots=True)
+class _Decode:
+    ids: list[int]
+    text: str
+    budget_hit: bool
+    avg_logprob: float
+    no_speech_prob: float
+    encoded: Any
+    samples: int
+    """Audio samples in the window (before padding)."""
 
 
 def faster_whisper_module(name: str) -> Any:
@@ -197,59 +238,137 @@ class WhisperTranscriber:
         *,
         beam_size: int | None = None,
         prefix: str = "",
+        prompt: str = "",
+        align: bool = False,
+        fallback: bool = False,
     ) -> SttResult:
-        """Decode one utterance (16 kHz float32, at most 30 s) with the loop guards.
+        """Decode one window of audio (16 kHz float32) with the loop guards.
 
-        ``prefix`` is forced as the start of the output (committed partial text).
+        ``prefix`` is forced as the start of the output, ``prompt`` conditions it (see the
+        module docstring). ``fallback`` (finals): the window is at least
+        ``final_min_window_s``, and if the decode is degenerate it is decoded again on the
+        30 s window, which is kept unless it is degenerate too. ``align``: add word times.
         """
-        max_samples = int(MAX_WINDOW_S * SAMPLE_RATE)
+        beam = beam_size or cfg.beam_size
+        prefix_ids: list[int] = self._tokenizer.encode(" " + prefix.strip()) if prefix else []
+        prompt_ids: list[int] = []
+        if prompt.strip() and cfg.prompt_tokens:
+            prompt_ids = [self._tokenizer.sot_prev,
+                          *self._tokenizer.encode(" " + prompt.strip())[-cfg.prompt_tokens:]]
+        pad = int(cfg.window_pad_s * SAMPLE_RATE)
+        max_samples = int(MAX_WINDOW_S * SAMPLE_RATE) - pad
         if audio.size > max_samples:
             audio = audio[-max_samples:]
-        seconds = max(audio.size / SAMPLE_RATE, 0.1)
+        floor = cfg.final_min_window_s if fallback else cfg.min_window_s
+        window = max(int(floor * SAMPLE_RATE), audio.size + pad)
         t0 = time.perf_counter()
-        min_samples = int(cfg.min_window_s * SAMPLE_RATE)
-        if audio.size < min_samples:
-            audio = np.concatenate([audio, np.zeros(min_samples - audio.size, np.float32)])
-        encoded = self._encode(audio)
-        t1 = time.perf_counter()
-        prefix_tokens: list[int] = self._tokenizer.encode(" " + prefix.strip()) if prefix else []
-        budget = len(prefix_tokens) + cfg.token_budget_base + math.ceil(
-            cfg.max_tokens_per_second * seconds
+        first = self._decode(audio, window, cfg=cfg, beam=beam, prompt_ids=prompt_ids,
+                             prefix_ids=prefix_ids)
+        encode_ms = (time.perf_counter() - t0) * 1000.0
+        chosen, used_fallback = first, False
+        context = prompt.split()
+        degenerate = self._degenerate(first.text, first.budget_hit, cfg, context)
+        if degenerate and fallback and window < MAX_WINDOW_S * SAMPLE_RATE:
+            second = self._decode(audio, int(MAX_WINDOW_S * SAMPLE_RATE), cfg=cfg, beam=beam,
+                                  prompt_ids=prompt_ids, prefix_ids=prefix_ids)
+            chosen, used_fallback = second, True
+            # Repetition the full window decodes too is most likely in the speech ("zero
+            # zero zero"); only a second budget hit is a loop.
+            degenerate = second.budget_hit
+        text = trim_repetitions(chosen.text, chosen.budget_hit, prompt)
+        if degenerate and not fallback:
+            # A partial: a loop cut off cleanly is shown (it is the hypothesis up to where
+            # the decoder started over); one that still repeats is not.
+            degenerate = self._degenerate(text, False, cfg, context)
+        if (
+            not prefix
+            and chosen.no_speech_prob > cfg.no_speech_threshold
+            and chosen.avg_logprob < cfg.log_prob_threshold
+        ):
+            text = ""
+        words: tuple[WordTime, ...] = ()
+        if align and text and not degenerate:
+            words = self._align(chosen, len(text.split()))
+        total_ms = (time.perf_counter() - t0) * 1000.0
+        return SttResult(
+            text=text,
+            raw_text=chosen.text,
+            no_speech_prob=chosen.no_speech_prob,
+            avg_logprob=chosen.avg_logprob,
+            budget_hit=chosen.budget_hit,
+            tokens=len(chosen.ids),
+            encode_ms=encode_ms,
+            decode_ms=total_ms - encode_ms,
+            degenerate=degenerate,
+            fallback=used_fallback,
+            words=words,
         )
+
+    def _decode(self, audio: npt.NDArray[np.float32], window: int, *, cfg: SttConfig,
+                beam: int, prompt_ids: list[int], prefix_ids: list[int]) -> _Decode:
+        padded = np.zeros(window, np.float32)
+        padded[: audio.size] = audio
+        encoded = self._encode(padded)
+        seconds = max(audio.size / SAMPLE_RATE, 0.1)
+        budget = len(prefix_ids) + cfg.token_budget_base + math.ceil(
+            cfg.max_tokens_per_second * seconds)
         budget = min(budget, 220)
+        # CTranslate2 counts max_length oddly for Whisper (measured): without a previous-
+        # text prompt it yields at most (max_length - 1) // 2 tokens, with one at most
+        # max_length - len(prompt) - 1. Both are set to give exactly ``budget``.
+        max_length = len(prompt_ids) + budget + 1 if prompt_ids else 2 * budget + 1
         result = self._model.generate(
             encoded,
-            [self._prompt + prefix_tokens],
-            beam_size=beam_size or cfg.beam_size,
-            max_length=2 * budget + 1,
+            [prompt_ids + self._prompt + prefix_ids],
+            beam_size=beam,
+            max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
         )[0]
-        t2 = time.perf_counter()
         ids = [t for t in result.sequences_ids[0] if t < self._eot]
-        raw = str(self._tokenizer.decode(ids)).strip()
-        budget_hit = len(result.sequences_ids[0]) >= budget
-        avg_logprob = float(result.scores[0]) if result.scores else 0.0
-        no_speech = float(result.no_speech_prob)
-        text = trim_repetitions(raw, budget_hit)
-        if (
-            not prefix
-            and no_speech > cfg.no_speech_threshold
-            and avg_logprob < cfg.log_prob_threshold
-        ):
-            text = ""
-        return SttResult(
-            text=text,
-            raw_text=raw,
-            no_speech_prob=no_speech,
-            avg_logprob=avg_logprob,
-            budget_hit=budget_hit,
-            tokens=len(ids),
-            encode_ms=(t1 - t0) * 1000.0,
-            decode_ms=(t2 - t1) * 1000.0,
+        return _Decode(
+            ids=ids,
+            text=str(self._tokenizer.decode(ids)).strip(),
+            budget_hit=len(result.sequences_ids[0]) >= budget,
+            avg_logprob=float(result.scores[0]) if result.scores else 0.0,
+            no_speech_prob=float(result.no_speech_prob),
+            encoded=encoded,
+            samples=audio.size,
         )
+
+    @staticmethod
+    def _degenerate(text: str, budget_hit: bool, cfg: SttConfig, context: list[str]) -> bool:
+        return (budget_hit
+                or find_repetition(text.split(), context) is not None
+                or compression_ratio(text) > cfg.compression_ratio_threshold)
+
+    def _align(self, d: _Decode, n_words: int) -> tuple[WordTime, ...]:
+        """Times of the first ``n_words`` words (what is left after trimming a loop) from
+        the decoder's cross-attention (CTranslate2 ``align``): each word starts at the
+        audio frame its first token is aligned with."""
+        frames = max(1, d.samples // HOP)
+        (res,) = self._model.align(d.encoded, list(self._tokenizer.sot_sequence), [d.ids],
+                                   frames, median_filter_width=7)
+        first_frame: dict[int, int] = {}
+        for token_index, frame in res.alignments:
+            first_frame.setdefault(int(token_index), int(frame))
+        groups: list[list[int]] = []
+        for i, token in enumerate(d.ids):
+            if not groups or str(self._tokenizer.decode([token])).startswith(" "):
+                groups.append([])
+            groups[-1].append(i)
+        starts = [first_frame.get(g[0], 0) * FRAME_SAMPLES for g in groups]
+        end_all = d.samples
+        words: list[WordTime] = []
+        for k, g in enumerate(groups):
+            word = str(self._tokenizer.decode([d.ids[i] for i in g])).strip()
+            end = starts[k + 1] if k + 1 < len(groups) else end_all
+            start = min(starts[k], end)
+            if word:
+                words.append(WordTime(word, start, max(start, min(end, end_all))))
+        return tuple(words[:n_words])
 
     def transcribe_padded(self, audio: npt.NDArray[np.float32], beam_size: int = 5) -> str:
         """faster-whisper's own ``transcribe()`` (30 s window); the accuracy/speed reference."""
