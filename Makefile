@@ -52,10 +52,13 @@ bench: setup
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/runtime_bench.py
 
-# alfred-daemon vs Pipecat under real-time load (~17 min): benchmarks/results/load_bench.*
+# alfred-daemon vs Pipecat under real-time load (up to ~20 min per audio profile):
+# benchmarks/results/load_bench_<profile>.*; `make bench-load PROFILES=realistic` runs one.
+bench-load: PROFILES ?= realistic,harvard
 bench-load: setup $(PIPECAT_STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
-	$(BIN)/python benchmarks/load_bench.py --pipecat-python $(PIPECAT_VENV)/bin/python
+	$(BIN)/python benchmarks/load_bench.py --profiles $(PROFILES) \
+		--pipecat-python $(PIPECAT_VENV)/bin/python
 
 # Pipecat in a virtualenv of its own: it caps protobuf below what the daemon needs.
 $(PIPECAT_STAMP): benchmarks/requirements-pipecat.txt

@@ -2,19 +2,22 @@
 
 Usage (``make bench-load`` installs the ``bench`` extra first)::
 
-    python benchmarks/load_bench.py [--systems alfred,pipecat]
+    python benchmarks/load_bench.py [--profiles realistic,harvard] [--systems alfred,pipecat]
         [--sessions 1,2,4,6,8,10,12,16] [--pipecat-sessions 1,2,4,6,8,10,12]
         [--seconds 40] [--out benchmarks/results]
 
-Both systems get the same audio: session i streams ``loadgen.make_script(1000 + i)`` --
-real utterances from ``tests/data`` in a seeded order, 0.8-2.0 s pauses -- in 20 ms
-frames at real-time pace. Frame k is due at ``t0 + k x 20 ms``; every latency is measured
-from that scheduled time (a real transport delivers audio in real time whether or not the
-receiver keeps up), on the client's wall clock:
+Both systems get the same audio: session i streams ``loadgen.make_script(1000 + i, S,
+profile)`` in 20 ms frames at real-time pace. The ``realistic`` profile (default): real
+utterances of 0.4-16 s from ``tests/data/long`` and the Harvard sentences in a seeded order,
+1-2 s pauses, a -50 dBFS pink noise floor under everything; ``harvard``: the ten Harvard
+sentences, 0.8-2.0 s of digital silence between them (``loadgen`` explains both). Frame k is
+due at ``t0 + k x 20 ms``; every latency is measured from that scheduled time (a real
+transport delivers audio in real time whether or not the receiver keeps up), on the
+client's wall clock:
 
 * partial lag: arrival minus the due time of the last frame the partial covers;
 * final latency: arrival minus the due time of the utterance's last speech frame, measured on
-  the clip itself (``loadgen.speech_end``), not taken from either system's VAD;
+  the clean clip (``loadgen.speech_ends``), not taken from either system's VAD;
 * end-of-turn latency: arrival of the turn decision (alfred: TurnEnded; Pipecat: the user
   turn handed to the LLM) minus the due time of the turn's last speech frame. Turns Smart
   Turn judged complete are what the bound applies to; turns ended by the 3 s silence
@@ -23,16 +26,21 @@ receiver keeps up), on the client's wall clock:
 * frame round trip (alfred, per-window events on): FrameProcessed arrival minus the due time
   of the window's last frame.
 
+Finals and turns are also reported per utterance-length band (``loadgen.BANDS``: seconds of
+speech since the previous pause; a turn is banded by its last utterance).
+
 alfred: for each N a fresh ``alfred-daemon serve`` (loopback, free ports) and N gRPC
 clients in this process. Frames dropped are the daemon's own ``frames_dropped`` events;
 frames unaccounted for (written - analysed - dropped - queued, from each session's status at
 its end) must be 0. Pipecat: ``pipecat_runner.py`` runs N pipelines in one process, the way
 Pipecat runs them. Both: CPU % and PSS of the system's whole process tree (psutil).
 
-The largest N within the bounds (p95 partial lag <= 250 ms, final <= 400 ms, end of turn
-<= 300 ms, 0 frames dropped, no errors) is reported per system; Pipecat has no partials, so
-that bound does not apply to it. Writes ``load_bench.json`` (every raw figure),
-``load_bench.md`` and ``load_bench.png``.
+Two judgements (``load_report``): the largest N within the absolute bounds (p95 partial
+lag <= 250 ms, final <= 400 ms, end of turn <= 400 ms, 0 frames dropped, no errors; Pipecat
+has no partials, so that bound does not apply to it), and the relative one: bounds are
+Pipecat's own p95 final and end of turn at N = 1 of the same run +20 %, each system's largest
+N within them, their ratio, and alfred's p95s at N = 6 over N = 1. Per profile, writes
+``load_bench_<profile>.json`` (every raw figure), ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -60,12 +68,25 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alfred_client import AsyncClient, SessionOptions, StreamError
 from alfred_client import pb as alfred_pb
+from load_report import (
+    host_info,
+    host_line,
+    judge,
+    largest_within,
+    markdown,
+    plot,
+    pss_at,
+    relative_judgement,
+)
 from loadgen import (
+    BANDS,
     BOUNDS,
     FRAME_S,
+    PROFILES,
     RATE,
     REPO,
     Script,
+    band,
     make_script,
     percentiles,
 )
@@ -85,6 +106,10 @@ class SessionResult:
     final_latency: list[float] = field(default_factory=list)
     turn_latency: list[float] = field(default_factory=list)
     """Turns the model judged complete."""
+    final_speech_ms: list[int | None] = field(default_factory=list)
+    """Length of the utterance each final latency belongs to (same order)."""
+    turn_speech_ms: list[int | None] = field(default_factory=list)
+    """Length of the last utterance of each model-ended turn (same order)."""
     fallback_turn_latency: list[float] = field(default_factory=list)
     """Turns ended by the silence fallback."""
     frame_rtt: list[float] = field(default_factory=list)
@@ -110,14 +135,14 @@ async def run_session(target: str, script: Script, res: SessionResult) -> None:
         return t0 + k * FRAME_S
 
     async def paced() -> AsyncIterator[bytes]:
-        # The script, then TAIL_S of silence at the same pace, as a live call goes on after
-        # the last words: the last utterance's final and turn arrive as they would mid-call
-        # (the Pipecat runner does the same), not forced by the end of the stream.
-        silence = bytes(len(frames[0]))
+        # The script, then TAIL_S more at the same pace, as a live call goes on after the
+        # last words: the last utterance's final and turn arrive as they would mid-call (the
+        # Pipecat runner does the same), not forced by the end of the stream. What follows
+        # is the script's own tail: its noise floor continued (digital silence for harvard).
         for k in range(len(frames) + round(TAIL_S / FRAME_S)):
             await asyncio.sleep(max(0.0, due(k) - time.monotonic()))
             res.send_lag_ms_max = max(res.send_lag_ms_max, (time.monotonic() - due(k)) * 1000)
-            yield frames[k] if k < len(frames) else silence
+            yield frames[k] if k < len(frames) else script.tail_frame(k - len(frames))
         res.frames_sent = len(frames)
         await asyncio.sleep(0.3)  # let the last windows be analysed before the status read
         try:
@@ -146,6 +171,7 @@ async def run_session(target: str, script: Script, res: SessionResult) -> None:
                         res.unmatched_finals += 1  # e.g. the first piece of a split utterance
                     else:
                         res.final_latency.append((now - due(last_end)) * 1000)
+                        res.final_speech_ms.append(script.speech_ms_for(last_end))
                 elif ev.type == "turn_ended":
                     if last_end is None:
                         res.unmatched_turns += 1
@@ -154,6 +180,7 @@ async def run_session(target: str, script: Script, res: SessionResult) -> None:
                     reason = ev.data.get("reason")
                     if reason == "model":
                         res.turn_latency.append(latency)
+                        res.turn_speech_ms.append(script.speech_ms_for(last_end))
                     elif reason == "silence_fallback":
                         res.fallback_turn_latency.append(latency)
                 elif ev.type == "frames_dropped":
@@ -245,27 +272,19 @@ def summarise(system: str, n: int, seconds: float, results: list[SessionResult])
     row["unmatched_turns"] = sum(r.unmatched_turns for r in results)
     row["errors"] = [e for r in results for e in r.errors]
     row["raw"] = {k: [round(v, 1) for v in vals] for k, vals in merged.items()}  # 0.1 ms
+    row["bands"] = {}
+    for metric, lengths in (("final_latency", "final_speech_ms"),
+                            ("turn_latency", "turn_speech_ms")):
+        pairs = [(ms, v) for r in results
+                 for ms, v in zip(getattr(r, lengths), getattr(r, metric), strict=True)]
+        row["raw"][lengths] = [ms for ms, _ in pairs]
+        for label, _, _ in BANDS:
+            vals = [v for ms, v in pairs if ms is not None and band(ms) == label]
+            row["bands"].setdefault(label, {})[metric] = percentiles(vals)
     return row
 
 
-def judge(row: dict[str, Any]) -> None:
-    """Set ``within_bounds`` (and why not) on a finished row."""
-    failed = []
-    checks = {"final_p95": row["final_latency"]["p95"], "turn_p95": row["turn_latency"]["p95"]}
-    if row["system"] == "alfred":
-        checks["partial_lag_p95"] = row["partial_lag"]["p95"]
-    for key, value in checks.items():
-        if value is None or value > BOUNDS[key]:
-            failed.append(key)
-    if row["frames_dropped"]:
-        failed.append("frames_dropped")
-    if row["errors"]:
-        failed.append("errors")
-    row["within_bounds"] = not failed
-    row["outside_bounds"] = failed
-
-
-async def run_alfred(n: int, seconds: float) -> dict[str, Any]:
+async def run_alfred(n: int, seconds: float, profile: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="alfred-load-"))
     port = free_port()
     proc = subprocess.Popen(
@@ -283,7 +302,7 @@ async def run_alfred(n: int, seconds: float) -> dict[str, Any]:
             except Exception:
                 await asyncio.sleep(0.2)
         sampler = TreeSampler(proc.pid)
-        scripts = [make_script(1000 + i, seconds) for i in range(n)]
+        scripts = [make_script(1000 + i, seconds, profile) for i in range(n)]
         results = [SessionResult() for _ in range(n)]
         sampler.start()
         me = psutil.Process()
@@ -313,12 +332,13 @@ async def run_alfred(n: int, seconds: float) -> dict[str, Any]:
     return row
 
 
-async def run_pipecat(n: int, seconds: float, python: str) -> dict[str, Any]:
+async def run_pipecat(n: int, seconds: float, python: str, profile: str
+                      ) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="pipecat-load-")) / "result.json"
     models = resolve_all(ModelsConfig())  # the very files the daemon loads
     proc = await asyncio.create_subprocess_exec(
         python, str(REPO / "benchmarks" / "pipecat_runner.py"), "--sessions", str(n),
-        "--seconds", str(seconds), "--out", str(out),
+        "--seconds", str(seconds), "--profile", profile, "--out", str(out),
         "--whisper", str(models.stt), "--smart-turn", str(models.turn),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -347,6 +367,8 @@ async def run_pipecat(n: int, seconds: float, python: str) -> dict[str, Any]:
     for s in data["sessions"]:
         r = SessionResult(final_latency=s["final_latency"], turn_latency=s["turn_latency"],
                           fallback_turn_latency=s.get("fallback_turn_latency", []),
+                          final_speech_ms=s["final_speech_ms"],
+                          turn_speech_ms=s["turn_speech_ms"],
                           frames_sent=s["frames_sent"], errors=s["errors"])
         r.send_lag_ms_max = s.get("push_lag_ms_max", 0.0)
         r.unmatched_finals = s.get("unmatched_finals", 0)
@@ -364,117 +386,6 @@ async def run_pipecat(n: int, seconds: float, python: str) -> dict[str, Any]:
     return row
 
 
-def fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}"
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| system | N | partial lag p50/p95/p99 | final p50/p95/p99 | end of turn "
-            "p50/p95/p99 | fallback turns | unattributed finals / turns | frame RTT p50/p95/p99 | "
-            "CPU % | PSS MB | dropped | unaccounted | within bounds |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        cells = [r["system"], str(r["n"])]
-        for k in ("partial_lag", "final_latency", "turn_latency"):
-            d = r[k]
-            cells.append(f"{fmt(d['p50'])} / {fmt(d['p95'])} / {fmt(d['p99'])}")
-        fb, model = r["fallback_turn_latency"]["count"], r["turn_latency"]["count"]
-        cells.append(f"{fb} of {fb + model}")
-        cells.append(f"{r['unmatched_finals']} / {r['unmatched_turns']}")
-        d = r["frame_rtt"]
-        cells.append(f"{fmt(d['p50'])} / {fmt(d['p95'])} / {fmt(d['p99'])}")
-        cells += [fmt(r["cpu_percent"]), fmt(r["pss_mb_peak"]), str(r["frames_dropped"]),
-                  "-" if r["frames_unaccounted"] is None else str(r["frames_unaccounted"]),
-                  "yes" if r["within_bounds"] else "no (" + ", ".join(r["outside_bounds"]) + ")"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Latencies in ms. End of turn: turns Smart Turn judged complete; fallback "
-                 "turns (ended by 3 s of silence) are counted, not included. Unattributed: "
-                 "finals whose audio end is not within 300 ms of an utterance's speech end "
-                 "(mostly the utterance each session's script cuts off at its end; also the "
-                 "first piece of an utterance the VAD split) and turns whose last final was "
-                 "such a one; counted, not timed.")
-    pc = [r for r in rows if r["system"] == "pipecat"]
-    if pc:
-        lines += ["", "Pipecat, per N: what the latencies above do not show.", "",
-                  "| N | turns handed on stale (without their last final) | finals never "
-                  "delivered | event-loop push lag max ms | model load s |",
-                  "|---|---|---|---|---|"]
-        for r in pc:
-            per = r["pipecat_sessions"]
-            lines.append(f"| {r['n']} | {sum(x.get('stale_turns', 0) for x in per)} | "
-                         f"{sum(x.get('finals_undelivered', 0) for x in per)} | "
-                         f"{fmt(r['send_lag_ms_max'])} | {r['pipecat'].get('load_s', 0):.1f} |")
-    for system in dict.fromkeys(r["system"] for r in rows):
-        lines.append(f"- Largest N within bounds, {system}: **{largest_within(rows, system)}**"
-                     f" (all bounds but end of turn: "
-                     f"{largest_within(rows, system, frozenset({'turn_p95'}))})")
-    return "\n".join(lines) + "\n"
-
-
-def largest_within(rows: list[dict[str, Any]], system: str,
-                   waive: frozenset[str] = frozenset()) -> int | None:
-    """Largest N of an unbroken run of passing N from the smallest (a lucky pass after a
-    failure does not count); bounds named in ``waive`` are not held against a row."""
-    best = None
-    for r in sorted((r for r in rows if r["system"] == system), key=lambda r: r["n"]):
-        if set(r["outside_bounds"]) - waive:
-            break
-        best = r["n"]
-    return best
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("final_latency", "final", "final_p95"), ("turn_latency", "end of turn",
-              "turn_p95"), ("partial_lag", "partial lag", "partial_lag_p95")]
-    fig, all_axes = plt.subplots(1, 4, figsize=(21, 5))
-    axes, mem = all_axes[:3], all_axes[3]
-    colours = {"alfred": "tab:blue", "pipecat": "tab:orange"}
-    styles = {"p50": ":", "p95": "-", "p99": "--"}
-    for ax, (key, title, bound) in zip(axes, panels, strict=True):
-        for system, colour in colours.items():
-            sys_rows = sorted((r for r in rows if r["system"] == system), key=lambda r: r["n"])
-            for q, style in styles.items():
-                pts = [(r["n"], r[key][q]) for r in sys_rows if r[key][q] is not None]
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), style, marker="o", markersize=3,
-                            color=colour, label=f"{system} {q}")
-        ax.axhline(BOUNDS[bound], color="grey", linewidth=0.8)
-        ax.set_title(f"{title} (bound: p95 <= {BOUNDS[bound]:.0f} ms)")
-        ax.set_xlabel("concurrent sessions (N)")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-    top = max(ax.get_ylim()[1] for ax in axes)
-    for ax in axes:
-        ax.set_ylim(30, top)
-    axes[0].set_ylabel("latency, ms (log)")
-    axes[0].legend(fontsize=8)
-    for system, colour in colours.items():
-        sys_rows = sorted((r for r in rows if r["system"] == system), key=lambda r: r["n"])
-        pts = [(r["n"], r["pss_mb_peak"]) for r in sys_rows if r["pss_mb_peak"] is not None]
-        if pts:
-            mem.plot(*zip(*pts, strict=True), "-", marker="o", markersize=3, color=colour,
-                     label=f"{system} PSS peak")
-        pts = [(r["n"], r["cpu_percent"] * 10) for r in sys_rows if r["cpu_percent"]]
-        if pts:
-            mem.plot(*zip(*pts, strict=True), ":", marker="s", markersize=3, color=colour,
-                     label=f"{system} CPU % x 10")
-    mem.set_title("memory (PSS of the process tree) and CPU")
-    mem.set_xlabel("concurrent sessions (N)")
-    mem.set_ylabel("MB  /  CPU % x 10 (100 % = one core)")
-    mem.grid(True, alpha=0.3)
-    mem.legend(fontsize=8)
-    fig.suptitle("alfred-daemon vs Pipecat, real speech at real-time pace, 2 cores")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def sweep(system: str, ns: list[int], run: Callable[[int], dict[str, Any]],
           deadline: float, rows: list[dict[str, Any]]) -> None:
     for n in ns:
@@ -489,52 +400,76 @@ def sweep(system: str, ns: list[int], run: Callable[[int], dict[str, Any]],
         print(markdown([row]).splitlines()[2], f"({row['wall_s']} s)", flush=True)
         final_p95 = row["final_latency"]["p95"]
         if final_p95 is None or final_p95 > COLLAPSE_MS:
-            print(f"{system}: collapsed at N={n} (final p95 {fmt(final_p95)} ms); "
+            print(f"{system}: collapsed at N={n} (final p95 {final_p95} ms); "
                   "larger N not run", flush=True)
             break
 
 
+def run_profile(profile: str, args: argparse.Namespace, host: dict[str, Any]) -> str:
+    """Sweep every system over its N on one profile; write its JSON, Markdown and plot.
+    Returns the Markdown."""
+    systems = args.systems.split(",")
+    started = time.monotonic()
+    deadline = started + args.budget_min * 60
+    rows: list[dict[str, Any]] = []
+    print(f"== profile {profile} ==", flush=True)
+    if "alfred" in systems:
+        ns = [int(x) for x in args.sessions.split(",")]
+        sweep("alfred", ns, lambda n: asyncio.run(run_alfred(n, args.seconds, profile)),
+              deadline, rows)
+    if "pipecat" in systems:
+        ns = [int(x) for x in args.pipecat_sessions.split(",")]
+        sweep("pipecat", ns,
+              lambda n: asyncio.run(run_pipecat(n, args.seconds, args.pipecat_python, profile)),
+              deadline, rows)
+    relative = relative_judgement(rows)
+    largest = {s: largest_within(rows, s) for s in systems}
+    meta = {"profile": profile, "seconds": args.seconds, "bounds": BOUNDS,
+            "bands": {label: [lo, None if math.isinf(hi) else hi] for label, lo, hi in BANDS},
+            "host": host, "cpus": host["cores"], "wall_s": round(time.monotonic() - started, 1),
+            "largest_n": largest,
+            "pss_mb_at_largest_n": {s: pss_at(rows, s, n) for s, n in largest.items()},
+            "largest_n_but_turn": {s: largest_within(rows, s, frozenset({"turn_p95"}))
+                                   for s in systems},
+            "relative": relative}
+    stem = args.out / f"load_bench_{profile}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    text = markdown(rows, relative)
+    stem.with_suffix(".md").write_text(
+        f"# Load benchmark, {profile} profile ({args.seconds:.0f} s per N, "
+        f"{meta['wall_s'] / 60:.1f} min)\n\n{host_line(host)}\n\n" + text)
+    if not args.no_plot:
+        plot(rows, stem.with_suffix(".png"),
+             f"alfred-daemon vs Pipecat, {profile} profile, real-time pace, "
+             f"{host['cores']} cores ({host['cpu']})")
+    return text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--profiles", "--profile", dest="profiles", default="realistic",
+                    help=f"audio profile(s), comma-separated, run in turn: {', '.join(PROFILES)}")
     ap.add_argument("--systems", default="alfred,pipecat")
     ap.add_argument("--sessions", default="1,2,4,6,8,10,12,16", help="alfred's N")
     ap.add_argument("--pipecat-sessions", default="1,2,4,6,8,10,12", help="Pipecat's N")
     ap.add_argument("--seconds", type=float, default=40.0, help="streaming time per N")
     ap.add_argument("--budget-min", type=float, default=19.0,
-                    help="stop starting new N after this many minutes")
+                    help="per profile: stop starting new N after this many minutes")
     ap.add_argument("--pipecat-python", default=sys.executable,
                     help="interpreter with the bench extra (pipecat-ai) installed")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--no-plot", action="store_true",
                     help="skip the PNG (for the test suite's smoke run: no matplotlib there)")
     args = ap.parse_args()
+    profiles = args.profiles.split(",")
+    if unknown := [p for p in profiles if p not in PROFILES]:
+        ap.error(f"unknown profile(s) {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    systems = args.systems.split(",")
-    started = time.monotonic()
-    deadline = started + args.budget_min * 60
-    rows: list[dict[str, Any]] = []
-    if "alfred" in systems:
-        ns = [int(x) for x in args.sessions.split(",")]
-        sweep("alfred", ns, lambda n: asyncio.run(run_alfred(n, args.seconds)), deadline, rows)
-    if "pipecat" in systems:
-        ns = [int(x) for x in args.pipecat_sessions.split(",")]
-        sweep("pipecat", ns,
-              lambda n: asyncio.run(run_pipecat(n, args.seconds, args.pipecat_python)),
-              deadline, rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"seconds": args.seconds, "bounds": BOUNDS, "cpus": len(os.sched_getaffinity(0)),
-            "wall_s": round(time.monotonic() - started, 1),
-            "largest_n": {s: largest_within(rows, s) for s in systems},
-            "largest_n_but_turn": {s: largest_within(rows, s, frozenset({"turn_p95"}))
-                                   for s in systems}}
-    (args.out / "load_bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    text = markdown(rows)
-    (args.out / "load_bench.md").write_text(
-        f"# Load benchmark ({args.seconds:.0f} s per N, {meta['cpus']} cores, "
-        f"{meta['wall_s'] / 60:.1f} min)\n\n" + text)
-    if not args.no_plot:
-        plot(rows, args.out / "load_bench.png")
-    print(text, end="")
+    host = host_info()
+    print(host_line(host), flush=True)
+    for profile in profiles:
+        print(run_profile(profile, args, host), end="", flush=True)
     return 0
 
 

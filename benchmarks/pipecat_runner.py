@@ -3,6 +3,7 @@
 Usage (in a virtualenv with ``pipecat-ai[silero,whisper,local-smart-turn-v3]``)::
 
     python benchmarks/pipecat_runner.py --sessions N --seconds S --out FILE.json
+                                        [--profile realistic|harvard]
                                         [--whisper DIR] [--smart-turn FILE]
 
 What runs
@@ -36,8 +37,10 @@ voice agent is with the LLM and TTS taken out::
   tracking, idle detection), ``PipelineParams(audio_in_sample_rate=16000)``.
 * Sink: swallows the ``LLMContextFrame`` an LLM would receive, passes all else on.
 
-Audio: session i streams ``loadgen.make_script(1000 + i, S)``, the daemon side's seeds, so
-both systems get byte-identical audio, in 20 ms frames (320 samples s16le, 16 kHz mono).
+Audio: session i streams ``loadgen.make_script(1000 + i, S, profile)``, the daemon side's
+seeds and profile (``--profile``, default ``realistic``), so both systems get byte-identical
+audio, in 20 ms frames (320 samples s16le, 16 kHz mono); after the script, the script's own
+tail (its noise floor continued; digital silence for ``harvard``).
 
 What is measured (wall clock, ``time.monotonic()``)
 ---------------------------------------------------
@@ -50,7 +53,9 @@ loop is visible as such.
 * Final latency: arrival of each final ``TranscriptionFrame`` at the user aggregator (the
   consumer of transcripts; it does not pass them on, so the sink never sees them) minus the
   due time of the last speech frame of the utterance it transcribes. Speech ends are
-  measured on the audio (``Script.speech_ends``), not taken from either system's VAD.
+  measured on the clean audio (``Script.speech_ends``), not taken from either system's VAD.
+  ``final_speech_ms`` gives each one's utterance length (``Script.speech_ms``), for the
+  report's length bands; ``turn_speech_ms`` that of each model-ended turn's last utterance.
   ``final_emitted_latency`` times the same finals where the STT pushes them; a final pushed
   but not taken in by the aggregator before the figures froze is ``finals_undelivered``
   (under overload the aggregator serves its queued audio, a system frame, before data).
@@ -93,9 +98,9 @@ and a wrong pairing under load would make a collapsing system look fast. So:
 Output: one line ``STREAMING`` on stdout when every pipeline is built, its models loaded
 and started, and streaming begins; ``DONE`` when finished. Everything else goes to stderr
 (Pipecat's loguru at WARNING). After the last frame the runner waits up to 4 s for late
-finals and turns (the transport keeps delivering silence meanwhile, as a live call does),
-freezes the figures, ends the pipelines (EndFrame, then cancel, each
-bounded) and writes the JSON. Hard cap: everything after streaming starts ends within
+finals and turns (the transport keeps delivering the script's tail meanwhile, as a live
+call does), freezes the figures, ends the pipelines (EndFrame, then cancel, each bounded)
+and writes the JSON. Hard cap: everything after streaming starts ends within
 S + 60 s, however far behind the pipelines are.
 """
 
@@ -119,7 +124,7 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # before anything imports onnxruntime
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from loadgen import FRAME, FRAME_S, RATE, REPO, Script, make_script
+from loadgen import DEFAULT_PROFILE, FRAME, FRAME_S, PROFILES, RATE, REPO, Script, make_script
 from loguru import logger
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import (
     LocalSmartTurnAnalyzerV3,
@@ -392,6 +397,7 @@ class SessionRecord:
                            for e, seg in sorted(last_seg.items()) if seg in self.emitted]
 
         turn_latency: list[float] = []
+        turn_speech_ms: list[int | None] = []
         fallback_latency: list[float] = []
         stale = early = unmatched_turns = repeat = prompts = 0
         timed_stops: set[int] = set()
@@ -427,13 +433,19 @@ class SessionRecord:
             latency = (turn.t_sink - self.due(end)) * ms
             d.update(latency_ms=latency, stale=is_stale,
                      kind="model" if turn.model_complete else "fallback")
-            (turn_latency if turn.model_complete else fallback_latency).append(latency)
+            if turn.model_complete:
+                turn_latency.append(latency)
+                turn_speech_ms.append(script.speech_ms_for(end))
+            else:
+                fallback_latency.append(latency)
 
         lags = self.push_lag_ms
         return {
             "final_latency": final_latency,
+            "final_speech_ms": [script.speech_ms_for(e) for e in sorted(final_of)],
             "final_emitted_latency": emitted_latency,
             "turn_latency": turn_latency,
+            "turn_speech_ms": turn_speech_ms,
             "fallback_turn_latency": fallback_latency,
             "frames_sent": self.frames_sent,
             "tail_frames": self.tail_frames,
@@ -613,13 +625,13 @@ def _smart_turn_params() -> dict[str, Any]:
 
 async def stream(session: Session, t0: float, deadline: float, tail_stop: asyncio.Event) -> None:
     """Push the session's frames at their due times (late pushes are recorded, not skipped),
-    then silence at the same pace until ``tail_stop``: a live transport keeps delivering
-    audio after the user stops talking (Smart Turn's silence fallback counts those frames).
+    then the script's tail (its noise floor, or silence) at the same pace until
+    ``tail_stop``: a live transport keeps delivering audio after the user stops talking
+    (Smart Turn's silence fallback counts those frames).
     """
     rec = session.record
     rec.t0 = t0
     frames = rec.script.frames
-    silence = bytes(FRAME * 2)
     k = 0
     try:
         while True:
@@ -636,7 +648,8 @@ async def stream(session: Session, t0: float, deadline: float, tail_stop: asynci
                     break
             if due > now:
                 await asyncio.sleep(due - now)
-            frame = InputAudioRawFrame(audio=frames[k] if in_script else silence,
+            audio = frames[k] if in_script else rec.script.tail_frame(k - len(frames))
+            frame = InputAudioRawFrame(audio=audio,
                                        sample_rate=RATE, num_channels=1)
             frame.metadata[FRAME_KEY] = k
             if in_script:
@@ -692,8 +705,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     whisper = find_whisper(args.whisper)
     smart_turn = find_smart_turn(args.smart_turn)
     n, seconds = args.sessions, args.seconds
-    say(f"pipecat_runner: N={n}, {seconds} s, whisper={whisper}, smart turn={smart_turn}")
-    scripts = [make_script(1000 + i, seconds) for i in range(n)]
+    say(f"pipecat_runner: N={n}, {seconds} s, profile {args.profile}, whisper={whisper}, "
+        f"smart turn={smart_turn}")
+    scripts = [make_script(1000 + i, seconds, args.profile) for i in range(n)]
 
     t_load = time.monotonic()
     sessions = [build_session(i, scripts[i], whisper, smart_turn) for i in range(n)]
@@ -758,6 +772,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "system": "pipecat",
         "n": n,
         "seconds": seconds,
+        "profile": args.profile,
         "load_s": load_s,
         "start_s": start_s,
         "streamed_s": streamed_s,
@@ -773,6 +788,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, required=True)
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                    help="loadgen audio profile (the daemon side's, for identical audio)")
     ap.add_argument("--whisper", help="tiny.en CTranslate2 model dir")
     ap.add_argument("--smart-turn", help="Smart Turn v3.2 CPU ONNX file")
     args = ap.parse_args()
