@@ -3,7 +3,9 @@
 A real ``alfred-daemon serve`` subprocess (ready = the standard health check says SERVING;
 stopped with SIGTERM, its worker processes checked to be gone), the standard health and
 reflection calls, raw-stub streams that record every event and the final status, audio
-from the shared corpus, and WER. Every wait here is bounded in time and every loop in count.
+from the shared corpus, and WER. For tests of the stream protocol itself, without models or
+timing: the real gRPC servicer in-process on a scripted stand-in for the runtime
+(:class:`ScriptedSupervisor`). Every wait here is bounded in time and every loop in count.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import jiwer
@@ -33,8 +36,14 @@ from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from alfred_daemon.api.grpc_server import AlfredServicer, GrpcConfig
 from alfred_daemon.engine.audio import float_to_pcm16
+from alfred_daemon.engine.config import EngineConfig
+from alfred_daemon.engine.events import Event, SessionClosed
 from alfred_daemon.engine.text import norm_text
+from alfred_daemon.runtime.config import RuntimeConfig
+from alfred_daemon.runtime.errors import SessionNotFoundError
+from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO, SHARED_AUDIO, Utterance
 
@@ -384,3 +393,72 @@ async def session_status(stub: pb_grpc.AlfredAsyncStub, session_id: str) -> dict
     out: dict[str, Any] = json.loads(doc.json)
     return out
 
+
+
+def event_sequences(events: Iterable[pb.ServerEvent]) -> list[int]:
+    """The event_sequence of each numbered event (0 marks per-stream messages: left out)."""
+    return [e.event_sequence for e in events if e.event_sequence]
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+class ScriptedSupervisor:
+    """Stands in for the runtime's Supervisor behind an in-process AlfredServicer: each
+    session's events are ``script`` at once, then session_closed ("finished"); audio is
+    accepted and ignored. No workers, no models, nothing that depends on timing -- for
+    tests of what the stream protocol delivers."""
+
+    def __init__(self, script: Sequence[Event]) -> None:
+        self.config = RuntimeConfig()
+        self.script = list(script)
+        self.open: set[str] = set()
+
+    def open_session(self, config: EngineConfig | None = None, *, sample_rate: int = RATE,
+                     session_id: str | None = None) -> str:
+        sid = session_id or uuid.uuid4().hex
+        self.open.add(sid)
+        return sid
+
+    async def events(self, session_id: str) -> AsyncIterator[Event]:
+        for ev in self.script:
+            yield ev
+        self.open.discard(session_id)
+        end = self.script[-1].audio_offset_ms if self.script else 0
+        yield SessionClosed(audio_offset_ms=end, reason="finished")
+
+    def push(self, session_id: str, frame: bytes, *, sample_rate: int | None = None) -> int:
+        return 0
+
+    async def finish_session(self, session_id: str, timeout: float | None = None) -> None:
+        return None
+
+    def close_session(self, session_id: str, reason: str = "client") -> None:
+        if session_id not in self.open:
+            raise SessionNotFoundError(f"no open session {session_id!r}")
+        self.open.discard(session_id)
+
+
+@contextlib.asynccontextmanager
+async def in_process_server(sup: ScriptedSupervisor, config: GrpcConfig | None = None,
+                            ) -> AsyncIterator[tuple[AlfredServicer, str]]:
+    """The daemon's AlfredServicer on ``sup``, served on a free loopback port: yields the
+    servicer (to look at its sessions) and the target."""
+    servicer = AlfredServicer(cast(Supervisor, sup), config or GrpcConfig())
+    server = grpc.aio.server()
+    pb_grpc.add_AlfredServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail naming ``what`` after ``timeout``."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"not within {timeout:.0f} s: {what}")

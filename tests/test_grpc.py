@@ -15,9 +15,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +26,18 @@ from alfred_client import AsyncClient, Event, SessionOptions, StreamError
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2
+
+from alfred_daemon.api.convert import server_event
+from alfred_daemon.api.grpc_server import GrpcConfig
+from alfred_daemon.engine.events import Event as EngineEvent
+from alfred_daemon.engine.events import (
+    FinalTranscription,
+    PartialTranscription,
+    SpeechEnded,
+    SpeechStarted,
+    TurnEnded,
+    TurnEndReason,
+)
 
 from .conftest import REPO, Utterance
 from .grpc_helpers import (
@@ -39,13 +52,16 @@ from .grpc_helpers import (
     STEADY_LADDER_ENV,
     WINDOW,
     Daemon,
+    ScriptedSupervisor,
     StreamResult,
     audio_message,
     config_message,
     corpus_file,
     event_dicts,
+    event_sequences,
     frames_of,
     health_check,
+    in_process_server,
     kind,
     list_services,
     pad_to_whole_windows,
@@ -57,6 +73,7 @@ from .grpc_helpers import (
     silence_pcm,
     status_name,
     utterance_pcm,
+    wait_until,
     wav_pcm,
     wer,
 )
@@ -504,10 +521,14 @@ async def _non_reading(d: Daemon, pcm: bytes, warm: bytes, half_close: bool) -> 
 
     resumed = None
     if first.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # As the client library resumes: with the highest event_sequence received, so the
+        # daemon re-sends what the cut stream had written but never delivered.
+        last = max(event_sequences(first.events), default=0)
         async with grpc.aio.insecure_channel(d.target) as channel:
             stub = pb_grpc.AlfredStub(channel)
-            resumed = await send_and_collect(stub, [config_message(resume_token=token)],
-                                             timeout=30.0)
+            resumed = await send_and_collect(
+                stub, [config_message(resume_token=token, last_event_sequence=last)],
+                timeout=30.0)
     return _NonReading(first, resumed, baseline, samples, token)
 
 
@@ -554,6 +575,18 @@ def test_non_reading_client(tmp_path: Path, utterances: list[Utterance],
     else:
         assert first.code == grpc.StatusCode.OK, f"{first.code.name}: {first.details}\n{log}"
 
+    # Nothing lost, nothing twice: the event_sequence numbers received run 1, 2, ... without
+    # a repeat, and any number missing was declared by an events_shed outside the sequence
+    # (a resume asking for events no longer kept for replay) -- never silently.
+    seqs = event_sequences(events)
+    assert len(seqs) == len(set(seqs)), f"an event arrived twice: {seqs}"
+    assert seqs == sorted(seqs), f"events out of order: {seqs}"
+    declared = sum(e.events_shed.partials + e.events_shed.frame_events + e.events_shed.other
+                   for e in events if kind(e) == "events_shed" and not e.event_sequence)
+    missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs))
+    assert len(missing) == declared, (
+        f"events {missing} never arrived; {declared} declared lost\n"
+        f"{event_dicts(e for e in events if kind(e) != 'frame_processed')}")
     kinds = [kind(e) for e in events]
     assert kinds[-1] == "session_closed", event_dicts(events[-5:])
     assert events[-1].session_closed.reason == "finished", event_dicts(events[-1:])
@@ -564,6 +597,10 @@ def test_non_reading_client(tmp_path: Path, utterances: list[Utterance],
     assert len(final_ids) == len(set(final_ids)), f"a final arrived twice: {final_ids}"
     assert sorted(final_ids) == sorted(set(started)), (
         f"utterances started {started}, ended {ended}, finals {final_ids}")
+    assert sorted(ended) == sorted(set(started)), (
+        f"utterances started {started}, ended {ended}, finals {final_ids}")
+    last_final = max(i for i, k in enumerate(kinds) if k == "final_transcription")
+    assert "turn_ended" in kinds[last_final + 1 :], kinds[last_final:]
     text = " ".join(f.text for f in finals)
     error = wer(reference, text)
     assert error <= 0.15, f"WER {error:.3f}: {text!r} vs {reference!r}"
@@ -684,6 +721,244 @@ def test_resume_mid_utterance(daemon: Daemon, utterances: list[Utterance]) -> No
     assert written * WINDOW == unique_samples, (
         f"windowsWritten {written} * {WINDOW} = {written * WINDOW} samples, but "
         f"{unique_samples} unique samples were sent: {st}")
+
+
+# ---------------------------------------------------------------- 6b. resume: event delivery
+# In-process (the real servicer on a scripted runtime, tests/grpc_helpers.py): what a resume
+# delivers does not depend on models or timing, so these run in the fast suite.
+
+
+def _script(utterances: int, final_chars: int = 40, partials: bool = True) -> list[EngineEvent]:
+    """A session's events: per utterance speech_started, a partial, speech_ended and a
+    final of ``final_chars`` characters; then the turn's end."""
+    out: list[EngineEvent] = []
+    for u in range(utterances):
+        t = 1000 * u
+        out.append(SpeechStarted(audio_offset_ms=t, utterance_id=u))
+        if partials:
+            out.append(PartialTranscription(audio_offset_ms=t + 300, utterance_id=u,
+                                            text=f"utterance {u}", stable_text=""))
+        out.append(SpeechEnded(audio_offset_ms=t + 600, utterance_id=u, duration_ms=600))
+        text = f"utterance {u} " + "x" * max(0, final_chars - 12)
+        out.append(FinalTranscription(audio_offset_ms=t + 700, utterance_id=u, text=text,
+                                      start_ms=t))
+    out.append(TurnEnded(audio_offset_ms=1000 * utterances, turn_id=0, probability=0.9,
+                         reason=TurnEndReason.MODEL, transcript="the turn"))
+    return out
+
+
+def _assert_once_each(events: list[pb.ServerEvent], total: int) -> None:
+    """Every numbered event 1..total exactly once, in order, session_closed last."""
+    seqs = event_sequences(events)
+    assert seqs == list(range(1, total + 1)), f"event_sequence received: {seqs}"
+    assert kind(events[-1]) == "session_closed", event_dicts(events[-3:])
+
+
+@pytest.mark.timeout(60)
+def test_resume_resends_events_written_but_never_read() -> None:
+    """The loss behind test_non_reading_client's flakes, without timing: the daemon writes
+    a whole session, through session_closed, into a stream whose client reads 5 events and
+    drops the call -- the rest went out but were never read. A resume naming the last
+    event_sequence read gets exactly the rest; a resume without it (a client predating the
+    field) gets none of them, as before. The finished session stays resumable until a
+    resume confirms session_closed or the resume window passes."""
+    script = _script(utterances=8)
+    total = len(script) + 1  # + session_closed
+    read = 5
+
+    async def run() -> None:
+        sup = ScriptedSupervisor(script)
+        async with (in_process_server(sup) as (servicer, target),
+                    grpc.aio.insecure_channel(target) as channel):
+            stub = pb_grpc.AlfredStub(channel)
+
+            async def read_some_then_drop() -> tuple[str, list[pb.ServerEvent]]:
+                call = stub.StreamSession()
+                await call.write(config_message(partials=True))
+                got = []
+                for _ in range(1 + read):
+                    msg = await asyncio.wait_for(call.read(), 10.0)
+                    assert isinstance(msg, pb.ServerEvent)
+                    got.append(msg)
+                assert kind(got[0]) == "session_started" and got[0].event_sequence == 0
+                token = got[0].session_started.resume_token
+                a = servicer.sessions[token]
+                await wait_until(lambda: a.replay.last == total and not a.stream_active,
+                                 "the daemon wrote every event and ended the stream")
+                call.cancel()
+                return token, got
+
+            # ---- a resume with last_event_sequence: the unread rest, exactly once
+            token, got = await read_some_then_drop()
+            assert event_sequences(got) == list(range(1, read + 1))
+            res = await send_and_collect(
+                stub, [config_message(resume_token=token, last_event_sequence=read)])
+            assert res.code == grpc.StatusCode.OK, (res.code, res.details)
+            assert kind(res.events[0]) == "session_started"
+            assert res.events[0].session_started.resumed
+            both = got[1:] + res.events[1:]
+            _assert_once_each(both, total)
+            assert [kind(e) for e in both[:-1]] == [
+                kind(server_event(ev)) for ev in script]
+            # Not confirmed yet: still resumable (a second resume from the same point gets
+            # the same events again -- the client's dedupe drops them).
+            again = await send_and_collect(
+                stub, [config_message(resume_token=token, last_event_sequence=read)])
+            assert event_sequences(again.events) == list(range(read + 1, total + 1))
+            # A resume confirming session_closed: nothing re-sent, and the session is done.
+            done = await send_and_collect(
+                stub, [config_message(resume_token=token, last_event_sequence=total)])
+            assert done.code == grpc.StatusCode.OK and done.kinds == ["session_started"]
+            servicer.expire(time.monotonic())
+            assert token not in servicer.sessions
+            gone = await send_and_collect(
+                stub, [config_message(resume_token=token, last_event_sequence=total)])
+            assert gone.code == grpc.StatusCode.NOT_FOUND, (gone.code, gone.details)
+
+            # ---- a resume without last_event_sequence (an older client): no replay
+            token, got = await read_some_then_drop()
+            old = await send_and_collect(stub, [config_message(resume_token=token)])
+            assert old.code == grpc.StatusCode.OK, (old.code, old.details)
+            assert old.kinds == ["session_started"], event_dicts(old.events)
+            # Unconfirmed, it stays resumable for the resume window, then is forgotten.
+            servicer.expire(time.monotonic())
+            assert token in servicer.sessions
+            servicer.expire(time.monotonic() + servicer.config.resume_window_s + 1)
+            assert token not in servicer.sessions
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(60)
+def test_resume_after_write_deadline_loses_nothing() -> None:
+    """test_non_reading_client in-process. Its client, with a small receive window, sends
+    its input, half-closes and reads nothing until the daemon's write deadline cuts the
+    stream (RESOURCE_EXHAUSTED; the write that timed out and whatever sat in transport
+    buffers may or may not have arrived), then resumes from the last event it got, again
+    half-closing at once and reading late. The session ended before either half-close: the
+    daemon must still deliver up to session_closed, not stop writing at the half-close (it
+    did, 50 ms after it -- the flake, which ended the resumed stream OK mid-backlog). Every
+    event arrives once, through session_closed."""
+    script = _script(utterances=60, final_chars=600, partials=False)  # > 64 KiB of finals
+    total = len(script) + 1
+    small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+
+    async def half_close_and_read_late(
+            channel: grpc.aio.Channel, config: pb.ClientMessage,
+            cut: Callable[[str], Awaitable[None]]) -> StreamResult:
+        call = pb_grpc.AlfredStub(channel).StreamSession()
+        await call.write(config)
+        started = await asyncio.wait_for(call.read(), 10.0)
+        assert isinstance(started, pb.ServerEvent)
+        await call.done_writing()
+        await cut(started.session_started.resume_token)
+        return await read_all(call, [started], 10.0)
+
+    async def run() -> tuple[StreamResult, StreamResult]:
+        sup = ScriptedSupervisor(script)
+        async with in_process_server(sup, GrpcConfig(write_deadline_s=1.0)) as (servicer,
+                                                                              target):
+            async def deadline(token: str) -> None:
+                a = servicer.sessions[token]
+                assert a.closed, "the scripted session should be over before the half-close"
+                await wait_until(lambda: not a.stream_active, "the write deadline cut the "
+                                 "stream")
+                assert a.replay.last < total, "every event fit the client's window"
+
+            async def pause(token: str) -> None:
+                await asyncio.sleep(0.3)  # half-closed, not reading: the writer must wait
+
+            async with grpc.aio.insecure_channel(target, options=small_window) as channel:
+                first = await half_close_and_read_late(channel, config_message(), deadline)
+            last = max(event_sequences(first.events), default=0)
+            resume = config_message(resume_token=first.events[0].session_started.resume_token,
+                                    last_event_sequence=last)
+            async with grpc.aio.insecure_channel(target, options=small_window) as channel:
+                resumed = await half_close_and_read_late(channel, resume, pause)
+        return first, resumed
+
+    first, resumed = asyncio.run(run())
+    assert first.code == grpc.StatusCode.RESOURCE_EXHAUSTED, (first.code, first.details)
+    assert resumed.code == grpc.StatusCode.OK, (resumed.code, resumed.details)
+    both = first.events[1:] + resumed.events[1:]
+    _assert_once_each(both, total)
+    finals = [e.final_transcription.utterance_id for e in both
+              if kind(e) == "final_transcription"]
+    assert finals == list(range(60)), finals
+
+
+class _ResendingServicer(pb_grpc.AlfredServicer):
+    """A daemon as the client sees it across a resume: stream 1 sends events 1-5 and breaks
+    (UNAVAILABLE); stream 2, the resume, re-sends 3-5 (as a daemon does with events it
+    cannot know arrived), then 6-8 and session_closed (9)."""
+
+    def __init__(self) -> None:
+        self.configs: list[pb.SessionConfig] = []
+
+    async def StreamSession(  # type: ignore[override]  # noqa: N802 -- gRPC method name
+        self, request_iterator: object,
+        context: grpc.aio.ServicerContext[pb.ClientMessage, pb.ServerEvent],
+    ) -> None:
+        first = await context.read()
+        assert isinstance(first, pb.ClientMessage)
+        self.configs.append(first.config)
+        resumed = bool(first.config.resume_token)
+        started = pb.ServerEvent()
+        started.session_started.session_id = "s1"
+        started.session_started.resume_token = "token-1"
+        started.session_started.resumed = resumed
+        await context.write(started)
+        for seq in range(3, 9) if resumed else range(1, 6):
+            msg = pb.ServerEvent(audio_offset_ms=100 * seq, event_sequence=seq)
+            msg.final_transcription.utterance_id = seq
+            await context.write(msg)
+        if not resumed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
+        closed = pb.ServerEvent(audio_offset_ms=900, event_sequence=9)
+        closed.session_closed.reason = "finished"
+        await context.write(closed)
+
+    # Not used by the client's stream; the generated servicer declares them abstract.
+    async def GetPipelineStatus(  # noqa: N802
+        self, request: pb.GetPipelineStatusRequest, context: Any) -> pb.StatusDocument:
+        return pb.StatusDocument()
+
+    async def GetSessionStatus(  # noqa: N802
+        self, request: pb.GetSessionStatusRequest, context: Any) -> pb.StatusDocument:
+        return pb.StatusDocument()
+
+    async def Optimize(  # noqa: N802
+        self, request: pb.OptimizeRequest, context: Any) -> pb.StatusDocument:
+        return pb.StatusDocument()
+
+
+@pytest.mark.timeout(60)
+def test_python_client_resumes_with_last_event_sequence_and_drops_resends() -> None:
+    servicer = _ResendingServicer()
+
+    async def run() -> list[Event]:
+        server = grpc.aio.server()
+        pb_grpc.add_AlfredServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with AsyncClient(f"127.0.0.1:{port}", max_resumes=1) as client:
+                got = [ev async for ev in client.stream([bytes(FRAME_BYTES)], RATE)]
+                assert client.last_event_sequence == 9
+                return got
+        finally:
+            await server.stop(None)
+
+    events = asyncio.run(run())
+    assert len(servicer.configs) == 2, servicer.configs
+    fresh, resume = servicer.configs
+    assert not fresh.HasField("last_event_sequence")  # a new session has nothing to name
+    assert resume.resume_token == "token-1"
+    assert resume.HasField("last_event_sequence") and resume.last_event_sequence == 5
+    numbered = [(ev.type, ev.event_sequence) for ev in events if ev.event_sequence]
+    assert numbered == [("final_transcription", s) for s in range(1, 9)] + [
+        ("session_closed", 9)], numbered
+    assert [ev.type for ev in events].count("session_started") == 2
 
 
 # ============================================================================ 7. many

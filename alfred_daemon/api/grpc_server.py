@@ -10,7 +10,10 @@ that stops reading is cut off with RESOURCE_EXHAUSTED instead of holding memory.
 that ends without the client half-closing (network drop, cancel, deadline) *detaches* the
 session: it keeps running, its events wait in the outbox, and a new stream with the resume
 token picks it up within ``resume_window_s``; frames re-sent with a sequence number at or
-below the last one processed are skipped, so nothing is analysed twice.
+below the last one processed are skipped, so nothing is analysed twice. Events go the other
+way at least once: each is numbered and kept in the session's :class:`~.replay.ReplayLog`
+before it is written, and a resume that says which ``event_sequence`` it got up to is
+re-sent the rest first (a client deduping by sequence then sees each event exactly once).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from .convert import (
     server_event,
 )
 from .outbox import Outbox, fill
+from .replay import ReplayLog, shed_notice
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class _Attached:
     sample_rate: int
     config: pb.SessionConfig
     outbox: Outbox
+    replay: ReplayLog = field(default_factory=ReplayLog)
+    """Events already handed to a stream, numbered, until a resume confirms them."""
     pump: asyncio.Task[None] | None = None
     last_sequence: int = 0
     frames_skipped: int = 0
@@ -95,7 +101,11 @@ class _Attached:
     closed: bool = False
     """The runtime session is over (its outbox may still hold events)."""
     delivered: bool = False
-    """session_closed reached a client (or the session was refused): nothing to resume."""
+    """session_closed is known to have reached the client (a resume confirmed its
+    event_sequence), or the session was refused or expired: nothing to resume. A stream
+    that ended OK after session_closed is not proof -- grpc.aio cannot tell the handler
+    whether the client read the last writes -- so that session stays resumable until
+    :meth:`AlfredServicer.expire` forgets it after ``resume_window_s``."""
 
     def receipt(self, offset_ms: int) -> tuple[float, float | None]:
         ends = [r[0] for r in self.receipts]
@@ -156,14 +166,19 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                                 "the first message must be a SessionConfig (config first, "
                                 "then audio)")
         attached = await self._attach(first.config, context)
+        resumed = bool(first.config.resume_token)
+        # A resume that names the last event it got is re-sent the rest; one that does not
+        # (a client predating last_event_sequence) just continues with the outbox.
+        replay_after = (first.config.last_event_sequence
+                        if resumed and first.config.HasField("last_event_sequence") else None)
         try:
             # Before the writer exists: a call takes one write at a time.
-            await self._send_started(attached, context, resumed=bool(first.config.resume_token))
+            await self._send_started(attached, context, resumed=resumed)
         except BaseException:
             attached.stream_active = False
             attached.detached_at = time.monotonic()
             raise
-        writer = asyncio.create_task(self._write_loop(attached, context))
+        writer = asyncio.create_task(self._write_loop(attached, context, replay_after))
         # Retrieve the writer's outcome whatever happens to this handler (a client cancel
         # cancels the handler mid-await), so a failed write is never an orphan exception.
         writer.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -171,11 +186,12 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         try:
             half_closed = await self._read_loop(attached, context, writer)
         finally:
-            if half_closed and not attached.closed:
-                # End of input: finalise, then let the writer deliver everything up to
-                # session_closed (the client is still reading).
+            if half_closed:
+                # End of input: finalise (unless the session already ended), then let the
+                # writer deliver everything up to session_closed (the client still reads).
                 with contextlib.suppress(SessionNotFoundError):
-                    await self.sup.finish_session(attached.session_id)
+                    if not attached.closed:
+                        await self.sup.finish_session(attached.session_id)
             elif not writer.done():
                 writer.cancel()
             # Always collect the writer, so its failure (a cancelled call, a deadline) is
@@ -184,8 +200,11 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             attached.stream_active = False
             if not attached.delivered:
                 attached.detached_at = time.monotonic()
-                log.info("session %s detached; resumable for %.0f s", attached.session_id,
-                         self.config.resume_window_s)
+                # After session_closed went out (routine; whether it arrived is unknown).
+                finished = outcome is True
+                log.log(logging.DEBUG if finished else logging.INFO, "session %s %s; resumable "
+                        "for %.0f s", attached.session_id, "finished" if finished else
+                        "detached", self.config.resume_window_s)
         if isinstance(outcome, TimeoutError) and not context.cancelled():
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"client did not read events for "
@@ -211,6 +230,9 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             attached.stream_active = True
             attached.detached_at = None
             attached.resume_floor = attached.last_sequence
+            if (cfg.HasField("last_event_sequence")
+                    and attached.replay.confirm(cfg.last_event_sequence)):
+                attached.delivered = True  # the client has session_closed: the end is known
             return attached
         try:
             engine = engine_config(cfg, self.sup.config.engine)
@@ -256,25 +278,36 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         finally:
             a.closed = True
 
-    async def _write_loop(self, a: _Attached,
-                          context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _write_loop(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+                          replay_after: int | None) -> bool:
+        """Outbox -> client. Each event is numbered and logged *before* its write (a write
+        that times out may still go out; one accepted may still never arrive), and after a
+        resume naming its last event_sequence the logged events after it go first. True
+        once session_closed went out on this stream, False if the outbox ran dry first."""
         deadline = self.config.write_deadline_s
+
+        async def send(msg: pb.ServerEvent) -> None:
+            await asyncio.wait_for(context.write(msg), deadline)
+
+        if replay_after is not None:
+            missed, lost = a.replay.since(replay_after)
+            if lost:  # not kept for replay: say so, outside the sequence (number 0)
+                offset = missed[0].audio_offset_ms if missed else a.replay.last_offset_ms
+                await send(shed_notice(lost, offset))
+            for msg in missed:
+                await send(msg)
+                if msg.HasField("session_closed"):
+                    return True
         while True:
             event = await a.outbox.get()
             if event is None:
-                return
+                return False
             shed = a.outbox.take_shed()
             if shed is not None:
-                note = pb.ServerEvent(audio_offset_ms=event.audio_offset_ms,
-                                      server_receive_time=time.time())
-                note.events_shed.partials = shed.partials
-                note.events_shed.frame_events = shed.frame_events
-                note.events_shed.other = shed.other
-                await asyncio.wait_for(context.write(note), deadline)
-            await asyncio.wait_for(context.write(self._wire(a, event)), deadline)
+                await send(a.replay.record(shed_notice(shed, event.audio_offset_ms)))
+            await send(a.replay.record(self._wire(a, event)))
             if isinstance(event, SessionClosed):
-                a.delivered = True
-                return
+                return True
 
     def _wire(self, a: _Attached, event: Event) -> pb.ServerEvent:
         msg = server_event(event)
@@ -285,7 +318,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         return msg
 
     async def _read_loop(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
-                         writer: asyncio.Task[None]) -> bool:
+                         writer: asyncio.Task[bool]) -> bool:
         """Apply client messages until the client half-closes (True) or the stream breaks
         (False). Invalid input aborts the stream with INVALID_ARGUMENT."""
         while True:
@@ -383,12 +416,15 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     # ------------------------------------------------------------------ housekeeping
 
     def expire(self, now: float) -> None:
-        """Close sessions whose stream has been gone longer than the resume window."""
+        """Forget delivered sessions; close and forget those whose stream has been gone
+        longer than the resume window (a finished one too: its last events may not have
+        arrived, so it stays resumable until then)."""
         for token, a in list(self.sessions.items()):
             if a.delivered and not a.stream_active:
                 self.sessions.pop(token, None)
             elif a.detached_at is not None and now - a.detached_at > self.config.resume_window_s:
-                log.info("session %s: resume window passed; closing", a.session_id)
+                log.log(logging.DEBUG if a.closed else logging.INFO, "session %s: resume "
+                        "window passed; %s", a.session_id, "forgotten" if a.closed else "closing")
                 a.delivered = True
                 with contextlib.suppress(SessionNotFoundError):
                     self.sup.close_session(a.session_id, "client")

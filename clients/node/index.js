@@ -16,7 +16,8 @@
  * Events are plain objects in the shape `alfred-daemon stream --json` prints:
  * `{type, audio_offset_ms, processing_ms, ...the event's fields}` where `type` is the
  * snake_case name of the ServerEvent oneof member (`final_transcription`...). The raw
- * decoded message is attached as the non-enumerable property `message`.
+ * decoded message is attached as the non-enumerable property `message`, its
+ * `event_sequence` as the non-enumerable property of that name.
  */
 
 const fs = require('node:fs');
@@ -125,6 +126,12 @@ function toEvent(msg, types = loadProto().types) {
   Object.defineProperty(ev, 'message', { value: msg, enumerable: false });
   Object.defineProperty(ev, 'server_receive_time', {
     value: Number(msg.server_receive_time || 0), enumerable: false,
+  });
+  // The event's number in its session (0 on session_started): what a resume would pass as
+  // SessionConfig.last_event_sequence. This client does not resume, so it never sees one
+  // twice.
+  Object.defineProperty(ev, 'event_sequence', {
+    value: Number(msg.event_sequence || 0), enumerable: false,
   });
   return ev;
 }

@@ -19,7 +19,10 @@ the event's fields in ``data``; ``event.message`` is the raw protobuf.
 
 Resume: with ``resume=True`` (the default) a stream that breaks (UNAVAILABLE, connection
 reset) reconnects with its resume token and re-sends the frames it still holds after the
-last sequence the daemon confirmed, so no audio is lost or analysed twice.
+last sequence the daemon confirmed, so no audio is lost or analysed twice. It also sends the
+highest ``event_sequence`` it received; the daemon re-sends what the broken stream had
+written after it (events in flight when the stream broke), and the client drops the ones it
+already yielded, so every event is seen once.
 """
 
 from __future__ import annotations
@@ -115,6 +118,11 @@ class Event:
     data: dict[str, Any]
     message: pb.ServerEvent = field(repr=False)
 
+    @property
+    def event_sequence(self) -> int:
+        """The event's number in its session (1, 2, ...); 0 on ``session_started``."""
+        return int(self.message.event_sequence)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-lines shape: ``type``, ``audio_offset_ms``, ``processing_ms`` and the
         event's fields."""
@@ -154,11 +162,16 @@ class SessionOptions:
     frame_event_every: int = 0
     language: str = "en"
 
-    def to_proto(self, sample_rate: int, resume_token: str = "") -> pb.SessionConfig:
+    def to_proto(self, sample_rate: int, resume_token: str = "",
+                 last_event_sequence: int | None = None) -> pb.SessionConfig:
+        """The SessionConfig; a resume passes its token and the highest event_sequence it
+        received (so the daemon re-sends what came after it)."""
         cfg = pb.SessionConfig(encoding=pb.LINEAR16, sample_rate_hz=sample_rate, channels=1,
                                language=self.language,
                                frame_event_every=self.frame_event_every,
                                resume_token=resume_token)
+        if last_event_sequence is not None:
+            cfg.last_event_sequence = last_event_sequence
         if self.partials is not None:
             cfg.partials = self.partials
         if self.partial_interval_ms is not None:
@@ -213,6 +226,9 @@ class AsyncClient:
         self._stub = pb_grpc.AlfredStub(self._channel)
         self.session_id = ""
         self.resume_token = ""
+        self.last_event_sequence = 0
+        """The highest event_sequence yielded by the latest ``stream`` (for information:
+        each stream dedupes with its own count, so streams may share a client)."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -260,17 +276,23 @@ class AsyncClient:
     async def stream(self, frames: AsyncIterable[bytes] | Iterable[bytes], sample_rate: int,
                      *, options: SessionOptions | None = None,
                      resume: bool = True) -> AsyncIterator[Event]:
-        """Send ``frames`` (LINEAR16 bytes) and yield the session's events until it closes."""
+        """Send ``frames`` (LINEAR16 bytes) and yield the session's events until it closes.
+
+        Each event is yielded once: after a resume the daemon re-sends the events after the
+        highest ``event_sequence`` received, and any it sends again is dropped here."""
         options = options or SessionOptions()
         source = _aiter(frames)
         replay: deque[tuple[int, bytes]] = deque(maxlen=REPLAY_FRAMES)
         seq = 0
         resumes = 0
         confirmed = 0
+        highest = 0  # the highest event_sequence yielded
+        closed = False
 
-        async def requests(token: str) -> AsyncIterator[pb.ClientMessage]:
+        async def requests(token: str, last_event: int) -> AsyncIterator[pb.ClientMessage]:
             nonlocal seq
-            yield pb.ClientMessage(config=options.to_proto(sample_rate, token))
+            yield pb.ClientMessage(config=options.to_proto(
+                sample_rate, token, last_event if token else None))
             for s, frame in list(replay):  # after a resume: what the daemon may not have
                 if s > confirmed:
                     yield pb.ClientMessage(audio=pb.AudioFrame(sequence=s, pcm=frame))
@@ -281,18 +303,25 @@ class AsyncClient:
 
         token = ""
         while True:
-            call = self._stub.StreamSession(requests(token))
+            call = self._stub.StreamSession(requests(token, highest))
             first = _FirstStatus(call)
             try:
                 async for msg in call:
+                    if msg.event_sequence:  # 0: outside the sequence, never a re-send
+                        if msg.event_sequence <= highest:
+                            continue  # re-sent after a resume; yielded already
+                        highest = self.last_event_sequence = msg.event_sequence
                     ev = Event.from_message(msg)
                     if ev.type == "session_started":
                         self.session_id = msg.session_started.session_id
                         self.resume_token = token = msg.session_started.resume_token
                         confirmed = msg.session_started.last_sequence
+                    closed = closed or ev.type == "session_closed"
                     yield ev
                 return
             except grpc.aio.AioRpcError as exc:
+                if closed:
+                    return  # the session's last event arrived; nothing is left to resume for
                 code, details = first.status or (exc.code(), exc.details() or "")
                 if not (resume and token and code in RESUMABLE and resumes < self.max_resumes):
                     # TRANSIENT_FAILURE: the channel could not connect, as opposed to a

@@ -100,6 +100,7 @@ class SessionConfig(_message.Message):
     TURN_FIELD_NUMBER: _builtins.int
     FRAME_EVENT_EVERY_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     encoding: Global___AudioEncoding.ValueType
     sample_rate_hz: _builtins.int
     """8000, 16000, 24000, 44100 or 48000. Other rates than 16000 are resampled by the daemon."""
@@ -118,6 +119,13 @@ class SessionConfig(_message.Message):
     """Resume a session that lost its stream: the token from SessionStarted. Audio frames
     with sequence <= SessionStarted.last_sequence are ignored (already processed).
     """
+    last_event_sequence: _builtins.int
+    """Resume only: the highest ServerEvent.event_sequence the client received (0 if none).
+    The daemon first re-sends the events after it that it still holds (writes a broken
+    stream had accepted never reached the client), then continues; the client drops any
+    event_sequence it already has, so it sees every event once. Unset (a client that
+    predates it): nothing is re-sent.
+    """
     @_builtins.property
     def vad(self) -> Global___VadParams: ...
     @_builtins.property
@@ -135,15 +143,20 @@ class SessionConfig(_message.Message):
         turn: Global___TurnParams | None = ...,
         frame_event_every: _builtins.int = ...,
         resume_token: _builtins.str = ...,
+        last_event_sequence: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_partial_interval_ms", b"_partial_interval_ms", "_partials", b"_partials", "partial_interval_ms", b"partial_interval_ms", "partials", b"partials", "turn", b"turn", "vad", b"vad"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_event_sequence", b"_last_event_sequence", "_partial_interval_ms", b"_partial_interval_ms", "_partials", b"_partials", "last_event_sequence", b"last_event_sequence", "partial_interval_ms", b"partial_interval_ms", "partials", b"partials", "turn", b"turn", "vad", b"vad"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_partial_interval_ms", b"_partial_interval_ms", "_partials", b"_partials", "channels", b"channels", "encoding", b"encoding", "frame_event_every", b"frame_event_every", "language", b"language", "partial_interval_ms", b"partial_interval_ms", "partials", b"partials", "resume_token", b"resume_token", "sample_rate_hz", b"sample_rate_hz", "turn", b"turn", "vad", b"vad"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_event_sequence", b"_last_event_sequence", "_partial_interval_ms", b"_partial_interval_ms", "_partials", b"_partials", "channels", b"channels", "encoding", b"encoding", "frame_event_every", b"frame_event_every", "language", b"language", "last_event_sequence", b"last_event_sequence", "partial_interval_ms", b"partial_interval_ms", "partials", b"partials", "resume_token", b"resume_token", "sample_rate_hz", b"sample_rate_hz", "turn", b"turn", "vad", b"vad"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__last_event_sequence: _TypeAlias = _typing.Literal["last_event_sequence"]  # noqa: Y015
+    _WhichOneofArgType__last_event_sequence: _TypeAlias = _typing.Literal["_last_event_sequence", b"_last_event_sequence"]  # noqa: Y015
     _WhichOneofReturnType__partial_interval_ms: _TypeAlias = _typing.Literal["partial_interval_ms"]  # noqa: Y015
     _WhichOneofArgType__partial_interval_ms: _TypeAlias = _typing.Literal["_partial_interval_ms", b"_partial_interval_ms"]  # noqa: Y015
     _WhichOneofReturnType__partials: _TypeAlias = _typing.Literal["partials"]  # noqa: Y015
     _WhichOneofArgType__partials: _TypeAlias = _typing.Literal["_partials", b"_partials"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_event_sequence) -> _WhichOneofReturnType__last_event_sequence | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__partial_interval_ms) -> _WhichOneofReturnType__partial_interval_ms | None: ...
     @_typing.overload
@@ -337,6 +350,7 @@ class ServerEvent(_message.Message):
     SERVER_RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     PROCESSING_MS_FIELD_NUMBER: _builtins.int
     CAPTURE_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     SESSION_STARTED_FIELD_NUMBER: _builtins.int
     FRAME_PROCESSED_FIELD_NUMBER: _builtins.int
     SPEECH_STARTED_FIELD_NUMBER: _builtins.int
@@ -362,6 +376,15 @@ class ServerEvent(_message.Message):
     """Model time spent producing the event."""
     capture_time: _builtins.float
     """The client's capture_time of the frame containing audio_offset_ms, if it sent one."""
+    event_sequence: _builtins.int
+    """The event's place in its session: 1 for the first event the daemon sends, then +1 for
+    each further one, on whichever stream of the session it goes out. A resumed stream
+    re-sends events the client may not have (see SessionConfig.last_event_sequence), so a
+    number can arrive twice: drop any at or below the highest one received. A number that
+    never arrives was not kept for replay; an EventsShed at the start of the resumed stream
+    counts those. 0 on per-stream messages outside the sequence: SessionStarted, and that
+    EventsShed.
+    """
     @_builtins.property
     def session_started(self) -> Global___SessionStarted: ...
     @_builtins.property
@@ -403,6 +426,7 @@ class ServerEvent(_message.Message):
         server_receive_time: _builtins.float = ...,
         processing_ms: _builtins.float = ...,
         capture_time: _builtins.float | None = ...,
+        event_sequence: _builtins.int = ...,
         session_started: Global___SessionStarted | None = ...,
         frame_processed: Global___FrameProcessed | None = ...,
         speech_started: Global___SpeechStarted | None = ...,
@@ -423,7 +447,7 @@ class ServerEvent(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_capture_time", b"_capture_time", "backpressure_recovered", b"backpressure_recovered", "backpressure_triggered", b"backpressure_triggered", "capture_time", b"capture_time", "error", b"error", "event", b"event", "events_shed", b"events_shed", "final_transcription", b"final_transcription", "frame_processed", b"frame_processed", "frames_dropped", b"frames_dropped", "interruption", b"interruption", "partial_transcription", b"partial_transcription", "pipeline_health", b"pipeline_health", "session_closed", b"session_closed", "session_started", b"session_started", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "turn_ended", b"turn_ended", "turn_resumed", b"turn_resumed", "worker_recovered", b"worker_recovered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capture_time", b"_capture_time", "audio_offset_ms", b"audio_offset_ms", "backpressure_recovered", b"backpressure_recovered", "backpressure_triggered", b"backpressure_triggered", "capture_time", b"capture_time", "error", b"error", "event", b"event", "events_shed", b"events_shed", "final_transcription", b"final_transcription", "frame_processed", b"frame_processed", "frames_dropped", b"frames_dropped", "interruption", b"interruption", "partial_transcription", b"partial_transcription", "pipeline_health", b"pipeline_health", "processing_ms", b"processing_ms", "server_receive_time", b"server_receive_time", "session_closed", b"session_closed", "session_started", b"session_started", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "turn_ended", b"turn_ended", "turn_resumed", b"turn_resumed", "worker_recovered", b"worker_recovered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capture_time", b"_capture_time", "audio_offset_ms", b"audio_offset_ms", "backpressure_recovered", b"backpressure_recovered", "backpressure_triggered", b"backpressure_triggered", "capture_time", b"capture_time", "error", b"error", "event", b"event", "event_sequence", b"event_sequence", "events_shed", b"events_shed", "final_transcription", b"final_transcription", "frame_processed", b"frame_processed", "frames_dropped", b"frames_dropped", "interruption", b"interruption", "partial_transcription", b"partial_transcription", "pipeline_health", b"pipeline_health", "processing_ms", b"processing_ms", "server_receive_time", b"server_receive_time", "session_closed", b"session_closed", "session_started", b"session_started", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "turn_ended", b"turn_ended", "turn_resumed", b"turn_resumed", "worker_recovered", b"worker_recovered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__capture_time: _TypeAlias = _typing.Literal["capture_time"]  # noqa: Y015
     _WhichOneofArgType__capture_time: _TypeAlias = _typing.Literal["_capture_time", b"_capture_time"]  # noqa: Y015
@@ -802,7 +826,10 @@ Global___WorkerRecovered: _TypeAlias = WorkerRecovered  # noqa: Y015
 @_typing.final
 class EventsShed(_message.Message):
     """The client read too slowly: the daemon dropped these from its outbound queue
-    (never finals or turn events).
+    (never finals or turn events). Also sent first on a resumed stream (event_sequence 0)
+    when events after last_event_sequence are no longer held for replay: the daemon keeps
+    the latest 512 partials/frame events/health reports and the latest 4096 other events
+    of a session, so `other` can count a final only if more than 4096 were undelivered.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
