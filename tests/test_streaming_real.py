@@ -17,6 +17,7 @@ from alfred_daemon.engine.config import EngineConfig, SttConfig, VadConfig
 from alfred_daemon.engine.events import Event, FinalTranscription, PartialTranscription
 from alfred_daemon.engine.jobs import JobKind, Models
 from alfred_daemon.engine.session import Session
+from alfred_daemon.engine.stt import DecodeRequest
 from alfred_daemon.engine.text import find_repetition, norm_text
 
 from .conftest import Utterance, silence
@@ -149,3 +150,25 @@ def test_speech_over_a_noise_floor_keeps_its_words(
     print(f"WER clean {w_clean:.4f}, with a -50 dBFS floor {w_noisy:.4f}")
     assert w_noisy <= w_clean + 0.03
     assert not repeats, repeats
+
+
+def test_partials_of_several_sessions_decoded_together_equal_one_by_one(
+    models: Models, utterances: list[Utterance]
+) -> None:
+    """Batched Whisper calls (the runtime sends several sessions' partials in one request)
+    give each window exactly what decoding it alone gives: the runtime's finals must be the
+    inline engine's, and partials feed them. Different lengths, prompts, prefixes and
+    alignment in one call; some share a shape (batched), some do not."""
+    cfg = SttConfig()
+    shapes = [(0.5, "", "", False), (0.7, "and then the cat sat on the mat and looked at the dog "
+               "for a while before it went", "", True), (0.9, "", "A", False),
+              (1.0, "we went home", "", True), (0.6, "", "", False), (0.8, "", "", False)]
+    requests = [DecodeRequest(u.audio[: int(u.audio.size * f)], cfg, beam_size=2, prompt=pr,
+                              prefix=px, align=al)
+                for u, (f, pr, px, al) in zip(utterances, shapes, strict=False)]
+    alone = [models.stt.transcribe_many([r])[0] for r in requests]
+    together = models.stt.transcribe_many(requests)
+    for a, b in zip(alone, together, strict=True):
+        assert (a.text, a.tokens, a.words, a.degenerate) == (b.text, b.tokens, b.words,
+                                                             b.degenerate)
+        assert abs(a.avg_logprob - b.avg_logprob) < 1e-4

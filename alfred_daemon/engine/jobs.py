@@ -17,7 +17,7 @@ import numpy.typing as npt
 from .config import SttConfig
 from .int8_check import Int8Kernels
 from .models import ModelPaths
-from .stt import WhisperTranscriber, WordTime
+from .stt import DecodeRequest, WhisperTranscriber, WordTime
 from .turn import SmartTurn
 from .vad import SileroVad
 
@@ -74,6 +74,8 @@ class JobResult:
     """A final's first decode was degenerate and the 30 s window was decoded too."""
     words: tuple[WordTime, ...] = ()
     """``text``'s words with times relative to ``job.start`` (partials with ``align``)."""
+    batch: int = 1
+    """Whisper jobs decoded in the same model call as this one (itself included)."""
 
     @classmethod
     def skip(cls, job: Job, reason: str) -> JobResult:
@@ -104,17 +106,46 @@ def run_job(
 ) -> JobResult:
     """Execute one job. Never raises: a failure becomes ``JobResult.error``, so one bad job
     cannot take a worker (or another session) down."""
-    try:
+    (result,) = run_jobs(models, [(job, audio, stt_cfg)])
+    return result
+
+
+def run_jobs(
+    models: Models, items: list[tuple[Job, npt.NDArray[np.float32], SttConfig]]
+) -> list[JobResult]:
+    """Execute several jobs (of several sessions): the Whisper ones in shared batches
+    where their shapes allow (:meth:`WhisperTranscriber.transcribe_many`, same results as
+    one by one), Smart Turn ones one by one. Never raises, like :func:`run_job`."""
+    results: dict[int, JobResult] = {}
+    stt_items = []
+    for i, (job, audio, cfg) in enumerate(items):
         if job.kind is JobKind.TURN:
-            if models.turn is None:
-                return JobResult(job, error="smart turn model not loaded")
-            prob, ms = models.turn.predict(audio)
-            return JobResult(job, probability=prob, ms=ms)
-        res = models.stt.transcribe(audio, stt_cfg, beam_size=job.beam_size, prefix=job.prefix,
-                                    prompt=job.prompt, align=job.align,
-                                    fallback=job.kind is JobKind.FINAL)
-        return JobResult(job, text=res.text, ms=res.ms, degenerate=res.degenerate,
-                         fallback=res.fallback, words=res.words)
+            results[i] = _run_turn(models, job, audio)
+        else:
+            stt_items.append((i, job, DecodeRequest(
+                audio, cfg, beam_size=job.beam_size, prefix=job.prefix, prompt=job.prompt,
+                align=job.align, fallback=job.kind is JobKind.FINAL)))
+    if stt_items:
+        try:
+            decoded = models.stt.transcribe_many([req for _, _, req in stt_items])
+        except Exception as exc:
+            log.exception("decoding %d jobs failed", len(stt_items))
+            for i, job, _ in stt_items:
+                results[i] = JobResult(job, error=f"{type(exc).__name__}: {exc}")
+        else:
+            for (i, job, _), res in zip(stt_items, decoded, strict=True):
+                results[i] = JobResult(job, text=res.text, ms=res.ms,
+                                       degenerate=res.degenerate, fallback=res.fallback,
+                                       words=res.words, batch=res.batch)
+    return [results[i] for i in range(len(items))]
+
+
+def _run_turn(models: Models, job: Job, audio: npt.NDArray[np.float32]) -> JobResult:
+    try:
+        if models.turn is None:
+            return JobResult(job, error="smart turn model not loaded")
+        prob, ms = models.turn.predict(audio)
+        return JobResult(job, probability=prob, ms=ms)
     except Exception as exc:
         log.exception("job %s failed", job)
         return JobResult(job, error=f"{type(exc).__name__}: {exc}")

@@ -34,6 +34,7 @@ A CTranslate2 quirk measured here: for Whisper, ``generate(max_length=L)`` yield
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -53,6 +54,10 @@ from .numerics import one_blas_thread
 from .text import compression_ratio, find_repetition, trim_repetitions
 
 MAX_WINDOW_S = 30.0
+WINDOW_STEP_S = 2
+"""Partial windows are whole multiples of this (so that sessions' partials batch)."""
+PROMPT_STEP = 16
+"""Prompt lengths come in steps of this many tokens, for the same reason."""
 HOP = 160
 """Samples per log-mel frame."""
 FRAME_SAMPLES = 2 * HOP
@@ -80,18 +85,52 @@ class SttResult:
     avg_logprob: float
     budget_hit: bool
     tokens: int
-    encode_ms: float
-    decode_ms: float
+    ms: float
+    """Model time: this window's share of its batch's encoder and decoder calls, plus its
+    fallback decode and alignment, if any."""
     degenerate: bool = False
     """The text returned still looked like a loop (see the module docstring)."""
     fallback: bool = False
     """The first decode was degenerate and the 30 s window was decoded too."""
     words: tuple[WordTime, ...] = ()
     """With ``align``: ``text``'s words with their times."""
+    batch: int = 1
+    """Windows decoded in the same encoder and decoder call (itself included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRequest:
+    """One window to decode (see :meth:`WhisperTranscriber.transcribe`)."""
+
+    audio: npt.NDArray[np.float32]
+    cfg: SttConfig
+    beam_size: int | None = None
+    prefix: str = ""
+    prompt: str = ""
+    align: bool = False
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A request made concrete: what goes into the encoder and the decoder."""
+
+    audio: npt.NDArray[np.float32]
+    window: int
+    """Samples: the audio plus silence."""
+    beam: int
+    prompt_ids: list[int]
+    prefix_ids: list[int]
+    budget: int
+    """Tokens a decode of this audio may produce; reaching it marks a loop. Exact, not
+    rounded for batching's sake: CTranslate2 takes one max_length per call, and a beam
+    search cut at another length can end differently (rounding budgets up to multiples of
+    8 cost 0.4 points of WER on tests/data/long)."""
 
     @property
-    def ms(self) -> float:
-        return self.encode_ms + self.decode_ms
+    def key(self) -> tuple[int, int, int, int]:
+        """Decodes of equal key can share one batch."""
+        return (self.window, len(self.prompt_ids), self.beam, self.budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,16 +260,6 @@ class WhisperTranscriber:
             self._reference = self._load_faster_whisper()
         return self._reference
 
-    def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
-        import ctranslate2
-
-        with one_blas_thread():
-            features = self._features(audio, padding=0)
-        # Whisper's encoder downsamples by 2; keep an even frame count.
-        frames = features.shape[-1] - (features.shape[-1] % 2)
-        features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
-        return self._model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
-
     def transcribe(
         self,
         audio: npt.NDArray[np.float32],
@@ -249,47 +278,139 @@ class WhisperTranscriber:
         ``final_min_window_s``, and if the decode is degenerate it is decoded again on the
         30 s window, which is kept unless it is degenerate too. ``align``: add word times.
         """
-        beam = beam_size or cfg.beam_size
-        prefix_ids: list[int] = self._tokenizer.encode(" " + prefix.strip()) if prefix else []
+        (result,) = self.transcribe_many([DecodeRequest(
+            audio, cfg, beam_size=beam_size, prefix=prefix, prompt=prompt, align=align,
+            fallback=fallback)])
+        return result
+
+    def transcribe_many(self, requests: list[DecodeRequest]) -> list[SttResult]:
+        """Decode several windows, in one encoder and one decoder call per group of equal
+        shape (window length, prompt length, beam, token budget), with results identical to
+        decoding each alone: CTranslate2 computes every batch row as it would alone, and a
+        row's inputs do not depend on the batch. Sessions' partials batched this way cost
+        ~2/3 of their separate decodes on one core (benchmarks/streaming_bench.py)."""
+        plans = [self._plan(r) for r in requests]
+        groups: dict[tuple[int, int, int, int], list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(plan.key, []).append(i)
+        first: dict[int, tuple[_Decode, float, int]] = {}
+        for members in groups.values():
+            t0 = time.perf_counter()
+            decodes = self._decode_group([plans[i] for i in members])
+            share = (time.perf_counter() - t0) * 1000.0 / len(members)
+            for i, d in zip(members, decodes, strict=True):
+                first[i] = (d, share, len(members))
+        return [self._finish(req, plan, *first[i])
+                for i, (req, plan) in enumerate(zip(requests, plans, strict=True))]
+
+    def _plan(self, req: DecodeRequest) -> _Plan:
+        cfg = req.cfg
+        prefix_ids: list[int] = (self._tokenizer.encode(" " + req.prefix.strip())
+                                 if req.prefix else [])
         prompt_ids: list[int] = []
-        if prompt.strip() and cfg.prompt_tokens:
-            prompt_ids = [self._tokenizer.sot_prev,
-                          *self._tokenizer.encode(" " + prompt.strip())[-cfg.prompt_tokens:]]
+        if req.prompt.strip() and cfg.prompt_tokens:
+            # Past PROMPT_STEP tokens, whole multiples of it (the oldest tokens go): prompts
+            # of equal length are what lets decodes share a batch (CTranslate2 wants the
+            # start token at one position). A short prompt is kept whole: it is the one
+            # that matters most ("one." before "two").
+            tail = self._tokenizer.encode(" " + req.prompt.strip())[-cfg.prompt_tokens:]
+            keep = len(tail) if len(tail) < PROMPT_STEP else (
+                len(tail) // PROMPT_STEP * PROMPT_STEP)
+            if keep:
+                prompt_ids = [self._tokenizer.sot_prev, *tail[-keep:]]
         pad = int(cfg.window_pad_s * SAMPLE_RATE)
+        audio = req.audio
         max_samples = int(MAX_WINDOW_S * SAMPLE_RATE) - pad
         if audio.size > max_samples:
             audio = audio[-max_samples:]
-        floor = cfg.final_min_window_s if fallback else cfg.min_window_s
+        floor = cfg.final_min_window_s if req.fallback else cfg.min_window_s
         window = max(int(floor * SAMPLE_RATE), audio.size + pad)
+        if not req.fallback:  # partials: a few window lengths, so that they batch
+            step = WINDOW_STEP_S * SAMPLE_RATE
+            window = min(-(-window // step) * step, int(MAX_WINDOW_S * SAMPLE_RATE))
+        seconds = max(audio.size / SAMPLE_RATE, 0.1)
+        budget = len(prefix_ids) + cfg.token_budget_base + math.ceil(
+            cfg.max_tokens_per_second * seconds)
+        budget = min(budget, 220)
+        return _Plan(audio=audio, window=window, beam=req.beam_size or cfg.beam_size,
+                     prompt_ids=prompt_ids, prefix_ids=prefix_ids, budget=budget)
+
+    def _decode_group(self, plans: list[_Plan]) -> list[_Decode]:
+        """One encoder and one decoder call for plans of equal key."""
+        import ctranslate2
+
+        first = plans[0]
+        feats = []
+        for plan in plans:
+            padded = np.zeros(plan.window, np.float32)
+            padded[: plan.audio.size] = plan.audio
+            with one_blas_thread():
+                f = self._features(padded, padding=0)
+            feats.append(f[:, : f.shape[-1] - f.shape[-1] % 2])  # the encoder halves it
+        batch = np.ascontiguousarray(np.stack(feats), dtype=np.float32)
+        encoded = self._model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+        # CTranslate2 counts max_length oddly for Whisper (measured): without a previous-
+        # text prompt it yields at most (max_length - 1) // 2 tokens, with one at most
+        # max_length - len(prompt) - 1. Both are set to give exactly ``budget``.
+        n_prompt = len(first.prompt_ids)
+        max_length = n_prompt + first.budget + 1 if n_prompt else 2 * first.budget + 1
+        results = self._model.generate(
+            encoded,
+            [p.prompt_ids + self._prompt + p.prefix_ids for p in plans],
+            beam_size=first.beam,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )
+        rows = np.asarray(encoded) if len(plans) > 1 else None
+        out = []
+        for k, (plan, result) in enumerate(zip(plans, results, strict=True)):
+            ids = [t for t in result.sequences_ids[0] if t < self._eot]
+            own = encoded if rows is None else ctranslate2.StorageView.from_array(
+                np.ascontiguousarray(rows[k : k + 1]))
+            out.append(_Decode(
+                ids=ids,
+                text=str(self._tokenizer.decode(ids)).strip(),
+                budget_hit=len(result.sequences_ids[0]) >= plan.budget,
+                avg_logprob=float(result.scores[0]) if result.scores else 0.0,
+                no_speech_prob=float(result.no_speech_prob),
+                encoded=own,
+                samples=plan.audio.size,
+            ))
+        return out
+
+    def _finish(self, req: DecodeRequest, plan: _Plan, first: _Decode, ms: float,
+                batch: int) -> SttResult:
+        """Loop guards, the final's fallback, no-speech rule and alignment of one decode."""
+        cfg = req.cfg
         t0 = time.perf_counter()
-        first = self._decode(audio, window, cfg=cfg, beam=beam, prompt_ids=prompt_ids,
-                             prefix_ids=prefix_ids)
-        encode_ms = (time.perf_counter() - t0) * 1000.0
         chosen, used_fallback = first, False
-        context = prompt.split()
+        context = req.prompt.split()
         degenerate = self._degenerate(first.text, first.budget_hit, cfg, context)
-        if degenerate and fallback and window < MAX_WINDOW_S * SAMPLE_RATE:
-            second = self._decode(audio, int(MAX_WINDOW_S * SAMPLE_RATE), cfg=cfg, beam=beam,
-                                  prompt_ids=prompt_ids, prefix_ids=prefix_ids)
+        if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
+            full = dataclasses.replace(plan, window=int(MAX_WINDOW_S * SAMPLE_RATE))
+            (second,) = self._decode_group([full])
             chosen, used_fallback = second, True
             # Repetition the full window decodes too is most likely in the speech ("zero
             # zero zero"); only a second budget hit is a loop.
             degenerate = second.budget_hit
-        text = trim_repetitions(chosen.text, chosen.budget_hit, prompt)
-        if degenerate and not fallback:
+        text = trim_repetitions(chosen.text, chosen.budget_hit, req.prompt)
+        if degenerate and not req.fallback:
             # A partial: a loop cut off cleanly is shown (it is the hypothesis up to where
             # the decoder started over); one that still repeats is not.
             degenerate = self._degenerate(text, False, cfg, context)
         if (
-            not prefix
+            not req.prefix
             and chosen.no_speech_prob > cfg.no_speech_threshold
             and chosen.avg_logprob < cfg.log_prob_threshold
         ):
             text = ""
         words: tuple[WordTime, ...] = ()
-        if align and text and not degenerate:
+        if req.align and text and not degenerate:
             words = self._align(chosen, len(text.split()))
-        total_ms = (time.perf_counter() - t0) * 1000.0
+        extra_ms = (time.perf_counter() - t0) * 1000.0
         return SttResult(
             text=text,
             raw_text=chosen.text,
@@ -297,45 +418,11 @@ class WhisperTranscriber:
             avg_logprob=chosen.avg_logprob,
             budget_hit=chosen.budget_hit,
             tokens=len(chosen.ids),
-            encode_ms=encode_ms,
-            decode_ms=total_ms - encode_ms,
+            ms=ms + extra_ms,
             degenerate=degenerate,
             fallback=used_fallback,
             words=words,
-        )
-
-    def _decode(self, audio: npt.NDArray[np.float32], window: int, *, cfg: SttConfig,
-                beam: int, prompt_ids: list[int], prefix_ids: list[int]) -> _Decode:
-        padded = np.zeros(window, np.float32)
-        padded[: audio.size] = audio
-        encoded = self._encode(padded)
-        seconds = max(audio.size / SAMPLE_RATE, 0.1)
-        budget = len(prefix_ids) + cfg.token_budget_base + math.ceil(
-            cfg.max_tokens_per_second * seconds)
-        budget = min(budget, 220)
-        # CTranslate2 counts max_length oddly for Whisper (measured): without a previous-
-        # text prompt it yields at most (max_length - 1) // 2 tokens, with one at most
-        # max_length - len(prompt) - 1. Both are set to give exactly ``budget``.
-        max_length = len(prompt_ids) + budget + 1 if prompt_ids else 2 * budget + 1
-        result = self._model.generate(
-            encoded,
-            [prompt_ids + self._prompt + prefix_ids],
-            beam_size=beam,
-            max_length=max_length,
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )[0]
-        ids = [t for t in result.sequences_ids[0] if t < self._eot]
-        return _Decode(
-            ids=ids,
-            text=str(self._tokenizer.decode(ids)).strip(),
-            budget_hit=len(result.sequences_ids[0]) >= budget,
-            avg_logprob=float(result.scores[0]) if result.scores else 0.0,
-            no_speech_prob=float(result.no_speech_prob),
-            encoded=encoded,
-            samples=audio.size,
+            batch=batch,
         )
 
     @staticmethod

@@ -77,14 +77,22 @@ class VadRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class JobRequest:
-    """One STT or Smart Turn job over ``job.start .. job.end`` of the session's ring."""
+class JobItem:
+    """One STT or Smart Turn job over ``job.start .. job.end`` of a session's ring."""
 
-    request_id: int
     session_key: int
     ring: RingHandle
     job: Job
     stt: SttConfig
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """Work for a job lane: one job, or several sessions' partials, which the worker
+    decodes in shared Whisper batches (same results as one by one, ~2/3 of the cost)."""
+
+    request_id: int
+    items: tuple[JobItem, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +149,8 @@ class VadResult:
 @dataclass(frozen=True, slots=True)
 class JobReply:
     request_id: int
-    session_key: int
-    result: JobResult
+    results: tuple[tuple[int, JobResult], ...]
+    """(session key, result) for each item of the request, in its order."""
     busy_ms: float
     """Wall time the lane was occupied (model time plus ring reads and test stretching)."""
 

@@ -102,6 +102,7 @@ from .protocol import (
     ControlState,
     Heartbeat,
     Hello,
+    JobItem,
     JobReply,
     JobRequest,
     Message,
@@ -145,7 +146,8 @@ class Lane:
     worker: WorkerHandle
     ready: bool = False
     request: VadRequest | JobRequest | None = None
-    task: _Task | None = None
+    tasks: list[_Task] = field(default_factory=list)
+    """The jobs of the request out on a job lane."""
     sent_at: float = 0.0
     last_seen: float = field(default_factory=time.monotonic)
     busy_accum: float = 0.0
@@ -212,6 +214,10 @@ class _Counters:
     jobs_done: int = 0
     job_errors: int = 0
     partials_shed: int = 0
+    decode_batches: int = 0
+    """Job requests that carried several sessions' partials."""
+    batched_partials: int = 0
+    """Partials of such requests that shared a model call with another (equal shape)."""
     speculations_skipped: int = 0
     """Speculative finals abandoned while still queued (never decoded)."""
     jobs_discarded: int = 0
@@ -674,10 +680,38 @@ class Supervisor:
             task = self._next_task(partials=n_idle > reserve)
             if task is None:
                 break
-            s = self._by_key[task.session_key]
-            lane.task = task
-            self._send_request(lane, JobRequest(next(self._request_ids), s.key, s.ring.handle,
-                                                task.job, s.core.config.stt))
+            lane.tasks = [task]
+            if task.job.kind is JobKind.PARTIAL:
+                lane.tasks += self._more_partials(task)
+            job_items = tuple(
+                JobItem(t.session_key, self._by_key[t.session_key].ring.handle, t.job,
+                        self._by_key[t.session_key].core.config.stt) for t in lane.tasks)
+            self._send_request(lane, JobRequest(next(self._request_ids), job_items))
+
+    def _more_partials(self, first: _Task) -> list[_Task]:
+        """Other sessions' queued partials to decode with ``first`` in one request, oldest
+        first, up to ``processor.max_decode_batch`` in all (``batch_processing`` on).
+
+        Only what is already waiting: a lone partial goes at once. The worker batches the
+        ones of equal shape (window, prompt, budget), which costs ~2/3 of decoding them one
+        by one; a final or turn decision is never held up by it (they go alone, and
+        partials never take the last free lane while one is due)."""
+        proc = self.config.processor
+        if not proc.batch_processing or proc.max_decode_batch <= 1:
+            return []
+        out: list[_Task] = []
+        sessions = {first.session_key}
+        for task in sorted(self._queue, key=lambda t: t.seq):
+            if len(out) + 1 >= proc.max_decode_batch:
+                break
+            s = self._by_key.get(task.session_key)
+            if (task.job.kind is not JobKind.PARTIAL or task.session_key in sessions
+                    or s is None or not s.core.wants(task.job)):
+                continue
+            self._queue.remove(task)
+            sessions.add(task.session_key)
+            out.append(task)
+        return out
 
     def _vad_batch(self) -> tuple[VadItem, ...]:
         limit = self.config.processor.max_batch_size if self.config.processor.batch_processing \
@@ -825,7 +859,7 @@ class Supervisor:
         now = time.monotonic()
         lane.busy_accum += now - max(lane.sent_at, self._last_tick)
         lane.request = None
-        lane.task = None
+        lane.tasks = []
 
     def _on_vad_result(self, msg: VadResult, worker_id: int) -> None:
         self.counters.vad_batches += 1
@@ -869,19 +903,26 @@ class Supervisor:
                 self._close(s, "error")
 
     def _on_job_reply(self, msg: JobReply, worker_id: int) -> None:
+        if len(msg.results) > 1:
+            self.counters.decode_batches += 1
+            self.counters.batched_partials += sum(r.batch > 1 for _, r in msg.results)
+        for session_key, result in msg.results:
+            self._on_job_result(session_key, result, worker_id)
+
+    def _on_job_result(self, session_key: int, result: JobResult, worker_id: int) -> None:
         self.counters.jobs_done += 1
-        ok = msg.result.error is None
+        ok = result.error is None
         if not ok:
             self.counters.job_errors += 1
         self._outcomes.append((time.monotonic(), ok))
-        s = self._by_key.get(msg.session_key)
+        s = self._by_key.get(session_key)
         if s is None:
             return
         s.last_worker = worker_id
-        if not s.core.wants(msg.result.job):
+        if not s.core.wants(result.job):
             self.counters.jobs_discarded += 1
         try:
-            s.core.on_result(msg.result)
+            s.core.on_result(result)
             self._pump(s)
         except Exception:
             log.exception("session %s: applying a job result failed", s.session_id)
@@ -945,8 +986,8 @@ class Supervisor:
         """Re-queue exactly what the dead worker owned, tell its sessions, respawn it."""
         affected: dict[int, list[int]] = {}  # session key -> [jobs, windows]
         for lane in w.lanes.values():
-            req, task = lane.request, lane.task
-            lane.request = lane.task = None
+            req, tasks = lane.request, lane.tasks
+            lane.request, lane.tasks = None, []
             if isinstance(req, VadRequest):
                 for item in req.items:
                     s = self._by_key.get(item.session_key)
@@ -958,10 +999,11 @@ class Supervisor:
                     s.ring.set_reader(VAD_READER, s.vad_next)
                     s.vad_in_flight = False
                     affected.setdefault(s.key, [0, 0])[1] += item.count
-            elif task is not None and task.session_key in self._by_key:
-                self._queue.append(task)  # original seq: ranks before younger tasks
-                self.counters.jobs_rerun += 1
-                affected.setdefault(task.session_key, [0, 0])[0] += 1
+            for task in tasks:
+                if task.session_key in self._by_key:
+                    self._queue.append(task)  # original seq: ranks before younger tasks
+                    self.counters.jobs_rerun += 1
+                    affected.setdefault(task.session_key, [0, 0])[0] += 1
         self._forget_worker(w)
         w.close_fds()
         for key, (jobs, frames) in affected.items():

@@ -44,9 +44,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import zmq
 
-from ..engine.jobs import JobKind, JobResult, Models, run_job
+from ..engine.config import SttConfig
+from ..engine.jobs import Job, JobKind, JobResult, Models, run_jobs
 from ..engine.models import ModelPaths
 from .memory import malloc_trim
 from .protocol import (
@@ -275,21 +277,29 @@ class _JobWork:
         if not isinstance(msg, JobRequest):
             return None
         t0 = time.perf_counter()
-        job = msg.job
-        if level >= 1 and job.kind is JobKind.PARTIAL and job.beam_size > 1:
-            # The supervisor already degrades sessions' configs; this also covers partials
-            # issued just before the level changed.
-            job = dataclasses.replace(job, beam_size=1)
-        try:
-            pcm = self.rings.get(msg.ring).read_range(job.start, job.end)
-            audio = pcm.astype(np.float32) / np.float32(32768.0)
-        except (RingError, ValueError, OSError) as exc:
-            result = JobResult(msg.job, error=f"audio unavailable: {type(exc).__name__}: {exc}")
-        else:
-            result = dataclasses.replace(run_job(self.models, job, audio, msg.stt), job=msg.job)
+        results: dict[int, JobResult] = {}
+        runnable: list[tuple[int, Job, npt.NDArray[np.float32], SttConfig]] = []
+        for i, item in enumerate(msg.items):
+            job = item.job
+            if level >= 1 and job.kind is JobKind.PARTIAL and job.beam_size > 1:
+                # The supervisor already degrades sessions' configs; this also covers
+                # partials issued just before the level changed.
+                job = dataclasses.replace(job, beam_size=1)
+            try:
+                pcm = self.rings.get(item.ring).read_range(job.start, job.end)
+            except (RingError, ValueError, OSError) as exc:
+                results[i] = JobResult(item.job, error=f"audio unavailable: "
+                                       f"{type(exc).__name__}: {exc}")
+            else:
+                runnable.append((i, job, pcm.astype(np.float32) / np.float32(32768.0),
+                                 item.stt))
+        done = run_jobs(self.models, [(job, audio, cfg) for _, job, audio, cfg in runnable])
+        for (i, _, _, _), result in zip(runnable, done, strict=True):
+            results[i] = dataclasses.replace(result, job=msg.items[i].job)
         busy = (time.perf_counter() - t0) * 1000.0
         busy += _stretch(busy, self.spec.job_cost_multiplier, 0.0)
-        return JobReply(msg.request_id, msg.session_key, result, busy)
+        return JobReply(msg.request_id, tuple((item.session_key, results[i])
+                                              for i, item in enumerate(msg.items)), busy)
 
 
 def _stretch(ms: float, multiplier: float, extra_ms: float) -> float:
