@@ -1017,3 +1017,39 @@ def test_generated_stubs_are_fresh() -> None:
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100,
         check=False)
     assert run.returncode == 0, f"stubs are stale:\n{run.stdout}\n{run.stderr}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_resume_takes_over_a_stream_still_attached(daemon: Daemon,
+                                                   utterances: list[Utterance]) -> None:
+    """A client that reconnects before the daemon has noticed its old connection is gone
+    (or a second client with the token) resumes at once: the newer stream takes the session
+    over and the old one ends with ABORTED."""
+    pcm = pad_to_whole_windows(utterance_pcm(_utterance(utterances, "spk1_snt1.wav"))
+                               + silence_pcm(1.0))
+
+    async def run() -> tuple[StreamResult, StreamResult]:
+        async with grpc.aio.insecure_channel(daemon.target) as channel:
+            stub = pb_grpc.AlfredStub(channel)
+            old = stub.StreamSession(timeout=STREAM_TIMEOUT_S)
+            await old.write(config_message())
+            started = await asyncio.wait_for(old.read(), 10.0)
+            assert isinstance(started, pb.ServerEvent) and kind(started) == "session_started"
+            token = started.session_started.resume_token
+            old_events = [started]
+            old_reading = asyncio.create_task(read_all(old, old_events, 30.0))
+            # The old stream stays open (not cancelled, not half-closed).
+            new = await send_and_collect(
+                stub, [config_message(resume_token=token)]
+                + [audio_message(i + 1, f) for i, f in enumerate(frames_of(pcm))],
+                timeout=30.0)
+            return await asyncio.wait_for(old_reading, 30.0), new
+
+    old, new = asyncio.run(run())
+    assert old.code == grpc.StatusCode.ABORTED, (old.code, old.details)
+    assert "newer stream" in old.details
+    assert new.code == grpc.StatusCode.OK, (new.code, new.details)
+    assert new.events and new.events[0].session_started.resumed
+    kinds = [kind(e) for e in new.events]
+    assert "final_transcription" in kinds and kinds[-1] == "session_closed", kinds

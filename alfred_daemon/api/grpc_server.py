@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "alfred.v1.Alfred"
 HALF_CLOSE_CHECK_S = 0.05
+TAKEOVER_TIMEOUT_S = 5.0
+"""How long a resume waits for the stream still attached to its session to let go."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,10 @@ class _Attached:
         default_factory=lambda: deque(maxlen=6000))
     """(audio ms at the end of a frame, receive time, client capture time): 2 min of frames."""
     stream_active: bool = False
+    takeover: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by a resume while a stream is still attached: that stream lets go."""
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the attached stream has let go of the session."""
     resume_floor: int | None = None
     """After a resume: frames up to this sequence are re-sends and are skipped."""
     detached_at: float | None = None
@@ -183,6 +189,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         # cancels the handler mid-await), so a failed write is never an orphan exception.
         writer.add_done_callback(lambda t: t.cancelled() or t.exception())
         half_closed = False
+        attached.released.clear()
         try:
             half_closed = await self._read_loop(attached, context, writer)
         finally:
@@ -198,6 +205,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             # retrieved here and never surfaces as an unhandled task exception.
             (outcome,) = await asyncio.gather(writer, return_exceptions=True)
             attached.stream_active = False
+            taken_over = attached.takeover.is_set()
+            attached.released.set()
             if not attached.delivered:
                 attached.detached_at = time.monotonic()
                 # After session_closed went out (routine; whether it arrived is unknown).
@@ -205,7 +214,10 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 log.log(logging.DEBUG if finished else logging.INFO, "session %s %s; resumable "
                         "for %.0f s", attached.session_id, "finished" if finished else
                         "detached", self.config.resume_window_s)
-        if isinstance(outcome, TimeoutError) and not context.cancelled():
+        if taken_over and not context.cancelled():
+            await context.abort(grpc.StatusCode.ABORTED,
+                                "a newer stream resumed this session with its token")
+        elif isinstance(outcome, TimeoutError) and not context.cancelled():
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"client did not read events for "
                                 f"{self.config.write_deadline_s:.0f} s; stream cancelled "
@@ -225,8 +237,16 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                                     "unknown or expired resume token")
                 raise AssertionError  # unreachable
             if attached.stream_active:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    "this session is still attached to another stream")
+                # The usual cause is a client reconnecting before the daemon has noticed
+                # its old connection is gone: the newer stream takes the session over.
+                attached.takeover.set()
+                try:
+                    await asyncio.wait_for(attached.released.wait(), TAKEOVER_TIMEOUT_S)
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                        "this session is still attached to another stream")
+            attached.takeover.clear()
+            attached.released.clear()
             attached.stream_active = True
             attached.detached_at = None
             attached.resume_floor = attached.last_sequence
@@ -321,12 +341,23 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                          writer: asyncio.Task[bool]) -> bool:
         """Apply client messages until the client half-closes (True) or the stream breaks
         (False). Invalid input aborts the stream with INVALID_ARGUMENT."""
+        takeover = asyncio.ensure_future(a.takeover.wait())
+        try:
+            return await self._read_messages(a, context, writer, takeover)
+        finally:
+            takeover.cancel()
+
+    async def _read_messages(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+                             writer: asyncio.Task[bool], takeover: asyncio.Future[Any]) -> bool:
         while True:
             read = asyncio.ensure_future(context.read())
-            done, _ = await asyncio.wait({read, writer}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({read, writer, takeover},
+                                         return_when=asyncio.FIRST_COMPLETED)
             if read not in done:
+                # The writer ended (session closed, or client not reading), or a resume
+                # took the session over.
                 read.cancel()
-                return False  # the writer ended (session closed, or client not reading)
+                return False
             msg = read.result()
             if not isinstance(msg, pb.ClientMessage):
                 # EOF: a half-close (end of input) -- unless the call was cancelled, which
