@@ -74,26 +74,31 @@ def test_partials_of_a_long_utterance_decode_a_bounded_window() -> None:
     assert d.core.stats.forced_anchor_moves == 0
     # However long the utterance, a partial never decodes much more than the target.
     assert max(spans) <= int((3.0 + 0.5 + 0.5) * 16_000), max(spans) / 16_000
-    # The text before the window travels as the prompt: the words just before it.
+    # The text before the window travels as the prompt; the window's first word is the
+    # last one anchored, decoded again whole (and forced as the start of its prefix).
     late = partials[-1]
-    before = late.start // (WORD_WINDOWS * W)
-    assert late.prompt.split()[-1] in {f"w{before - 1}", f"w{before}"}, (late, before)
+    first = -(-late.start // (WORD_WINDOWS * W))
+    assert late.prompt.split()[-1] == f"w{first}", (late, first)
+    assert late.prefix.split()[0] == f"w{first}", (late, first)
     # Every word is shown once, in order: anchored text + window hypothesis.
     shown = of(d.drain(), PartialTranscription)[-1].text.split()
     assert shown == [f"w{i}" for i in range(len(shown))]
 
 
-def test_anchor_cut_goes_to_the_pause_after_a_committed_word() -> None:
+def test_window_restarts_just_before_the_last_committed_word() -> None:
     d = Driver(STREAM)
-    speak(d, 52)
-    speak(d, 2, probability=0.2)  # a pause of 64 ms before w7 (which starts at window 56)
-    partials = speak(d, 80)
+    partials = speak(d, 120)
     moved = [j for j in partials if j.start > 0]
     assert moved, "the anchor never moved"
-    assert moved[0].start == 52 * W, moved[0].start / W
-    assert moved[0].prompt == " ".join(f"w{i}" for i in range(7))
-    # w7 was committed before the cut: it stays the forced prefix of the new window.
-    assert moved[0].prefix.split()[0] == "w7"
+    first = moved[0]
+    # w{k} starts at window 8k; the new window starts 2 windows (64 ms) before it.
+    k = (first.start + 2 * W) // (WORD_WINDOWS * W)
+    assert first.start == (WORD_WINDOWS * k - 2) * W, first.start / W
+    assert first.prompt.split() == [f"w{i}" for i in range(k + 1)]
+    assert first.prefix.split()[0] == f"w{k}"
+    # ... and w{k} is shown once.
+    shown = of(d.drain(), PartialTranscription)[-1].text.split()
+    assert shown == [f"w{i}" for i in range(len(shown))]
 
 
 def test_window_without_agreement_is_cut_by_force_at_window_max() -> None:

@@ -71,13 +71,8 @@ PROMPT_WORDS = 60
 DONE_KEPT = 32
 """Finals remembered for later prompts (the prompt takes at most ``PROMPT_WORDS``)."""
 """Anchored words passed as the prompt; the decoder reads only ``stt.prompt_tokens``."""
-CUT_SEARCH_BEFORE = 12
-CUT_SEARCH_AFTER = 2
-CUT_MARGIN = 2
-"""VAD windows around an aligned word boundary searched for the quietest point to cut at.
-The alignment dates a word from where the next one starts, so a pause after a word lies
-inside its span: the search reaches back up to 384 ms, but not into the word's first
-64 ms."""
+OVERLAP_MARGIN = 2
+"""VAD windows (64 ms) a new window starts before its first word's aligned start."""
 
 
 def ms_to_samples(ms: float) -> int:
@@ -100,6 +95,8 @@ class _FinalSlot:
     """The turn whose transcript this final belongs to."""
     before: str = ""
     """Text committed before the final's window (the utterance's anchored words)."""
+    overlap: int = 0
+    """Leading words of the final's decode that ``before`` already has."""
     event: FinalTranscription | None = None
     filled: bool = False
 
@@ -149,8 +146,9 @@ class _Utterance:
     :meth:`SessionCore._move_anchor`)."""
     anchored: list[str] = field(default_factory=list)
     """Committed words whose audio lies before the anchor: the text before the window."""
-    probs: deque[tuple[int, float]] = field(default_factory=deque)
-    """(window start, VAD probability) since the anchor: where the pauses are."""
+    overlap: int = 0
+    """Leading words of the window that are also the last of ``anchored``: decoded
+    again for their sound, shown once (see :meth:`SessionCore._move_anchor`)."""
     context: list[str] | None = None
     """Words of the finals just before this utterance (``stt.context_s``), the start of
     every decode prompt; None until all those finals are known (see ``_context_of``)."""
@@ -364,8 +362,6 @@ class SessionCore:
                 self._candidate_start = None
         else:
             self.stats.speech_windows += 1
-            if self._utt is not None:
-                self._utt.probs.append((start, probability))
             if probability < cfg.effective_neg_threshold:
                 if self._silence_start is None:
                     self._silence_start = start
@@ -507,7 +503,7 @@ class SessionCore:
         start = utt.anchor
         self._unfilled.add(utt.utterance_id)
         slot = _FinalSlot(utt.utterance_id, utt.start, end_of_speech, self._turn,
-                          before=" ".join(utt.anchored))
+                          before=" ".join(utt.anchored), overlap=utt.overlap)
         self._queue.append(slot)  # queued now: it orders every later event behind it
         self._queued_ms = max(self._queued_ms, samples_to_ms(end_of_speech))
         spec = utt.speculation
@@ -608,7 +604,7 @@ class SessionCore:
                 self._issue(JobKind.PARTIAL, utt.utterance_id, utt.anchor, self.position,
                             beam_size=cfg.stt.partial_beam_size, prefix=utt.stable.text,
                             prompt=self._prompt(utt),
-                            align=window >= ms_to_samples(cfg.stt.window_target_s * 1000))
+                            align=self._may_move_anchor(utt, window))
         turn = self._turn
         if (
             turn is None
@@ -657,8 +653,8 @@ class SessionCore:
             self._queued_ms = max(self._queued_ms, samples_to_ms(self.position))
             self._set_final(slot, "", 0.0)
             # A partial still in flight belongs to the old utterance: its result is stale.
-            new.start, new.anchor, new.stable, new.probs = (
-                utt.anchor, utt.anchor, utt.stable, utt.probs)
+            new.start, new.anchor, new.stable, new.overlap = (
+                utt.anchor, utt.anchor, utt.stable, utt.overlap)
         else:
             self._finalise(utt, self.position, self.position)
         self._utt = new
@@ -676,7 +672,7 @@ class SessionCore:
             # keep the promise to the client regardless.
             n = len(job.prefix.split())
             text = " ".join([job.prefix, *text.split()[n:]])
-        self._set_final(slot, text, result.ms)
+        self._set_final(slot, " ".join(text.split()[slot.overlap :]), result.ms)
 
     def _set_final(self, slot: _FinalSlot, text: str, ms: float) -> None:
         text = " ".join(t for t in (slot.before, text) if t)
@@ -714,13 +710,13 @@ class SessionCore:
             return  # a loop is never shown; the next partial tries again
         if result.error is not None or not result.text:
             return
-        text = utt.stable.update(result.text, commit=self._may_commit(utt, job))
+        shown = utt.stable.update(result.text, commit=self._may_commit(utt, job)).split()
         self.stats.partials += 1
-        before = " ".join(utt.anchored)
         self._emit(PartialTranscription(
             audio_offset_ms=samples_to_ms(job.end), processing_ms=round(result.ms, 2),
-            utterance_id=utt.utterance_id, text=" ".join(t for t in (before, text) if t),
-            stable_text=" ".join(t for t in (before, utt.stable.text) if t),
+            utterance_id=utt.utterance_id,
+            text=" ".join([*utt.anchored, *shown[utt.overlap :]]),
+            stable_text=" ".join([*utt.anchored, *utt.stable.committed[utt.overlap :]]),
         ))
         if job.start == utt.anchor:
             self._move_anchor(utt, job, result)
@@ -732,15 +728,27 @@ class SessionCore:
         consistently, so agreement alone does not catch it."""
         return job.end - utt.start >= ms_to_samples(self.config.stt.min_commit_audio_ms)
 
+    def _may_move_anchor(self, utt: _Utterance, window: int) -> bool:
+        """Whether a partial of ``window`` samples may lead to an anchor move, and so needs
+        word times (an alignment pass costs ~20 % of a partial): the window is past the
+        target and something beyond its first word is committed, or it is past the
+        maximum (a forced move)."""
+        stt = self.config.stt
+        if window >= ms_to_samples(stt.window_max_s * 1000):
+            return True
+        return (window >= ms_to_samples(stt.window_target_s * 1000)
+                and len(utt.stable.committed) > utt.overlap + 1)
+
     def _move_anchor(self, utt: _Utterance, job: Job, result: JobResult) -> None:
         """Move committed words out of a window that grew past ``stt.window_target_s``.
 
-        The cut goes after one of the committed words, at the quietest VAD window near
-        the word boundary the alignment gives (a pause if there is one; the latest such
-        when several are): the words before it join ``anchored`` (the prompt of later
-        decodes), the window restarts at the cut, and committed words after it stay the
-        window's forced prefix. Past ``stt.window_max_s`` with nothing committed, the
-        newest hypothesis's words but its last two are committed as they stand.
+        The committed words join ``anchored`` (the prompt of later decodes), and the
+        window restarts just before the last of them, which stays in it as the first word
+        of the forced prefix (``utt.overlap``; it is shown once). Decoding a
+        boundary word again, whole, is what keeps the cut from clipping words: cutting
+        between two words, even at the quietest point, lost some ("in the middle of the"
+        lost its "of the"). Past ``stt.window_max_s`` with nothing committed, the newest
+        hypothesis's words but its last two are committed as they stand.
         """
         cfg = self.config
         window = job.end - utt.anchor
@@ -751,37 +759,26 @@ class SessionCore:
         if not words or [w.word for w in words] != hyp:
             return  # no (usable) alignment: try with the next partial
         committed = common_prefix_words(utt.stable.committed, hyp)
-        forced = False
-        if committed == 0:
+        forced = committed <= utt.overlap
+        if forced:
             if window < ms_to_samples(cfg.stt.window_max_s * 1000):
                 return
-            committed, forced = max(0, len(hyp) - 2), True
-            if committed == 0:
-                return
-        candidates: list[tuple[int, int, float]] = []  # (words before the cut, cut, VAD p)
-        for k in range(1, committed + 1):
-            boundary = job.start + (words[k].start if k < len(words) else words[k - 1].end)
-            lo = max(job.start + words[k - 1].start + CUT_MARGIN * WINDOW,
-                     boundary - CUT_SEARCH_BEFORE * WINDOW)
-            near = [(start, prob) for start, prob in utt.probs
-                    if lo <= start <= boundary + CUT_SEARCH_AFTER * WINDOW]
-            cut, score = min(near, key=lambda sp: sp[1]) if near else (boundary, 1.0)
-            if utt.anchor < cut < job.end:
-                candidates.append((k, cut, score))
-        if not candidates:
+            committed = len(hyp) - 2
+        last = committed - 1  # the last word anchored, and the new window's first
+        if last < max(1, utt.overlap):
+            return  # nothing new to anchor, or a one-word window
+        anchor = job.start + words[last].start - OVERLAP_MARGIN * WINDOW
+        if anchor <= utt.anchor:
             return
-        # The latest cut at a pause (VAD below its speech-end threshold), else the quietest.
-        pauses = [c for c in candidates if c[2] < cfg.vad.effective_neg_threshold]
-        k, cut, _ = pauses[-1] if pauses else min(candidates, key=lambda c: (c[2], -c[0]))
-        utt.anchored.extend(hyp[:k] if forced else utt.stable.committed[:k])
-        utt.anchor = cut
+        source = hyp if forced else utt.stable.committed
+        utt.anchored.extend(source[utt.overlap : last + 1])
+        utt.anchor = anchor
+        utt.overlap = 1
         if forced:
-            utt.stable.reset()
+            utt.stable.restart([hyp[last]])
             self.stats.forced_anchor_moves += 1
         else:
-            utt.stable.rebase(k)
-        while utt.probs and utt.probs[0][0] < cut:
-            utt.probs.popleft()
+            utt.stable.rebase(last)
         self.stats.anchor_moves += 1
 
     def _on_turn(self, job: Job, result: JobResult) -> None:

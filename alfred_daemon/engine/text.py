@@ -167,6 +167,11 @@ class StablePrefix:
         self.committed = []
         self._history = []
 
+    def restart(self, committed: list[str]) -> None:
+        """Start over from ``committed`` (words forced as committed, with no history)."""
+        self.committed = list(committed)
+        self._history = []
+
     def rebase(self, k: int) -> None:
         """Forget the first ``k`` committed words (they moved out of the decode window):
         later hypotheses start after them, and so do the ones kept for agreement."""
