@@ -118,8 +118,8 @@ def main() -> int:
     one = EngineConfig(vad=VadConfig(min_silence_ms=2_000))
     base_p95 = None
     for seconds in BANDS_S:
-        # Similar numbers of partials per band (a 2 s utterance has three).
-        repeats = 1 if seconds >= 60 else (2 if seconds >= 16 else (4 if seconds >= 8 else 12))
+        # Enough partials per band for a p95 (a 2 s utterance has one or two).
+        repeats = 2 if seconds >= 60 else (4 if seconds >= 16 else (8 if seconds >= 8 else 40))
         partials: list[float] = []
         finals: list[float] = []
         windows: list[float] = []

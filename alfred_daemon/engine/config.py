@@ -94,14 +94,15 @@ class SttConfig:
     """Silence appended after the audio of every decode window. Whisper learned that
     speech is followed by more audio; a window ending with the speech makes it start the
     sentence over (tests/data/long: 41 % WER without, 12 % with 2 s and the fallback)."""
-    window_target_s: float = 3.0
+    window_target_s: float = 2.0
     """Once this much audio lies between a partial's window start (the utterance's
     *anchor*) and its end, the partial's committed words are moved out of the window: the
     anchor advances to just before the last of them and they become the next decodes'
     prompt. So a partial decodes about this much audio however long the utterance runs
     (a decode's cost follows the audio in it: ~80 ms for 1.5 s, ~120 ms for 3.5 s,
-    ~180-230 ms for 5.5 s here)."""
-    window_max_s: float = 6.0
+    ~180-230 ms for 5.5 s here). 2 s windows cost no accuracy against 3 s ones
+    (tests/data/long WER 7.2 % vs 7.5 %, Whisper normaliser; see benchmarks/README.md)."""
+    window_max_s: float = 4.0
     """If nothing new was committed by the time the window holds this much audio (no
     partials agree: noise, mumbling), the anchor moves anyway, past the newest hypothesis's
     words but its last two, which are committed as they stand."""
