@@ -17,7 +17,7 @@ import pytest
 from alfred_daemon.engine.audio import float_to_pcm16
 from alfred_daemon.engine.config import EngineConfig, SttConfig, VadConfig
 from alfred_daemon.engine.events import Event, FinalTranscription, PartialTranscription
-from alfred_daemon.engine.jobs import JobKind, Models
+from alfred_daemon.engine.jobs import JobKind, JobResult, Models
 from alfred_daemon.engine.session import Session
 from alfred_daemon.engine.stt import DecodeRequest
 from alfred_daemon.engine.text import find_repetition, norm_text
@@ -166,6 +166,29 @@ def test_speech_over_a_noise_floor_keeps_its_words(
     print(f"WER clean {w_clean:.4f}, with a -50 dBFS floor {w_noisy:.4f}")
     assert w_noisy <= w_clean + 0.03
     assert not repeats, repeats
+
+
+def test_a_sentence_said_again_is_transcribed_again_without_the_30s_window(
+    models: Models, utterances: list[Utterance]
+) -> None:
+    """A speaker who repeats a sentence: each later decode's prompt (the recent finals)
+    ends with the words it hears, which the loop guard reads as the decoder copying its
+    prompt. The decode is then redone without the prompt, and a clean one is kept; before,
+    every such final went to the 30 s window (~4x the cost, ~800 ms here) and its
+    no-speech rule emptied some of them."""
+    sentence = next(u for u in utterances if u.file == "spk2_snt2.wav")  # "what joy ..."
+    audio = np.concatenate([sentence.audio, silence(1.5)] * 3)
+    results: list[JobResult] = []
+    session = Session(models, on_job=results.append)
+    pcm = float_to_pcm16(audio)
+    events: list[Event] = []
+    for i in range(0, len(pcm), 640):
+        events += session.push(pcm[i : i + 640])
+    events += session.close()
+    finals = [norm_text(e.text) for e in events if isinstance(e, FinalTranscription)]
+    assert finals == [sentence.transcript] * 3, finals
+    fallbacks = [r.text for r in results if r.job.kind is JobKind.FINAL and r.fallback]
+    assert fallbacks == [], fallbacks
 
 
 def test_partials_of_several_sessions_decoded_together_equal_one_by_one(

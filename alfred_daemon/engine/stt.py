@@ -389,6 +389,17 @@ class WhisperTranscriber:
         chosen, used_fallback = first, False
         context = req.prompt.split()
         degenerate = self._degenerate(first.text, first.budget_hit, cfg, context)
+        if (degenerate and plan.prompt_ids
+                and not self._degenerate(first.text, first.budget_hit, cfg, [])):
+            # Clean on its own, it repeats only the prompt's words: the speaker said them
+            # again ("yes." "yes." "yes."), or the decoder copied its prompt. Decoded without
+            # the prompt, the first gives the same words and the second the heard ones;
+            # either is kept if clean. Far cheaper than the 30 s window, and a repeated
+            # sentence is not sent to that window's no-speech rule, which can empty it.
+            (bare,) = self._decode_group([dataclasses.replace(plan, prompt_ids=[])])
+            if not self._degenerate(bare.text, bare.budget_hit, cfg, []):
+                chosen, degenerate = bare, False
+                context = []
         if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
             full = dataclasses.replace(plan, window=int(MAX_WINDOW_S * SAMPLE_RATE))
             (second,) = self._decode_group([full])
@@ -396,7 +407,7 @@ class WhisperTranscriber:
             # Repetition the full window decodes too is most likely in the speech ("zero
             # zero zero"); only a second budget hit is a loop.
             degenerate = second.budget_hit
-        text = trim_repetitions(chosen.text, chosen.budget_hit, req.prompt)
+        text = trim_repetitions(chosen.text, chosen.budget_hit, " ".join(context))
         if degenerate and not req.fallback:
             # A partial: a loop cut off cleanly is shown (it is the hypothesis up to where
             # the decoder started over); one that still repeats is not.
