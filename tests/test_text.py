@@ -180,7 +180,7 @@ def test_stable_prefix_reset_and_validation() -> None:
     sp.update("a b c")
     sp.update("a b c d")
     assert sp.text
-    sp.reset()
+    sp.restart([])
     assert sp.text == ""
     sp.update("x y")
     assert sp.text == ""  # history was cleared too

@@ -68,9 +68,9 @@ log = logging.getLogger(__name__)
 
 MS = SAMPLE_RATE // 1000  # samples per millisecond
 PROMPT_WORDS = 60
+"""Anchored words passed as the prompt; the decoder reads only ``stt.prompt_tokens``."""
 DONE_KEPT = 32
 """Finals remembered for later prompts (the prompt takes at most ``PROMPT_WORDS``)."""
-"""Anchored words passed as the prompt; the decoder reads only ``stt.prompt_tokens``."""
 OVERLAP_MARGIN = 2
 """VAD windows (64 ms) a new window starts before its first word's aligned start."""
 

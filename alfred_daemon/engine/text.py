@@ -163,10 +163,6 @@ class StablePrefix:
                 self.committed = words[:agreed]
         return " ".join(words)
 
-    def reset(self) -> None:
-        self.committed = []
-        self._history = []
-
     def restart(self, committed: list[str]) -> None:
         """Start over from ``committed`` (words forced as committed, with no history)."""
         self.committed = list(committed)
