@@ -275,6 +275,85 @@ def test_never_two_partials_in_flight() -> None:
     assert second.end == (6 * PARTIAL_WINDOWS + 1) * W
 
 
+def test_a_queued_partial_extends_to_the_audio_analysed_when_it_starts() -> None:
+    """An executor that starts a queued partial late gets the newest audio in it (the wait
+    does not age the partial), the result is applied as that longer job, and the next
+    partial's interval counts from the new end."""
+    d = Driver()
+    d.speech(PARTIAL_WINDOWS)
+    queued = d.only_pending(JobKind.PARTIAL)
+    d.speech(10)  # analysed while the partial waited for a lane
+    started = d.core.extend(queued)
+    assert (started.start, started.end) == (queued.start, (PARTIAL_WINDOWS + 10) * W)
+    assert d.core.wants(started)
+    assert d.core.extend(started) is started  # nothing new since: unchanged
+    d.pending = [started]
+    d.reply(started, text="hello there")
+    partial = of(d.drain(), PartialTranscription)[-1]
+    assert partial.audio_offset_ms == (PARTIAL_WINDOWS + 10) * WMS
+    d.speech(PARTIAL_WINDOWS - 1)
+    assert d.pending_of(JobKind.PARTIAL) == []  # interval measured from the extended end
+    d.speech(1)
+    assert d.only_pending(JobKind.PARTIAL).end == (2 * PARTIAL_WINDOWS + 10) * W
+
+
+def test_extend_leaves_paused_ended_and_other_jobs_alone() -> None:
+    d = Driver()
+    d.speech(PARTIAL_WINDOWS)
+    queued = d.only_pending(JobKind.PARTIAL)
+    d.silence(2)  # a pause has begun: silence is not what a partial should show
+    assert d.core.extend(queued) is queued
+    d.silence(MIN_SILENCE_WINDOWS)  # the utterance ended
+    assert d.core.extend(queued) is queued
+    d.reply(queued, text="hello")  # the final waited for it
+    final = d.only_pending(JobKind.FINAL)
+    assert d.core.extend(final) is final
+
+
+def test_a_queued_partial_is_superseded_once_its_utterance_pauses() -> None:
+    """The final waits for a partial in flight; a partial still queued when the speech
+    pauses is better skipped, and then the final (here the speculative one) goes at once."""
+    d = Driver(speculative(partials=True))
+    d.speech(PARTIAL_WINDOWS)
+    queued = d.only_pending(JobKind.PARTIAL)
+    assert not d.core.superseded(queued)  # still speaking: it is wanted
+    d.silence(SPEC_POSTROLL_WINDOWS)
+    assert d.pending_of(JobKind.FINAL) == []  # the speculation waits for the partial
+    assert d.core.superseded(queued)
+    d.pending.remove(queued)
+    d.core.on_result(JobResult.skip(queued, "superseded by the final"))
+    (spec,) = d.collect()
+    assert spec.kind is JobKind.FINAL and d.core.is_speculative(spec)
+    assert of(d.drain(), PartialTranscription) == []  # a skipped partial shows nothing
+    assert not d.core.superseded(spec)
+
+
+def test_a_partial_of_an_utterance_that_ended_is_superseded() -> None:
+    d = Driver()
+    d.speech(PARTIAL_WINDOWS)
+    queued = d.only_pending(JobKind.PARTIAL)
+    d.silence(MIN_SILENCE_WINDOWS)
+    assert d.pending_of(JobKind.FINAL) == []  # held for the partial
+    assert d.core.superseded(queued)
+    d.pending.remove(queued)
+    d.core.on_result(JobResult.skip(queued, "superseded by the final"))
+    assert JobKind.FINAL in [j.kind for j in d.collect()]
+
+
+def test_final_pending_covers_the_unconfirmed_pause_only() -> None:
+    """What job lanes are reserved for: a final is coming. The turn decision that follows
+    runs on a turn lane and does not count."""
+    d = Driver(speculative())
+    d.speech(20)
+    assert not d.core.final_pending
+    d.silence(1)
+    assert d.core.final_pending
+    d.silence(MIN_SILENCE_WINDOWS)
+    assert d.pending_of(JobKind.FINAL)
+    assert not d.core.final_pending
+    assert d.core.decision_pending or d.pending_of(JobKind.TURN)
+
+
 def test_no_partials_when_disabled() -> None:
     d = Driver(no_partials())
     d.speech(10 * PARTIAL_WINDOWS)

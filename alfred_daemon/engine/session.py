@@ -303,6 +303,54 @@ class SessionCore:
         return (turn is not None and self.turn_model and self.config.turn.enabled
                 and not turn.evaluated and self._last_speech_end is not None)
 
+    @property
+    def final_pending(self) -> bool:
+        """A final will be asked for within ~``min_silence_ms`` (speech paused, the pause
+        not confirmed yet): the part of :attr:`decision_pending` that needs a decoder."""
+        return self._in_speech and self._silence_start is not None
+
+    def superseded(self, job: Job) -> bool:
+        """Whether ``job``, a partial not started yet, had better not run: its utterance's
+        speech has paused or ended. The final waits for every partial in flight (a partial
+        may extend the final's forced prefix), so under load a queued partial would delay
+        the final by its wait and its decode. An executor with a queue answers it with
+        :meth:`JobResult.skip` instead; the final then goes at once, with the words
+        committed so far."""
+        if job.kind is not JobKind.PARTIAL or job.job_id not in self._in_flight:
+            return False
+        if job.ref_id in self._held:
+            return True
+        utt = self._utt
+        return (utt is not None and utt.utterance_id == job.ref_id
+                and self._silence_start is not None)
+
+    def extend(self, job: Job) -> Job:
+        """``job`` (issued earlier, not started yet) reaching up to the audio analysed now.
+
+        An executor calls this as it starts a queued partial: the partial then shows the
+        speech up to that moment instead of up to when it was queued, so time spent in the
+        queue does not make it older (same decode cost: the window is padded to a few fixed
+        lengths anyway). Other jobs, and a partial whose utterance has paused or ended,
+        come back unchanged.
+        """
+        utt = self._utt
+        if (
+            job.kind is not JobKind.PARTIAL
+            or self._in_flight.get(job.job_id) is not job
+            or utt is None
+            or utt.utterance_id != job.ref_id
+            or job.start != utt.anchor
+            or not self._in_speech
+            or self._silence_start is not None
+            or self.position <= job.end
+        ):
+            return job
+        longer = dataclasses.replace(
+            job, end=self.position, align=self._may_move_anchor(utt, self.position - job.start))
+        self._in_flight[job.job_id] = longer
+        utt.last_partial_at = self.position
+        return longer
+
     def is_speculative(self, job: Job) -> bool:
         """``job`` is a final decode issued before its speech end was confirmed (and not
         yet adopted by the confirmation): useful, but not yet owed to the client."""

@@ -32,9 +32,13 @@ class ProcessorConfig:
     partials in shared Whisper calls (``False``: one session per call)."""
     max_batch_size: int = 32
     """Most sessions in one VAD batch."""
-    max_decode_batch: int = 4
-    """Most partials (of different sessions) in one job request. Measured on one core:
-    batches of 2 cost ~2/3 of separate decodes, larger ones little less."""
+    max_decode_batch: int = 1
+    """Most partials (of different sessions) in one job request. A batch of 2 costs ~2/3 of
+    two separate decodes, but it holds its lane until the slowest is done, and a final or
+    turn decision due meanwhile waits for all of them: six realistic sessions on two cores
+    had a p95 partial lag of 517 ms with batches of up to 4 against 358 ms without, and no
+    better finals (benchmarks/README.md). So off by default; raise it where cores are many
+    and partials few."""
     processing_timeout: float = 10.0
     """Seconds a worker may spend on one job before it is considered hung and replaced."""
     max_concurrent_sessions: int = 32

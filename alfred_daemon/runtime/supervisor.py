@@ -24,6 +24,10 @@ Scheduling (``_dispatch``)
   lanes are kept from partials (unless one has waited ``processor.reserve_patience_ms``:
   under load a held lane is lost capacity); speculative finals (see the engine's session
   module) start in that pause, so the final is usually decoded when the pause is confirmed.
+* **A partial shows the audio of when it starts**, not of when it was queued
+  (:meth:`SessionCore.extend`): under load the wait in the queue does not age it. A queued
+  partial whose utterance has paused is dropped (:meth:`SessionCore.superseded`): the
+  final would wait for it.
 * Each lane has at most one request outstanding, so the supervisor always knows exactly
   what a dead worker was doing and re-queues exactly that.
 
@@ -214,6 +218,8 @@ class _Counters:
     jobs_done: int = 0
     job_errors: int = 0
     partials_shed: int = 0
+    partials_superseded: int = 0
+    """Queued partials dropped because their utterance paused: the final waits for them."""
     decode_batches: int = 0
     """Job requests that carried several sessions' partials."""
     batched_partials: int = 0
@@ -633,6 +639,11 @@ class Supervisor:
         """Move a session's new jobs to the queue and its ready events to its client."""
         if s.closed_reason is not None:
             return
+        for task in [t for t in self._queue if t.session_key == s.key
+                     and s.core.superseded(t.job)]:
+            self._queue.remove(task)
+            self.counters.partials_superseded += 1
+            s.core.on_result(JobResult.skip(task.job, "superseded by the final"))
         for job in s.core.take_jobs():
             self._queue.append(_Task(next(self._task_seq), s.key, job))
         for ev in s.core.drain_events():
@@ -680,13 +691,19 @@ class Supervisor:
             task = self._next_task(partials=n_idle > reserve)
             if task is None:
                 break
-            lane.tasks = [task]
+            tasks = [task]
             if task.job.kind is JobKind.PARTIAL:
-                lane.tasks += self._more_partials(task)
-            job_items = tuple(
-                JobItem(t.session_key, self._by_key[t.session_key].ring.handle, t.job,
-                        self._by_key[t.session_key].core.config.stt) for t in lane.tasks)
-            self._send_request(lane, JobRequest(next(self._request_ids), job_items))
+                tasks += self._more_partials(task)
+            self._send_tasks(lane, tasks)
+
+    def _send_tasks(self, lane: Lane, tasks: list[_Task]) -> None:
+        items = []
+        for t in tasks:
+            s = self._by_key[t.session_key]
+            t.job = s.core.extend(t.job)  # a queued partial shows the audio of now
+            items.append(JobItem(t.session_key, s.ring.handle, t.job, s.core.config.stt))
+        lane.tasks = tasks
+        self._send_request(lane, JobRequest(next(self._request_ids), tuple(items)))
 
     def _more_partials(self, first: _Task) -> list[_Task]:
         """Other sessions' queued partials to decode with ``first`` in one request, oldest
