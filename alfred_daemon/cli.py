@@ -240,16 +240,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from .engine.errors import EngineError
     from .ops.logs import setup_logging
+    from .ops.security import exposure, insecure_refusal, insecure_warning
     from .ops.serve import serve
     from .runtime.rundir import RuntimeDirError
 
     try:
         cfg = _serve_config(args)
+        exposed = exposure(cfg.grpc.listen, cfg.http.host)
+        if exposed and not cfg.security.allow_insecure:
+            print(f"alfred-daemon: {insecure_refusal(exposed)}", file=sys.stderr)
+            return 2
         setup_logging(cfg.logging.level, cfg.logging.format,
                       Path(cfg.logging.file) if cfg.logging.file else None)
         pid_file = Path(cfg.logging.pid_file) if cfg.logging.pid_file else None
+        warnings = [insecure_warning(exposed)] if exposed else []
         return asyncio.run(serve(cfg.runtime, cfg.grpc, http_config=cfg.http,
-                                 pid_file=pid_file, config_path=args.config))
+                                 pid_file=pid_file, config_path=args.config,
+                                 warnings=warnings))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,12 +28,14 @@ def jfk_pcm(tail_s: float = 1.0) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def live_http(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, HttpApi]]:
+async def live_http(tmp_path: Path, **runtime: Any) -> AsyncIterator[tuple[Supervisor, HttpApi]]:
     """Supervisor (2 real workers) + HTTP on a free port; stopped afterwards. The ladder is
-    held at NORMAL (``steady_ladder``): a test compares WebSocket and gRPC finals."""
+    held at NORMAL (``steady_ladder``): a test compares WebSocket and gRPC finals.
+    ``runtime``: further :class:`RuntimeConfig` fields."""
     sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
                                    shm_prefix=f"alfhttp{secrets.token_hex(3)}",
-                                   workers=WorkersConfig(count=2), **steady_ladder()))
+                                   workers=WorkersConfig(count=2),
+                                   **{**steady_ladder(), **runtime}))
     await sup.start()
     http = HttpApi(sup, HttpConfig(port=0))
     try:

@@ -60,8 +60,17 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
                 r = await client.post(f"{base}/optimize", json={"triggerGC": True,
                                                                 "cleanupSessions": False})
                 out["optimize"] = (r.status, await r.json())
-                r = await client.post(f"{base}/optimize", data="{not json")
+                r = await client.post(f"{base}/optimize", data="{not json",
+                                      headers={"Content-Type": "application/json"})
                 out["bad_json"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", data=b"\xff\xfe",
+                                      headers={"Content-Type": "application/json"})
+                out["not_utf8"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", data="[" * 2000 + "]" * 2000,
+                                      headers={"Content-Type": "application/json"})
+                out["deep"] = (r.status, await r.json())
+                r = await client.post(f"{base}/optimize", data='{"triggerGC": true}')
+                out["text_plain"] = (r.status, await r.json())
                 r = await client.post(f"{base}/optimize", json={"triggerGC": "yes"})
                 out["bad_type"] = (r.status, await r.json())
                 r = await client.post(f"{base}/optimize", json={"gc": True})
@@ -120,6 +129,9 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
     assert "freedMB" in done and "memoryBeforeMB" in done
     assert out["optimize_after"]["gcTriggered"] >= 1
     assert out["bad_json"][0] == 400 and "not JSON" in out["bad_json"][1]["error"]["message"]
+    assert out["not_utf8"][0] == 400 and "UTF-8" in out["not_utf8"][1]["error"]["message"]
+    assert out["deep"][0] == 400 and "nested" in out["deep"][1]["error"]["message"]
+    assert out["text_plain"][0] == 415  # what a cross-site form could send
     assert out["bad_type"][0] == 400 and "triggerGC" in out["bad_type"][1]["error"]["message"]
     assert out["bad_field"][0] == 400 and "gc" in out["bad_field"][1]["error"]["message"]
     assert out["healthz"][0] == 200 and out["readyz"][0] == 200
@@ -175,16 +187,26 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
                 async with client.ws_connect(f"{base}/ws") as ws:
                     await ws.send_bytes(b"\x00\x00" * 320)
                     out["ws_audio_first"] = await ws.receive_json(timeout=10)
-                # POST /process_frame: 20 ms frames, the first one creates the session.
+                # POST /process_frame: 20 ms frames, the first one creates the session
+                # and its answer names it.
                 answers = []
+                sid = ""
                 for i in range(0, 16_000 * 2 * 2, 640):  # 2 s
                     form = aiohttp.FormData()
-                    form.add_field("session_id", "http-client-1")
+                    if sid:
+                        form.add_field("session_id", sid)
                     form.add_field("audio", pcm[i : i + 640], filename="frame.pcm")
                     r = await client.post(f"{base}/process_frame", data=form)
                     answers.append((r.status, await r.json()))
+                    sid = answers[-1][1].get("sessionId", "")
+                # A made-up id (or one a client saw elsewhere) does not join a session.
                 form = aiohttp.FormData()
                 form.add_field("session_id", "http-client-1")
+                form.add_field("audio", pcm[:640], filename="frame.pcm")
+                r = await client.post(f"{base}/process_frame", data=form)
+                out["pf_made_up"] = (r.status, await r.json())
+                form = aiohttp.FormData()
+                form.add_field("session_id", sid)
                 form.add_field("audio", b"\x00\x01\x02", filename="odd.pcm")
                 r = await client.post(f"{base}/process_frame", data=form)
                 out["pf_odd"] = (r.status, await r.json())
@@ -218,6 +240,10 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
 
     answers = out["pf"]
     assert all(code == 200 for code, _ in answers)
+    assert len({a["sessionId"] for _, a in answers}) == 1  # one session, the daemon's id
+    assert answers[0][1]["sessionId"] != "http-client-1"
+    assert out["pf_made_up"][0] == 404
+    assert "first frame" in out["pf_made_up"][1]["error"]["message"]
     frame_events = [e for _, a in answers for e in a["events"] if e["type"] == "frameProcessed"]
     windows = sum(a["windows"] for _, a in answers)
     assert windows >= 60 and len(frame_events) >= windows - 2  # each analysed window answered

@@ -5,6 +5,7 @@ screenshot is saved to test-artifacts/monitor.png."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from alfred_daemon.api.http_server import HttpApi
+from alfred_daemon.runtime.config import LimitsConfig
 from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO
@@ -28,6 +30,17 @@ def chromium() -> str:
     if path is None:
         pytest.fail("chromium is not installed (make setup installs Debian's chromium)")
     return path
+
+
+async def wait_js(page: Any, expression: str, timeout_s: float = 15.0) -> None:
+    """Poll ``expression`` in the page until it is truthy. Playwright's wait_for_function
+    compiles its argument inside the page, which the monitor's Content-Security-Policy
+    (no eval) forbids; page.evaluate goes through the DevTools protocol instead."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression} still false after {timeout_s} s")
+        await asyncio.sleep(0.1)
 
 
 def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
@@ -62,8 +75,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                                                    args=["--no-sandbox"])
                 page = await browser.new_page(viewport={"width": 1400, "height": 1000})
                 await page.goto(f"http://127.0.0.1:{http.port}/monitor")
-                await page.wait_for_function("window.alfredMonitor.updates >= 2",
-                                             timeout=15_000)
+                await wait_js(page, "window.alfredMonitor.updates >= 2")
                 first = await page.evaluate(
                     "document.getElementById('c-throughput').toDataURL()")
                 out["rows"] = await page.locator("#sessions tbody tr").count()
@@ -77,8 +89,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                 out["banner"] = await page.text_content("#banner")
                 before = sup.status()["resourceOptimization"]["memoryOptimizations"]
                 await page.click("#optimize")
-                await page.wait_for_function("window.alfredMonitor.optimized !== undefined",
-                                             timeout=15_000)
+                await wait_js(page, "window.alfredMonitor.optimized !== undefined")
                 out["optimize_text"] = await page.text_content("#optimize-result")
                 out["optimizations"] = (
                     before, sup.status()["resourceOptimization"]["memoryOptimizations"])
@@ -99,3 +110,70 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     assert out["optimize_text"] and out["optimize_text"].startswith("freed")
     assert out["optimizations"][1] == out["optimizations"][0] + 1
     assert (ARTIFACTS / "monitor.png").stat().st_size > 10_000
+
+
+def _note_dialog(seen: list[str], dialog: Any) -> None:
+    seen.append(dialog.message)
+
+
+XSS_IDS = [
+    '<img src=x onerror="document.title=\'XSS\'">',
+    "<script>document.title='XSS'</script>",
+    "<b>bold</b>",
+    "x</td><td><img src=x onerror=alert(1)>",
+    '"><svg onload="document.title=\'XSS\'">',
+    "&lt;i&gt;escaped&lt;/i&gt;",
+]
+"""Session ids as a hostile client would choose them (through the supervisor's API: the
+HTTP and gRPC surfaces no longer let a client choose one, but the page must not depend on
+that)."""
+
+
+def test_session_ids_render_as_text_never_as_html(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    browser_path = chromium()
+    out: dict[bool, dict[str, Any]] = {}
+
+    async def main() -> None:
+        # The sessions get no audio; they must outlive the first-audio rule for the test.
+        async with live_http(tmp_path, limits=LimitsConfig(firstAudioTimeout=120.0)) as (
+                sup, http):
+            for sid in XSS_IDS:
+                sup.open_session(session_id=sid)
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=browser_path,
+                                                   args=["--no-sandbox"])
+                # Under the page's Content-Security-Policy, and without it: rendering as
+                # text must hold on its own.
+                for bypass_csp in (False, True):
+                    context = await browser.new_context(bypass_csp=bypass_csp)
+                    page = await context.new_page()
+                    dialogs: list[str] = []
+                    page.on("dialog", functools.partial(_note_dialog, dialogs))
+                    await page.goto(f"http://127.0.0.1:{http.port}/monitor")
+                    await wait_js(page, "window.alfredMonitor.updates >= 2")
+                    out[bypass_csp] = {
+                        "title": await page.title(),
+                        "dialogs": dialogs,
+                        "cells": await page.eval_on_selector_all(
+                            "#sessions tbody tr td:first-child",
+                            "tds => tds.map(td => td.textContent)"),
+                        "injected": await page.evaluate(
+                            "document.querySelectorAll('#sessions img, #sessions script, "
+                            "#sessions svg, #sessions b, #sessions i').length"),
+                        "cells_per_row": await page.eval_on_selector_all(
+                            "#sessions tbody tr", "trs => trs.map(tr => tr.children.length)"),
+                    }
+                    await context.close()
+                await browser.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+    for bypass_csp in (False, True):
+        seen = out[bypass_csp]
+        assert seen["title"] == "alfred-daemon monitor", (bypass_csp, seen)
+        assert seen["dialogs"] == []
+        assert seen["injected"] == 0
+        assert sorted(seen["cells"]) == sorted(sid[:12] for sid in XSS_IDS)
+        assert seen["cells_per_row"] == [6] * len(XSS_IDS)

@@ -47,6 +47,7 @@ from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
 from .monitor import Monitor
 from .outbox import Outbox, fill
+from .web_security import OriginPolicy, add_security_headers
 from .ws_bridge import WsBridge, wire
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ FRAME_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8015
+    allowed_origins: tuple[str, ...] = ()
+    """Web origins (``https://console.example``) besides the daemon's own whose pages may
+    POST and open WebSockets here (:mod:`.web_security`); ``"*"`` allows any."""
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -116,9 +120,12 @@ class _SupervisorCollector(Collector):
 
 
 class HttpApi:
-    def __init__(self, sup: Supervisor, config: HttpConfig | None = None) -> None:
+    def __init__(self, sup: Supervisor, config: HttpConfig | None = None, *,
+                 warnings: list[str] | None = None) -> None:
         self.sup = sup
         self.config = config or HttpConfig()
+        self.warnings = list(warnings or [])
+        """Configuration warnings (an insecure exposure), listed in the status document."""
         self.registry = CollectorRegistry()
         self.registry.register(_SupervisorCollector(sup))
         self._histograms = {
@@ -149,7 +156,9 @@ class HttpApi:
             hist.observe(value)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
+        policy = OriginPolicy(self.config.allowed_origins, self.config.host)
+        app = web.Application(client_max_size=1 << 20, middlewares=[policy.middleware()])
+        app.on_response_prepare.append(add_security_headers)
         app.add_routes([
             web.get("/pipeline/status", self.pipeline_status),
             web.get("/metrics", self.metrics),
@@ -161,6 +170,8 @@ class HttpApi:
             web.post("/process_frame", self.process_frame),
             web.get("/ws", self.ws.handle),
             web.get("/monitor", self.monitor.page),
+            web.get("/monitor/monitor.js", self.monitor.script),
+            web.get("/monitor/monitor.css", self.monitor.style),
             web.get("/monitor/history", self.monitor.history_json),
             web.get("/monitor/stream", self.monitor.stream),
         ])
@@ -189,6 +200,7 @@ class HttpApi:
     async def pipeline_status(self, request: web.Request) -> web.Response:
         doc = self.sup.status()
         doc["performanceMonitor"] = doc["performanceMetrics"]
+        doc["warnings"] = self.warnings
         return web.json_response(doc)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -214,11 +226,21 @@ class HttpApi:
 
     async def optimize(self, request: web.Request) -> web.Response:
         flags = {"triggerGC": True, "cleanupSessions": True, "optimizeBuffers": True}
-        if request.can_read_body:
+        raw = await request.read() if request.can_read_body else b""
+        if raw:
+            # A form or text/plain body is what a cross-site page can send without a
+            # preflight; JSON is not.
+            if request.content_type != "application/json":
+                return _error(415, "unsupported_media_type",
+                              "send the options as application/json")
             try:
-                body: Any = json.loads(await request.text() or "{}")
+                body: Any = json.loads(raw.decode())
+            except UnicodeDecodeError:
+                return _error(400, "invalid_json", "body is not UTF-8 text")
             except json.JSONDecodeError as exc:
                 return _error(400, "invalid_json", f"body is not JSON: {exc.msg}")
+            except RecursionError:
+                return _error(400, "invalid_json", "body is nested too deeply")
             if not isinstance(body, dict):
                 return _error(400, "invalid_body", "body must be a JSON object")
             unknown = sorted(set(body) - set(flags))
@@ -236,18 +258,25 @@ class HttpApi:
         return web.json_response(done)
 
     async def process_frame(self, request: web.Request) -> web.Response:
-        """For clients that cannot stream: multipart ``session_id`` + ``audio`` (LINEAR16,
-        typically 20 ms; optional ``sample_rate``, default 16000, used when the session is
-        created by its first frame). Answers once the frame's audio has been analysed, with
-        every event the session produced since the previous call."""
+        """For clients that cannot stream: multipart ``audio`` (LINEAR16, typically 20 ms)
+        and, from the second frame on, the ``session_id`` the first answer gave (optional
+        ``sample_rate``, default 16000, used when the first frame creates the session).
+        Answers once the frame's audio has been analysed, with every event the session
+        produced since the previous call.
+
+        The daemon chooses the id: a client-chosen one let a second client push frames into
+        another's session and read its events. An id this endpoint did not create is 404.
+        """
         if not request.content_type.startswith("multipart/"):
-            return _error(400, "invalid_body", "send multipart/form-data with session_id and "
-                          "audio")
+            return _error(400, "invalid_body", "send multipart/form-data with audio (and "
+                          "session_id after the first frame)")
         form = await request.post()
-        sid = form.get("session_id")
+        sid = form.get("session_id") or None
         audio = form.get("audio")
-        if not isinstance(sid, str) or not sid:
-            return _error(400, "missing_field", "session_id is required")
+        if sid is not None and (not isinstance(sid, str) or sid not in self._frame_sessions):
+            return _error(404, "session_not_found",
+                          "no process_frame session has this session_id; leave it out on the "
+                          "first frame and send the sessionId of the answer after that")
         if audio is None:
             return _error(400, "missing_field", "audio (LINEAR16 bytes) is required")
         pcm = audio.file.read() if isinstance(audio, web.FileField) else str(audio).encode()
@@ -255,12 +284,13 @@ class HttpApi:
             rate = int(str(form.get("sample_rate", "16000")))
         except ValueError:
             return _error(400, "invalid_field", "sample_rate must be an integer")
-        outbox = self._frame_sessions.get(sid)
         try:
-            if outbox is None:
+            if sid is not None:
+                outbox = self._frame_sessions[sid]
+            else:
                 # Per-window VAD results are this endpoint's answer: frame events on.
                 engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
-                self.sup.open_session(engine, sample_rate=rate, session_id=sid)
+                sid = self.sup.open_session(engine, sample_rate=rate)
                 outbox = Outbox(limit=1000)
                 self._frame_sessions[sid] = outbox
                 task = asyncio.create_task(self._pump_frames(sid, outbox))
@@ -277,8 +307,6 @@ class HttpApi:
             return _error(429, "backlogged", str(exc))
         except SessionNotFoundError as exc:
             return _error(404, "session_not_found", str(exc))
-        except ValueError as exc:
-            return _error(409, "session_exists", str(exc))
         deadline = asyncio.get_running_loop().time() + 2.0
         while asyncio.get_running_loop().time() < deadline:
             try:

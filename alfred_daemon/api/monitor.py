@@ -1,8 +1,12 @@
-"""The live monitor: ``GET /monitor`` (the page), ``GET /monitor/history`` (the last hour,
-one sample a second, kept server-side), ``GET /monitor/stream`` (Server-Sent Events: a new
-sample, the session table, health and alerts every second).
+"""The live monitor: ``GET /monitor`` (the page, its ``monitor.js`` and ``monitor.css``),
+``GET /monitor/history`` (the last hour, one sample a second, kept server-side),
+``GET /monitor/stream`` (Server-Sent Events: a new sample, the session table, health and
+alerts every second).
 
 SSE rather than a WebSocket: the page only listens, and EventSource reconnects by itself.
+The page has no inline script or style, so the HTTP layer's Content-Security-Policy can
+forbid both, and the script renders every server-supplied string (session ids come from
+clients) as text, never as HTML.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ class Monitor:
         self.sup = sup
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_S)
         self._sampler: asyncio.Task[None] | None = None
-        self._page = resources.files(__package__).joinpath("static/monitor.html").read_text()
+        static = resources.files(__package__).joinpath("static")
+        self._files = {name: static.joinpath(name).read_text()
+                       for name in ("monitor.html", "monitor.js", "monitor.css")}
 
     def start(self) -> None:
         self._sampler = asyncio.create_task(self._sample_loop(), name="alfred-monitor")
@@ -65,7 +71,13 @@ class Monitor:
         }
 
     async def page(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._page, content_type="text/html")
+        return web.Response(text=self._files["monitor.html"], content_type="text/html")
+
+    async def script(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._files["monitor.js"], content_type="text/javascript")
+
+    async def style(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._files["monitor.css"], content_type="text/css")
 
     async def history_json(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.history))

@@ -6,7 +6,7 @@ of defaults and one place each is range-checked)::
     [processor] [coordination] [limits] [alerts] [workers] [models]   runtime
     [engine] [engine.vad] [engine.stt] [engine.turn]                  per-session defaults
     [runtime]   runtime_dir, shm_prefix, ring_seconds, drain_grace, ...
-    [grpc] [http] [logging]
+    [grpc] [http] [logging] [security]
 
 Errors name the key and what is allowed (``processor.max_batch_size = 0 is out of range;
 allowed 1 .. 256``, ``unknown key limits.maxMemoryMB; allowed: ...``). Environment variables
@@ -38,6 +38,7 @@ from ..engine.models import ModelsConfig
 from ..runtime.backpressure import BackpressureConfig
 from ..runtime.config import LimitsConfig, ProcessorConfig, RuntimeConfig, WorkersConfig
 from ..runtime.health import AlertThresholds
+from .security import SecurityConfig
 
 ENV_PREFIX = "ALFRED__"
 
@@ -65,6 +66,7 @@ class DaemonConfig:
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 _RUNTIME_SECTIONS: dict[str, type[Any]] = {
@@ -140,7 +142,7 @@ def _build(cls: type[Any], table: Mapping[str, Any], prefix: str) -> Any:
 
 def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
     """Validate a parsed TOML document into a DaemonConfig (or raise ConfigError)."""
-    known = {*_RUNTIME_SECTIONS, "engine", "runtime", "grpc", "http", "logging"}
+    known = {*_RUNTIME_SECTIONS, "engine", "runtime", "grpc", "http", "logging", "security"}
     for section in doc:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; allowed: {', '.join(sorted(known))}")
@@ -168,6 +170,7 @@ def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
         grpc=_build(GrpcConfig, doc.get("grpc", {}), "grpc"),
         http=_build(HttpConfig, doc.get("http", {}), "http"),
         logging=_build(LoggingConfig, doc.get("logging", {}), "logging"),
+        security=_build(SecurityConfig, doc.get("security", {}), "security"),
     )
 
 
@@ -230,6 +233,7 @@ def to_mapping(cfg: DaemonConfig) -> dict[str, Any]:
     out["grpc"] = plain(cfg.grpc)
     out["http"] = plain(cfg.http)
     out["logging"] = plain(cfg.logging)
+    out["security"] = plain(cfg.security)
     return out
 
 

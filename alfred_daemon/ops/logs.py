@@ -7,6 +7,11 @@
 * ``json``: one object per line (``time``, ``level``, ``logger``, ``message``, ``pid`` and any
   ``extra`` fields) for log shippers.
 * ``file``: additionally a size-rotated file (10 MB x 5), e.g. ``logs/alfred-daemon.log``.
+
+A text line is one log record: control characters in the message and ``extra`` values
+(newlines above all) are written as escapes (``\\n``, ``\\x1b``), so a client-supplied
+string that reaches a message cannot forge a second line. Tracebacks, which are the
+daemon's own, keep their lines.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from pathlib import Path
 
 _SD_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                 logging.CRITICAL: 2}
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
+    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)})  # also line ends
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters and line separators escaped."""
+    return text.translate(_CONTROL)
+
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "taskName"}
 
@@ -46,11 +61,15 @@ class TextFormatter(logging.Formatter):
         super().__init__(fmt)
         self.journald = journald
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 -- logging API
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
         if extra:
-            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+            line += " " + " ".join(f"{k}={one_line(str(v))}" for k, v in extra.items())
         if self.journald:
             line = f"<{_SD_PRIORITY.get(record.levelno, 6)}>{line}"
         return line

@@ -68,16 +68,18 @@ def status_line(sup: Supervisor) -> str:
 async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
                 http_config: HttpConfig | None = None, pid_file: Path | None = None,
-                config_path: Path | None = None) -> int:
+                config_path: Path | None = None, warnings: list[str] | None = None) -> int:
     """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
     they run, then wait for signals. A ``None`` config leaves that server out (tests,
-    embedding)."""
+    embedding). ``warnings`` (an insecure exposure) are logged and listed in the status."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
     notifier = Notifier()
     sup = Supervisor(config)
     api = GrpcApi(sup, grpc_config) if grpc_config is not None else None
-    http = HttpApi(sup, http_config) if http_config is not None else None
+    http = HttpApi(sup, http_config, warnings=warnings) if http_config is not None else None
+    for warning in warnings or []:
+        log.warning("%s", warning)
     watchdog: asyncio.Task[None] | None = None
     reloader = _Reloader(config_path)
     try:

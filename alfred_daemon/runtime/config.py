@@ -82,6 +82,9 @@ class LimitsConfig:
     """Fraction of maxMemoryUsageMB at which housekeeping collects garbage and trims."""
     idleSessionTimeout: float = 120.0  # noqa: N815 -- spec-style name
     """Seconds without a frame or control message after which a session is closed."""
+    firstAudioTimeout: float = 5.0  # noqa: N815 -- spec-style name
+    """Seconds after opening by which a session must have sent 1 s of audio, or it is
+    closed as idle: a slot is for a stream, not for a session opened and left."""
 
     def __post_init__(self) -> None:
         check_range("limits.maxMemoryUsageMB", self.maxMemoryUsageMB, 64, 1_000_000)
@@ -90,6 +93,7 @@ class LimitsConfig:
         check_range("limits.cleanupInterval", self.cleanupInterval, 0.1, 86400)
         check_range("limits.gcTriggerThreshold", self.gcTriggerThreshold, 0.1, 1.0)
         check_range("limits.idleSessionTimeout", self.idleSessionTimeout, 1, 86400)
+        check_range("limits.firstAudioTimeout", self.firstAudioTimeout, 1, 86400)
 
 
 @dataclass(frozen=True, slots=True)

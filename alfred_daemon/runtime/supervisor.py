@@ -579,7 +579,9 @@ class Supervisor:
     def _get(self, session_id: str) -> LiveSession:
         s = self._sessions.get(session_id)
         if s is None:
-            raise SessionNotFoundError(f"no open session {session_id!r}")
+            # The id is the caller's: quoted, and cut short (it may be a megabyte long).
+            shown = session_id if len(session_id) <= 64 else session_id[:64] + "..."
+            raise SessionNotFoundError(f"no open session {shown!r}")
         return s
 
     async def _finish(self, s: LiveSession, reason: str, timeout: float) -> None:
@@ -1166,6 +1168,7 @@ class Supervisor:
                 await self._measure_memory()
                 self._evaluate_health(time.monotonic())
                 now = time.monotonic()
+                self.counters.sessions_cleaned_up += self._close_unfed(now)
                 if now - last_cleanup >= self.config.limits.cleanupInterval:
                     last_cleanup = now
                     self._cleanup_sessions(now)
@@ -1222,9 +1225,22 @@ class Supervisor:
             for listener in self._health_listeners:
                 listener(self.monitor.health)
 
+    def _close_unfed(self, now: float) -> int:
+        """Close sessions that have not had a second of audio ``limits.firstAudioTimeout``
+        after they opened: each holds a slot of ``max_concurrent_sessions``, and a client
+        that opens sessions with one frame each could otherwise fill every slot for the
+        whole ``idleSessionTimeout``."""
+        closed = 0
+        for s in list(self._sessions.values()):
+            if (not s.closing and now - s.created > self.config.limits.firstAudioTimeout
+                    and s.ring.write_seq * WINDOW < SAMPLE_RATE):
+                self._close(s, "idle")
+                closed += 1
+        return closed
+
     def _cleanup_sessions(self, now: float) -> int:
         limits = self.config.limits
-        cleaned = 0
+        cleaned = self._close_unfed(now)
         for s in list(self._sessions.values()):
             if s.closing:
                 continue
