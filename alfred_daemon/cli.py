@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -170,7 +171,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     async def run() -> int:
         nonlocal heard
         options = SessionOptions(partials=not args.no_partials)
-        async with AsyncClient(args.target) as client:
+        token = os.environ.get("ALFRED_TOKEN") or None
+        async with AsyncClient(args.target, token=token) as client:
             async for ev in client.stream_array(audio, rate, realtime=args.realtime,
                                                 options=options):
                 heard = True
@@ -238,6 +240,7 @@ def _serve_config(args: argparse.Namespace) -> DaemonConfig:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from .api.auth import Authenticator, TokenStore
     from .engine.errors import EngineError
     from .ops.logs import setup_logging
     from .ops.security import exposure, insecure_refusal, insecure_warning
@@ -247,16 +250,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         cfg = _serve_config(args)
         exposed = exposure(cfg.grpc.listen, cfg.http.host)
-        if exposed and not cfg.security.allow_insecure:
+        tokens = bool(cfg.security.tokens_file)
+        if exposed and not tokens and not cfg.security.allow_insecure:
             print(f"alfred-daemon: {insecure_refusal(exposed)}", file=sys.stderr)
             return 2
+        auth = Authenticator(TokenStore.load(Path(cfg.security.tokens_file))
+                             if tokens else None)
         setup_logging(cfg.logging.level, cfg.logging.format,
                       Path(cfg.logging.file) if cfg.logging.file else None)
         pid_file = Path(cfg.logging.pid_file) if cfg.logging.pid_file else None
-        warnings = [insecure_warning(exposed)] if exposed else []
+        warnings = [insecure_warning(exposed, tokens)] if exposed else []
         return asyncio.run(serve(cfg.runtime, cfg.grpc, http_config=cfg.http,
                                  pid_file=pid_file, config_path=args.config,
-                                 warnings=warnings))
+                                 warnings=warnings, auth=auth,
+                                 metrics_public=cfg.security.metrics_public))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
@@ -324,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "take its rate")
     st.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     st.add_argument("--json", action="store_true", help="one JSON object per event per line")
-    st.add_argument("--target", default="127.0.0.1:50051", help="daemon address host:port")
+    st.add_argument("--target", default="127.0.0.1:50051",
+                    help="daemon address host:port (a bearer token, if the daemon requires "
+                         "one, comes from $ALFRED_TOKEN: a flag would show it in ps)")
     st.add_argument("--no-partials", action="store_true",
                     help="ask the daemon for no partial transcriptions while someone speaks, "
                          "only the final text of each utterance (and the other events)")

@@ -93,6 +93,7 @@ class Daemon:
     port: int
     workdir: Path
     log: Path
+    http_port: int = 0
     children: list[psutil.Process] = field(default_factory=list)
     """The daemon's descendants (its workers) once it was SERVING."""
 
@@ -198,16 +199,16 @@ def start_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = N
     variables (``ALFRED__SECTION__KEY`` config overrides)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "daemon.log"
-    port = free_port()
+    port, http_port = free_port(), free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [daemon_executable(), "serve", "--listen", f"127.0.0.1:{port}",
-             "--http-port", str(free_port()),
+             "--http-port", str(http_port),
              "--runtime-dir", str(workdir / "run"), "--workers", str(workers)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    d = Daemon(proc, port, workdir, log)
+    d = Daemon(proc, port, workdir, log, http_port)
     try:
         wait_serving(d)
         d.children = psutil.Process(proc.pid).children(recursive=True)
@@ -415,10 +416,13 @@ class ScriptedSupervisor:
         self.open: set[str] = set()
 
     def open_session(self, config: EngineConfig | None = None, *, sample_rate: int = RATE,
-                     session_id: str | None = None) -> str:
+                     session_id: str | None = None, owner: str = "") -> str:
         sid = session_id or uuid.uuid4().hex
         self.open.add(sid)
         return sid
+
+    def sessions_of(self, owner: str) -> int:
+        return 0
 
     async def events(self, session_id: str) -> AsyncIterator[Event]:
         for ev in self.script:

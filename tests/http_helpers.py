@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from alfred_daemon.api.auth import Authenticator
 from alfred_daemon.api.http_server import HttpApi, HttpConfig
 from alfred_daemon.engine.audio import float_to_pcm16, read_wav
 from alfred_daemon.runtime.config import RuntimeConfig, WorkersConfig
@@ -28,16 +29,17 @@ def jfk_pcm(tail_s: float = 1.0) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def live_http(tmp_path: Path, **runtime: Any) -> AsyncIterator[tuple[Supervisor, HttpApi]]:
+async def live_http(tmp_path: Path, auth: Authenticator | None = None,
+                    **runtime: Any) -> AsyncIterator[tuple[Supervisor, HttpApi]]:
     """Supervisor (2 real workers) + HTTP on a free port; stopped afterwards. The ladder is
     held at NORMAL (``steady_ladder``): a test compares WebSocket and gRPC finals.
-    ``runtime``: further :class:`RuntimeConfig` fields."""
+    ``auth``: tokens to require; ``runtime``: further :class:`RuntimeConfig` fields."""
     sup = Supervisor(RuntimeConfig(runtime_dir=str(tmp_path / "run"),
                                    shm_prefix=f"alfhttp{secrets.token_hex(3)}",
                                    workers=WorkersConfig(count=2),
                                    **{**steady_ladder(), **runtime}))
     await sup.start()
-    http = HttpApi(sup, HttpConfig(port=0))
+    http = HttpApi(sup, HttpConfig(port=0), auth=auth)
     try:
         await http.start()
         yield sup, http

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alfred_daemon.api.grpc_server import GrpcApi, GrpcConfig
 from alfred_daemon.api.http_server import HttpApi
+from alfred_daemon.runtime.config import LimitsConfig, ProcessorConfig
 from alfred_daemon.runtime.supervisor import Supervisor
 
 from .http_helpers import jfk_pcm, live_http
@@ -250,3 +251,41 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
     assert any(e["type"] == "speechStart" for _, a in answers for e in a["events"])
     assert out["pf_odd"][0] == 400 and "even" in out["pf_odd"][1]["error"]["message"]
     assert out["pf_not_multipart"] == 400
+
+
+def test_one_frame_sessions_lose_their_slots_within_seconds(tmp_path: Path) -> None:
+    """The session-limit exhaustion attack: sessions opened with one frame each and then
+    left fill max_concurrent_sessions; they are closed once limits.firstAudioTimeout has
+    passed without a second of audio, and a new client is admitted."""
+    out: dict[str, Any] = {}
+    frame = b"\x00\x00" * 320
+
+    async def main() -> None:
+        async with live_http(
+                tmp_path, processor=ProcessorConfig(max_concurrent_sessions=4),
+                limits=LimitsConfig(firstAudioTimeout=2.0)) as (sup, http), \
+                aiohttp.ClientSession() as client:
+            base = f"http://127.0.0.1:{http.port}"
+
+            async def one_frame() -> int:
+                form = aiohttp.FormData()
+                form.add_field("audio", frame, filename="f.pcm")
+                r = await client.post(f"{base}/process_frame", data=form)
+                return r.status
+
+            out["filled"] = [await one_frame() for _ in range(4)]
+            out["refused"] = await one_frame()
+            t0 = time.monotonic()
+            while sup.session_ids() and time.monotonic() - t0 < 15.0:
+                await asyncio.sleep(0.1)
+            out["freed_after_s"] = time.monotonic() - t0
+            out["left"] = sup.session_ids()
+            out["admitted"] = await one_frame()
+            out["cleaned"] = sup.status()["counters"]["sessions_cleaned_up"]
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    assert out["filled"] == [200] * 4
+    assert out["refused"] == 503
+    assert out["left"] == [] and out["freed_after_s"] < 10.0, out  # idle timeout: 120 s
+    assert out["admitted"] == 200
+    assert out["cleaned"] == 4

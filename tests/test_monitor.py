@@ -177,3 +177,39 @@ def test_session_ids_render_as_text_never_as_html(tmp_path: Path) -> None:
         assert seen["injected"] == 0
         assert sorted(seen["cells"]) == sorted(sid[:12] for sid in XSS_IDS)
         assert seen["cells_per_row"] == [6] * len(XSS_IDS)
+
+
+def test_with_tokens_the_monitor_takes_its_token_from_the_fragment(tmp_path: Path) -> None:
+    """/monitor#token=...: the data requests carry it as a header (the fragment is never
+    sent); without it the page says a token is needed."""
+    from playwright.async_api import async_playwright
+
+    from alfred_daemon.api.auth import Authenticator, Principal, TokenStore
+
+    token = "monitor-token-0123456789"
+    auth = Authenticator(TokenStore([(Principal("ops"), token)]))
+    browser_path = chromium()
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with live_http(tmp_path, auth=auth) as (_, http), async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=browser_path,
+                                               args=["--no-sandbox"])
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{http.port}/monitor#token={token}")
+            await wait_js(page, "window.alfredMonitor.updates >= 2")
+            out["updates"] = await page.evaluate("window.alfredMonitor.updates")
+            await page.click("#optimize")
+            await wait_js(page, "window.alfredMonitor.optimized !== undefined")
+            out["optimized"] = await page.text_content("#optimize-result")
+            bare = await browser.new_page()
+            await bare.goto(f"http://127.0.0.1:{http.port}/monitor")
+            await wait_js(bare, "document.getElementById('banner').textContent"
+                                ".includes('token')")
+            out["bare_updates"] = await bare.evaluate("window.alfredMonitor.updates")
+            await browser.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    assert out["updates"] >= 2
+    assert out["optimized"] and out["optimized"].startswith("freed")
+    assert out["bare_updates"] == 0

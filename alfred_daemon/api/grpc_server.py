@@ -47,6 +47,7 @@ from ..runtime.errors import (
 )
 from ..runtime.health import Health
 from ..runtime.supervisor import Supervisor
+from .auth import UNAUTHENTICATED, Authenticator, Principal
 from .convert import (
     MAX_FRAME_BYTES,
     InvalidRequestError,
@@ -83,6 +84,8 @@ class _Attached:
 
     session_id: str
     token: str
+    owner: str
+    """Name of the bearer token that opened it: only that token may resume it."""
     sample_rate: int
     config: pb.SessionConfig
     outbox: Outbox
@@ -125,23 +128,38 @@ class _Attached:
 
 
 class AlfredServicer(pb_grpc.AlfredServicer):
-    def __init__(self, sup: Supervisor, config: GrpcConfig) -> None:
+    def __init__(self, sup: Supervisor, config: GrpcConfig,
+                 auth: Authenticator | None = None) -> None:
         self.sup = sup
         self.config = config
+        self.auth = auth or Authenticator()
         self.sessions: dict[str, _Attached] = {}
         """By resume token."""
         self.accepting = True
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The caller's token (``authorization: Bearer ...`` metadata), or abort with
+        UNAUTHENTICATED. The health service does not ask: probes carry no token."""
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        value = metadata.get("authorization")
+        principal = self.auth.authenticate(value if isinstance(value, str) else None)
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            raise AssertionError  # unreachable: abort raises
+        return principal
 
     # ------------------------------------------------------------------ unary
 
     async def GetPipelineStatus(  # noqa: N802 -- gRPC method name
         self, request: pb.GetPipelineStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusDocument:
+        await self._authenticate(context)
         return pb.StatusDocument(json=json.dumps(self.sup.status()))
 
     async def GetSessionStatus(  # noqa: N802
         self, request: pb.GetSessionStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusDocument:
+        await self._authenticate(context)
         try:
             return pb.StatusDocument(json=json.dumps(self.sup.session_status(request.session_id)))
         except SessionNotFoundError as exc:
@@ -151,6 +169,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     async def Optimize(  # noqa: N802
         self, request: pb.OptimizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusDocument:
+        await self._authenticate(context)
         done = await self.sup.optimize(trigger_gc=request.trigger_gc,
                                        cleanup_sessions=request.cleanup_sessions,
                                        optimize_buffers=request.optimize_buffers)
@@ -164,6 +183,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     ) -> None:
         # Written with context.read()/write() rather than as a generator so every write
         # can carry a deadline (a generator's yield blocks forever on a non-reading client).
+        principal = await self._authenticate(context)
         first = await context.read()
         if not isinstance(first, pb.ClientMessage):
             return  # EOF before anything was sent
@@ -171,7 +191,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message must be a SessionConfig (config first, "
                                 "then audio)")
-        attached = await self._attach(first.config, context)
+        attached = await self._attach(first.config, context, principal)
         resumed = bool(first.config.resume_token)
         # A resume that names the last event it got is re-sent the rest; one that does not
         # (a client predating last_event_sequence) just continues with the outbox.
@@ -226,13 +246,13 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             log.error("session %s: event writer failed", attached.session_id,
                       exc_info=outcome)
 
-    async def _attach(self, cfg: pb.SessionConfig,
-                      context: grpc.aio.ServicerContext[Any, Any]) -> _Attached:
+    async def _attach(self, cfg: pb.SessionConfig, context: grpc.aio.ServicerContext[Any, Any],
+                      principal: Principal) -> _Attached:
         if not self.accepting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         if cfg.resume_token:
             attached = self.sessions.get(cfg.resume_token)
-            if attached is None or attached.delivered:
+            if attached is None or attached.delivered or attached.owner != principal.name:
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     "unknown or expired resume token")
                 raise AssertionError  # unreachable
@@ -259,8 +279,12 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
+        over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
+        if over is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         try:
-            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz)
+            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
+                                        owner=principal.name if self.auth.required else "")
         except AdmissionError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
@@ -271,7 +295,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         attached = _Attached(
-            session_id=sid, token=secrets.token_urlsafe(24),
+            session_id=sid, token=secrets.token_urlsafe(24), owner=principal.name,
             sample_rate=cfg.sample_rate_hz, config=effective_config(cfg, engine),
             outbox=Outbox(self.config.outbox_limit), frame_event_every=cfg.frame_event_every,
             stream_active=True,
@@ -465,10 +489,11 @@ class AlfredServicer(pb_grpc.AlfredServicer):
 class GrpcApi:
     """The gRPC server bound to the supervisor; ``start``/``stop`` on the daemon's loop."""
 
-    def __init__(self, sup: Supervisor, config: GrpcConfig | None = None) -> None:
+    def __init__(self, sup: Supervisor, config: GrpcConfig | None = None, *,
+                 auth: Authenticator | None = None) -> None:
         self.sup = sup
         self.config = config or GrpcConfig()
-        self.servicer = AlfredServicer(sup, self.config)
+        self.servicer = AlfredServicer(sup, self.config, auth)
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None

@@ -27,7 +27,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from ..runtime.errors import (
 )
 from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
+from .auth import ANONYMOUS, UNAUTHENTICATED, Authenticator, Principal
 from .monitor import Monitor
 from .outbox import Outbox, fill
 from .web_security import OriginPolicy, add_security_headers
@@ -121,9 +122,12 @@ class _SupervisorCollector(Collector):
 
 class HttpApi:
     def __init__(self, sup: Supervisor, config: HttpConfig | None = None, *,
-                 warnings: list[str] | None = None) -> None:
+                 warnings: list[str] | None = None, auth: Authenticator | None = None,
+                 metrics_public: bool = True) -> None:
         self.sup = sup
         self.config = config or HttpConfig()
+        self.auth = auth or Authenticator()
+        self.metrics_public = metrics_public
         self.warnings = list(warnings or [])
         """Configuration warnings (an insecure exposure), listed in the status document."""
         self.registry = CollectorRegistry()
@@ -142,13 +146,33 @@ class HttpApi:
                 buckets=LATENCY_BUCKETS_MS, registry=self.registry),
         }
         sup.on_observation(self._observe)
-        self.ws = WsBridge(sup)
+        self.ws = WsBridge(sup, auth=self.auth)
         self.monitor = Monitor(sup)
         self._frame_sessions: dict[str, Outbox] = {}
+        self._frame_owners: dict[str, str] = {}
         self._pumps: set[asyncio.Task[None]] = set()
         """Sessions fed by POST /process_frame, with their undelivered events."""
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    OPEN_PATHS = frozenset({"/healthz", "/readyz", "/monitor", "/monitor/monitor.js",
+                            "/monitor/monitor.css", "/ws"})
+    """Served without a token: probes, the monitor's static page (its data needs one), and
+    the WebSocket, which authenticates by header or by its first message."""
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            ) -> web.StreamResponse:
+        open_path = request.path in self.OPEN_PATHS or (
+            self.metrics_public and request.path in ("/metrics", "/metrics.json"))
+        principal = self.auth.authenticate(request.headers.get("Authorization"))
+        if principal is None and not open_path:
+            response = _error(401, "unauthenticated", UNAUTHENTICATED)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        request["principal"] = principal or ANONYMOUS
+        return await handler(request)
 
     def _observe(self, name: str, value: float) -> None:
         hist = self._histograms.get(name)
@@ -157,7 +181,8 @@ class HttpApi:
 
     def app(self) -> web.Application:
         policy = OriginPolicy(self.config.allowed_origins, self.config.host)
-        app = web.Application(client_max_size=1 << 20, middlewares=[policy.middleware()])
+        app = web.Application(client_max_size=1 << 20,
+                              middlewares=[policy.middleware(), self._authenticate])
         app.on_response_prepare.append(add_security_headers)
         app.add_routes([
             web.get("/pipeline/status", self.pipeline_status),
@@ -273,7 +298,9 @@ class HttpApi:
         form = await request.post()
         sid = form.get("session_id") or None
         audio = form.get("audio")
-        if sid is not None and (not isinstance(sid, str) or sid not in self._frame_sessions):
+        principal: Principal = request["principal"]
+        if sid is not None and (not isinstance(sid, str) or sid not in self._frame_sessions
+                                or self._frame_owners.get(sid) != principal.name):
             return _error(404, "session_not_found",
                           "no process_frame session has this session_id; leave it out on the "
                           "first frame and send the sessionId of the answer after that")
@@ -288,9 +315,15 @@ class HttpApi:
             if sid is not None:
                 outbox = self._frame_sessions[sid]
             else:
+                over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
+                if over is not None:
+                    return _error(429, "session_limit", over)
                 # Per-window VAD results are this endpoint's answer: frame events on.
                 engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
-                sid = self.sup.open_session(engine, sample_rate=rate)
+                sid = self.sup.open_session(
+                    engine, sample_rate=rate,
+                    owner=principal.name if self.auth.required else "")
+                self._frame_owners[sid] = principal.name
                 outbox = Outbox(limit=1000)
                 self._frame_sessions[sid] = outbox
                 task = asyncio.create_task(self._pump_frames(sid, outbox))
@@ -327,6 +360,7 @@ class HttpApi:
             await fill(outbox, self.sup.events(sid), lambda: 1)
         finally:
             self._frame_sessions.pop(sid, None)
+            self._frame_owners.pop(sid, None)
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = self.sup.health

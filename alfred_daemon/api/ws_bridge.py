@@ -40,6 +40,7 @@ from ..runtime.errors import (
     SessionNotFoundError,
 )
 from ..runtime.supervisor import Supervisor
+from .auth import UNAUTHENTICATED, Authenticator
 from .convert import MAX_FRAME_BYTES, InvalidRequestError, engine_config
 from .outbox import Outbox, fill
 
@@ -82,9 +83,11 @@ def session_config(message: dict[str, Any]) -> pb.SessionConfig:
 
 
 class WsBridge:
-    def __init__(self, sup: Supervisor, outbox_limit: int = 256) -> None:
+    def __init__(self, sup: Supervisor, outbox_limit: int = 256,
+                 auth: Authenticator | None = None) -> None:
         self.sup = sup
         self.outbox_limit = outbox_limit
+        self.auth = auth or Authenticator()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_FRAME_BYTES)
@@ -103,11 +106,26 @@ class WsBridge:
             msg = json.loads(first.data)
             if not isinstance(msg, dict) or msg.get("type") != "config":
                 raise InvalidRequestError('the first message must be {"type": "config", ...}')
+            # A browser cannot set headers on a WebSocket: it may send the token as the
+            # config's "token" instead of an Authorization header.
+            token = msg.pop("token", None)
+            header = request.headers.get("Authorization")
+            if header is None and isinstance(token, str):
+                header = f"Bearer {token}"
+            principal = self.auth.authenticate(header)
+            if principal is None:
+                await self._fail(ws, "UNAUTHENTICATED", UNAUTHENTICATED, 1008)
+                return ws
+            over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
+            if over is not None:
+                await self._fail(ws, "RESOURCE_EXHAUSTED", over, 1013)
+                return ws
             cfg = session_config(msg)
             if cfg.sample_rate_hz == 0:
                 cfg.sample_rate_hz = 16_000
             engine = engine_config(cfg, self.sup.config.engine)
-            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz)
+            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
+                                        owner=principal.name if self.auth.required else "")
         except (json.JSONDecodeError, InvalidRequestError, InvalidAudioError) as exc:
             await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
             return ws

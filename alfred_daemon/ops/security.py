@@ -1,10 +1,11 @@
 """The ``[security]`` section, and the start-up rule that keeps an open daemon off networks.
 
-Every surface (gRPC, HTTP, WebSocket) serves whoever can reach it, in plaintext. On
-loopback that is the local machine; on any other address it is the network, with customer
-audio on it. So a bind to a non-loopback address refuses to start unless the operator says
-``allow_insecure = true``, in which case the daemon warns at start and in
-``/pipeline/status``.
+Without ``tokens_file`` every surface (gRPC, HTTP, WebSocket) serves whoever can reach it.
+On loopback that is the local machine; on any other address it is the network, with
+customer audio on it. So a bind to a non-loopback address without tokens refuses to start
+unless the operator says ``allow_insecure = true``, in which case the daemon warns at start
+and in ``/pipeline/status``. With tokens but no TLS (not built yet) it starts, and warns
+that tokens and audio cross the network in clear.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
+    tokens_file: str = ""
+    """Bearer tokens, one per line: ``name token [max_sessions]`` (:mod:`..api.auth`).
+    Empty: no authentication. Re-read on SIGHUP."""
+    metrics_public: bool = True
+    """``/metrics`` and ``/metrics.json`` without a token (they carry no session ids)."""
     allow_insecure: bool = False
-    """Serve plaintext without authentication on a non-loopback address (a warning, not an
-    error): for a network that is itself trusted and closed."""
+    """Serve without authentication on a non-loopback address (a warning, not an error):
+    for a network that is itself trusted and closed."""
 
 
 def is_loopback(host: str) -> bool:
@@ -55,6 +61,9 @@ def insecure_refusal(exposed: list[str]) -> str:
             "is trusted")
 
 
-def insecure_warning(exposed: list[str]) -> str:
+def insecure_warning(exposed: list[str], tokens: bool) -> str:
+    if tokens:
+        return (f"{' and '.join(exposed)} serve plaintext: bearer tokens and audio cross the "
+                "network in clear (no TLS yet)")
     return (f"{' and '.join(exposed)} serve plaintext without authentication "
             "(security.allow_insecure)")

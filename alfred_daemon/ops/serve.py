@@ -17,6 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..api.auth import Authenticator
 from ..api.grpc_server import GrpcApi, GrpcConfig
 from ..api.http_server import HttpApi, HttpConfig
 from ..runtime.config import RuntimeConfig
@@ -57,6 +58,23 @@ class _Reloader:
                  f"; needs a restart to change: {', '.join(pending)}" if pending else "")
 
 
+    def reload_tokens(self, auth: Authenticator) -> None:
+        """Re-read the tokens file of the (re-read) config, if the daemon uses one. A file
+        that no longer parses keeps the old tokens: a typo must not lock everyone out."""
+        from ..api.auth import TokenStore
+        from ..engine.errors import ConfigError
+
+        path = self.loaded.security.tokens_file
+        if auth.store is None or not path:
+            return
+        try:
+            auth.store = TokenStore.load(Path(path))
+        except ConfigError as exc:
+            log.error("SIGHUP: tokens not reloaded, keeping the old ones: %s", exc)
+            return
+        log.info("SIGHUP: %d tokens loaded from %s", len(auth.store), path)
+
+
 def status_line(sup: Supervisor) -> str:
     """The one-line STATUS= summary systemctl shows."""
     workers = sup.status()["workers"]
@@ -68,16 +86,21 @@ def status_line(sup: Supervisor) -> str:
 async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
                 http_config: HttpConfig | None = None, pid_file: Path | None = None,
-                config_path: Path | None = None, warnings: list[str] | None = None) -> int:
+                config_path: Path | None = None, warnings: list[str] | None = None,
+                auth: Authenticator | None = None, metrics_public: bool = True) -> int:
     """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
     they run, then wait for signals. A ``None`` config leaves that server out (tests,
-    embedding). ``warnings`` (an insecure exposure) are logged and listed in the status."""
+    embedding). ``warnings`` (an insecure exposure) are logged and listed in the status.
+    ``auth``: who may use the daemon (default: anyone); its tokens file is re-read on
+    SIGHUP."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
     notifier = Notifier()
     sup = Supervisor(config)
-    api = GrpcApi(sup, grpc_config) if grpc_config is not None else None
-    http = HttpApi(sup, http_config, warnings=warnings) if http_config is not None else None
+    auth = auth or Authenticator()
+    api = GrpcApi(sup, grpc_config, auth=auth) if grpc_config is not None else None
+    http = (HttpApi(sup, http_config, warnings=warnings, auth=auth,
+                    metrics_public=metrics_public) if http_config is not None else None)
     for warning in warnings or []:
         log.warning("%s", warning)
     watchdog: asyncio.Task[None] | None = None
@@ -103,6 +126,7 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
             if sig == signal.SIGHUP:
                 notifier.reloading()
                 reloader(sup)
+                reloader.reload_tokens(auth)
                 notifier.ready(status_line(sup))
                 continue
             log.info("%s: draining", sig.name)

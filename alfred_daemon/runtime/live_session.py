@@ -40,6 +40,8 @@ class LiveSession:
     sample_rate: int
     resampler: StreamResampler | None
     events: asyncio.Queue[Event | None]
+    owner: str = ""
+    """Name of the token that opened the session ("" without tokens)."""
     created: float = field(default_factory=time.monotonic)
     created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
@@ -126,6 +128,7 @@ class LiveSession:
         stats = self.core.stats
         return {
             "sessionId": self.session_id,
+            "tokenName": self.owner,
             "state": "closing" if self.closing else "active",
             "durationS": round(now - self.created, 3),
             "audioS": round(self.ring.write_seq * WINDOW / SAMPLE_RATE, 3),

@@ -416,9 +416,11 @@ class Supervisor:
     # ================================================================== sessions API
 
     def open_session(self, config: EngineConfig | None = None, *,
-                     sample_rate: int = SAMPLE_RATE, session_id: str | None = None) -> str:
+                     sample_rate: int = SAMPLE_RATE, session_id: str | None = None,
+                     owner: str = "") -> str:
         """Admit a session; returns its id. Raises AdmissionError with the reason, or
-        DaemonUnavailableError while starting/draining."""
+        DaemonUnavailableError while starting/draining. ``owner``: the name of the token
+        it was opened with (counted by :meth:`sessions_of`, shown in its status)."""
         cfg = self.config
         if self.state != DaemonState.RUNNING:
             raise DaemonUnavailableError(f"daemon is {self.state}; not accepting sessions")
@@ -446,14 +448,19 @@ class Supervisor:
             key=key, session_id=sid, core=core, base_config=base, ring=ring,
             sample_rate=sample_rate,
             resampler=StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None,
-            events=asyncio.Queue(),
+            events=asyncio.Queue(), owner=owner,
         )
         self._sessions[sid] = s
         self._by_key[key] = s
         self.counters.sessions_opened += 1
         self._publish_state()
-        log.info("session %s opened (%d Hz, %d active)", sid, sample_rate, len(self._sessions))
+        log.info("session %s opened (%d Hz, %d active%s)", sid, sample_rate,
+                 len(self._sessions), f", token {owner}" if owner else "")
         return sid
+
+    def sessions_of(self, owner: str) -> int:
+        """Open sessions (not closing) opened with the token named ``owner``."""
+        return sum(1 for s in self._sessions.values() if s.owner == owner and not s.closing)
 
     def _admission_refusal(self) -> tuple[str, str] | None:
         cfg = self.config

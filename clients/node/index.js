@@ -243,11 +243,14 @@ const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 class AlfredClient {
   /**
    * @param {string} target host:port of the daemon's gRPC listener
-   * @param {object} [opts] {credentials, channelOptions, protoPath}
+   * @param {object} [opts] {credentials, channelOptions, protoPath, token: the daemon's
+   *   bearer token if it requires one}
    */
   constructor(target = DEFAULT_TARGET, opts = {}) {
     const proto = loadProto(opts.protoPath || PROTO_PATH);
     this.target = target;
+    this.metadata = new grpc.Metadata();
+    if (opts.token) this.metadata.set('authorization', `Bearer ${opts.token}`);
     this.types = proto.types;
     this.stub = new proto.alfred.Alfred(
       target, opts.credentials || grpc.credentials.createInsecure(), opts.channelOptions || {},
@@ -262,7 +265,7 @@ class AlfredClient {
 
   _unary(method, request) {
     return new Promise((resolve, reject) => {
-      this.stub[method](request, (err, doc) => {
+      this.stub[method](request, this.metadata, (err, doc) => {
         if (err) reject(StreamError.from(err));
         else resolve(JSON.parse(doc.json));
       });
@@ -316,7 +319,7 @@ class AlfredClient {
    * until the daemon closes the stream. Throws StreamError on a non-OK status.
    */
   async* stream(frames, sampleRate, opts = {}) {
-    const call = this.stub.StreamSession();
+    const call = this.stub.StreamSession(this.metadata);
     let stopped = false;
     let writeError = null;
     // The outcome of the write side, so a failure there surfaces instead of hanging.

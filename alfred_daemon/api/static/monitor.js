@@ -81,21 +81,52 @@ function render(snap) {
   draw();
 }
 
-fetch("/monitor/history").then((r) => r.json()).then((past) => {
+// With tokens configured, open the page as /monitor#token=<token>: the fragment never
+// leaves the browser, and the token goes out only as an Authorization header.
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const auth = token ? { Authorization: `Bearer ${token}` } : {};
+const banner = (text) => { document.getElementById("banner").textContent = text; };
+
+// Server-Sent Events read with fetch (EventSource cannot send a header); reconnects.
+async function follow() {
+  for (;;) {
+    try {
+      const r = await fetch("/monitor/stream", { headers: auth });
+      if (r.status === 401) { banner("a token is needed: open /monitor#token=…"); return; }
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const line = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (line.startsWith("data: ")) render(JSON.parse(line.slice(6)));
+        }
+      }
+    } catch (e) { /* the daemon restarted or the network dropped */ }
+    banner("reconnecting…");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+fetch("/monitor/history", { headers: auth }).then((r) => r.ok ? r.json() : []).then((past) => {
   history.push(...past);
   draw();
-  const source = new EventSource("/monitor/stream");
-  source.onmessage = (e) => render(JSON.parse(e.data));
-  source.onerror = () => { document.getElementById("banner").textContent = "reconnecting…"; };
+  follow();
 });
 
 document.getElementById("optimize").addEventListener("click", async () => {
   const out = document.getElementById("optimize-result");
   out.textContent = "optimizing…";
-  const r = await fetch("/optimize", { method: "POST", headers: { "Content-Type": "application/json" },
+  const r = await fetch("/optimize", { method: "POST",
+    headers: { "Content-Type": "application/json", ...auth },
     body: JSON.stringify({ triggerGC: true, cleanupSessions: true, optimizeBuffers: true }) });
   const done = await r.json();
   window.alfredMonitor.optimized = done;
+  if (!r.ok) { out.textContent = done.error.message; return; }
   out.textContent = `freed ${done.freedMB} MB (${done.memoryBeforeMB} → ${done.memoryAfterMB} MB), ` +
     `${done.gcCollectedObjects} objects collected, ${done.sessionsCleanedUp} sessions cleaned up`;
 });

@@ -218,10 +218,19 @@ def array_to_pcm(array: Any) -> bytes:
 # ----------------------------------------------------------------------------- async
 
 
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``authorization`` metadata for a daemon that requires bearer tokens."""
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 class AsyncClient:
-    def __init__(self, target: str = DEFAULT_TARGET, *, max_resumes: int = 3) -> None:
+    """``token``: the daemon's bearer token, if it requires one (``security.tokens_file``)."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, max_resumes: int = 3,
+                 token: str | None = None) -> None:
         self.target = target
         self.max_resumes = max_resumes
+        self._metadata = _auth_metadata(token)
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.AlfredStub(self._channel)
         self.session_id = ""
@@ -242,7 +251,8 @@ class AsyncClient:
     async def status(self) -> dict[str, Any]:
         import json
 
-        doc = await self._stub.GetPipelineStatus(pb.GetPipelineStatusRequest())
+        doc = await self._stub.GetPipelineStatus(pb.GetPipelineStatusRequest(),
+                                                 metadata=self._metadata)
         out: dict[str, Any] = json.loads(doc.json)
         return out
 
@@ -303,7 +313,7 @@ class AsyncClient:
 
         token = ""
         while True:
-            call = self._stub.StreamSession(requests(token, highest))
+            call = self._stub.StreamSession(requests(token, highest), metadata=self._metadata)
             first = _FirstStatus(call)
             try:
                 async for msg in call:
@@ -349,8 +359,9 @@ async def _aiter(frames: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterato
 class Client:
     """Blocking client: the same API, iterators instead of async iterators."""
 
-    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None) -> None:
         self.target = target
+        self._metadata = _auth_metadata(token)
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.AlfredStub(self._channel)
         self.session_id = ""
@@ -369,7 +380,8 @@ class Client:
         import json
 
         out: dict[str, Any] = json.loads(
-            self._stub.GetPipelineStatus(pb.GetPipelineStatusRequest()).json)
+            self._stub.GetPipelineStatus(pb.GetPipelineStatusRequest(),
+                                         metadata=self._metadata).json)
         return out
 
     def stream_wav(self, path: str | Path, *, realtime: bool = False,
@@ -405,7 +417,7 @@ class Client:
                 yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=frame))
 
         try:
-            for msg in self._stub.StreamSession(requests()):
+            for msg in self._stub.StreamSession(requests(), metadata=self._metadata):
                 ev = Event.from_message(msg)
                 if ev.type == "session_started":
                     self.session_id = msg.session_started.session_id
