@@ -26,10 +26,12 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock clients/node/package-lock.json
 	@# Debian's chromium, for the dashboard test (driven by Playwright, no browser download);
-	@# qemu-user, whose emulated AVX2-only CPU tests the Smart Turn int8 check on any host.
-	command -v chromium >/dev/null && command -v qemu-x86_64 >/dev/null || { \
+	@# qemu-user, whose emulated AVX2-only CPU tests the Smart Turn int8 check on any host;
+	@# openssl, whose CLI makes the TLS tests' certificates.
+	command -v chromium >/dev/null && command -v qemu-x86_64 >/dev/null \
+		&& command -v openssl >/dev/null || { \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q \
-		--no-install-recommends chromium qemu-user; }
+		--no-install-recommends chromium qemu-user openssl; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c requirements.lock pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'

@@ -140,6 +140,16 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from .engine.errors import EngineError
     from .runtime.supervisor import SUPPORTED_RATES
 
+    for flag in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            print(f"alfred-daemon: --{flag.replace('_', '-')} {path} is not a readable file",
+                  file=sys.stderr)
+            return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("alfred-daemon: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+
     def show(ev: Event) -> None:
         if args.json:
             print(json.dumps(ev.to_dict()), flush=True)
@@ -172,7 +182,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         nonlocal heard
         options = SessionOptions(partials=not args.no_partials)
         token = os.environ.get("ALFRED_TOKEN") or None
-        async with AsyncClient(args.target, token=token) as client:
+        async with AsyncClient(args.target, token=token, tls_ca=args.tls_ca,
+                               tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
             async for ev in client.stream_array(audio, rate, realtime=args.realtime,
                                                 options=options):
                 heard = True
@@ -241,28 +252,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from .api.auth import Authenticator, TokenStore
-    from .engine.errors import EngineError
+    from .api.tls import TlsFiles
+    from .engine.errors import ConfigError, EngineError
     from .ops.logs import setup_logging
-    from .ops.security import exposure, insecure_refusal, insecure_warning
+    from .ops.security import exposure_policy
     from .ops.serve import serve
     from .runtime.rundir import RuntimeDirError
 
     try:
         cfg = _serve_config(args)
-        exposed = exposure(cfg.grpc.listen, cfg.http.host)
-        tokens = bool(cfg.security.tokens_file)
-        if exposed and not tokens and not cfg.security.allow_insecure:
-            print(f"alfred-daemon: {insecure_refusal(exposed)}", file=sys.stderr)
+        sec = cfg.security
+        refusal, warnings = exposure_policy(sec, cfg.grpc.listen, cfg.http.host)
+        if refusal is not None:
+            print(f"alfred-daemon: {refusal}", file=sys.stderr)
             return 2
-        auth = Authenticator(TokenStore.load(Path(cfg.security.tokens_file))
-                             if tokens else None)
+        auth = Authenticator(TokenStore.load(Path(sec.tokens_file)) if sec.tokens_file
+                             else None)
+        if bool(sec.tls_cert) != bool(sec.tls_key):
+            raise ConfigError("security.tls_cert and security.tls_key go together: set both "
+                              "or neither")
+        tls = (TlsFiles(Path(sec.tls_cert), Path(sec.tls_key),
+                        Path(sec.tls_client_ca) if sec.tls_client_ca else None)
+               if sec.tls_cert else None)
         setup_logging(cfg.logging.level, cfg.logging.format,
                       Path(cfg.logging.file) if cfg.logging.file else None)
         pid_file = Path(cfg.logging.pid_file) if cfg.logging.pid_file else None
-        warnings = [insecure_warning(exposed, tokens)] if exposed else []
         return asyncio.run(serve(cfg.runtime, cfg.grpc, http_config=cfg.http,
                                  pid_file=pid_file, config_path=args.config,
-                                 warnings=warnings, auth=auth,
+                                 warnings=warnings, auth=auth, tls=tls,
                                  metrics_public=cfg.security.metrics_public))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
@@ -334,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--target", default="127.0.0.1:50051",
                     help="daemon address host:port (a bearer token, if the daemon requires "
                          "one, comes from $ALFRED_TOKEN: a flag would show it in ps)")
+    st.add_argument("--tls-ca", type=Path, default=None,
+                    help="PEM CA to verify a daemon serving TLS with")
+    st.add_argument("--tls-cert", type=Path, default=None,
+                    help="PEM client certificate, for a daemon that asks for one (mTLS)")
+    st.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
     st.add_argument("--no-partials", action="store_true",
                     help="ask the daemon for no partial transcriptions while someone speaks, "
                          "only the final text of each utterance (and the other events)")

@@ -94,6 +94,8 @@ class Daemon:
     workdir: Path
     log: Path
     http_port: int = 0
+    credentials: grpc.ChannelCredentials | None = None
+    """TLS credentials to reach it with (None: plaintext)."""
     children: list[psutil.Process] = field(default_factory=list)
     """The daemon's descendants (its workers) once it was SERVING."""
 
@@ -166,7 +168,9 @@ def wait_serving(daemon: Daemon, timeout: float = READY_TIMEOUT_S) -> None:
     """Poll the standard health check until SERVING, bounded; fail with the log if not."""
     deadline = time.monotonic() + timeout
     last = "no answer"
-    with grpc.insecure_channel(daemon.target) as channel:
+    channel = (grpc.secure_channel(daemon.target, daemon.credentials)
+               if daemon.credentials is not None else grpc.insecure_channel(daemon.target))
+    with channel:
         while time.monotonic() < deadline:
             if daemon.proc.poll() is not None:
                 pytest.fail(f"daemon exited with {daemon.proc.returncode} before it was "
@@ -193,7 +197,8 @@ STEADY_LADDER_ENV = {
 compare finals word for word (the arithmetic is in runtime_helpers.steady_ladder)."""
 
 
-def start_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = None) -> Daemon:
+def start_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> Daemon:
     """``alfred-daemon serve`` on a free loopback port, runtime dir under ``workdir``;
     returns once SERVING with its worker processes recorded. ``env`` adds environment
     variables (``ALFRED__SECTION__KEY`` config overrides)."""
@@ -208,7 +213,7 @@ def start_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = N
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    d = Daemon(proc, port, workdir, log, http_port)
+    d = Daemon(proc, port, workdir, log, http_port, credentials)
     try:
         wait_serving(d)
         d.children = psutil.Process(proc.pid).children(recursive=True)
@@ -247,11 +252,11 @@ def reap(daemon: Daemon, timeout: float = 10.0) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_daemon(workdir: Path, workers: int = 2,
-                   env: dict[str, str] | None = None) -> Iterator[Daemon]:
+def running_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = None,
+                   credentials: grpc.ChannelCredentials | None = None) -> Iterator[Daemon]:
     """A daemon for the ``with`` block; afterwards it is stopped (if the block did not) and
     it must have exited 0 and left no child process behind."""
-    d = start_daemon(workdir, workers, env)
+    d = start_daemon(workdir, workers, env, credentials)
     ok = False
     try:
         yield d

@@ -282,6 +282,14 @@ def test_one_frame_sessions_lose_their_slots_within_seconds(tmp_path: Path) -> N
             out["left"] = sup.session_ids()
             out["admitted"] = await one_frame()
             out["cleaned"] = sup.status()["counters"]["sessions_cleaned_up"]
+            # A megabyte-long id is refused without being echoed or kept.
+            form = aiohttp.FormData()
+            form.add_field("session_id", "x" * 1_000_000)
+            form.add_field("audio", frame, filename="f.pcm")
+            r = await client.post(f"{base}/process_frame", data=form)
+            out["long_id"] = (r.status, len(await r.read()))
+            r = await client.get(f"{base}/session/{'y' * 4000}/status")
+            out["long_status_id"] = (r.status, len(await r.read()))
 
     asyncio.run(asyncio.wait_for(main(), 120))
     assert out["filled"] == [200] * 4
@@ -289,3 +297,5 @@ def test_one_frame_sessions_lose_their_slots_within_seconds(tmp_path: Path) -> N
     assert out["left"] == [] and out["freed_after_s"] < 10.0, out  # idle timeout: 120 s
     assert out["admitted"] == 200
     assert out["cleaned"] == 4
+    assert out["long_id"][0] == 404 and out["long_id"][1] < 1000
+    assert out["long_status_id"][0] == 404 and out["long_status_id"][1] < 1000

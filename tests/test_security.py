@@ -17,7 +17,7 @@ from aiohttp import web
 
 from alfred_daemon.api.web_security import SECURITY_HEADERS, OriginPolicy, add_security_headers
 from alfred_daemon.ops.logs import TextFormatter, one_line
-from alfred_daemon.ops.security import exposure, is_loopback
+from alfred_daemon.ops.security import SecurityConfig, exposure, exposure_policy, is_loopback
 
 EVIL = "http://evil.example"
 
@@ -118,6 +118,26 @@ def test_a_traceback_keeps_its_lines() -> None:
     ("alfred.internal", False), ("", False)])
 def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_exposure_policy() -> None:
+    """Beyond loopback a surface must authenticate (tokens; client certificates for gRPC)
+    unless allowed insecure; without TLS it warns."""
+    open_ = SecurityConfig()
+    assert exposure_policy(open_, "127.0.0.1:1", "127.0.0.1") == (None, [])
+    refusal, _ = exposure_policy(open_, "0.0.0.0:1", "127.0.0.1")
+    assert refusal is not None and "gRPC on 0.0.0.0:1" in refusal
+    refusal, _ = exposure_policy(SecurityConfig(tls_client_ca="ca.pem"), "0.0.0.0:1",
+                                 "0.0.0.0")
+    assert refusal is not None and "HTTP on 0.0.0.0" in refusal and "gRPC on" not in refusal
+    refusal, warnings = exposure_policy(SecurityConfig(tokens_file="t"), "0.0.0.0:1",
+                                        "0.0.0.0")
+    assert refusal is None and len(warnings) == 1 and "plaintext" in warnings[0]
+    assert exposure_policy(SecurityConfig(tokens_file="t", tls_cert="c", tls_key="k"),
+                           "0.0.0.0:1", "0.0.0.0") == (None, [])
+    refusal, warnings = exposure_policy(SecurityConfig(allow_insecure=True), "0.0.0.0:1",
+                                        "127.0.0.1")
+    assert refusal is None and "without authentication" in warnings[0]
 
 
 def test_exposure_names_each_surface_bound_beyond_loopback() -> None:

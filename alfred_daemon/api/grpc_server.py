@@ -57,6 +57,7 @@ from .convert import (
 )
 from .outbox import Outbox, fill
 from .replay import ReplayLog, shed_notice
+from .tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -490,9 +491,10 @@ class GrpcApi:
     """The gRPC server bound to the supervisor; ``start``/``stop`` on the daemon's loop."""
 
     def __init__(self, sup: Supervisor, config: GrpcConfig | None = None, *,
-                 auth: Authenticator | None = None) -> None:
+                 auth: Authenticator | None = None, tls: TlsFiles | None = None) -> None:
         self.sup = sup
         self.config = config or GrpcConfig()
+        self.tls = tls
         self.servicer = AlfredServicer(sup, self.config, auth)
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -517,7 +519,10 @@ class GrpcApi:
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["Alfred"].full_name, reflection.SERVICE_NAME,
              health.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(cfg.listen)
+        if self.tls is not None:
+            self.port = server.add_secure_port(cfg.listen, self.tls.grpc_credentials())
+        else:
+            self.port = server.add_insecure_port(cfg.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen} (address in use or not allowed)")
         await server.start()

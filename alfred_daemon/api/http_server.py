@@ -48,6 +48,7 @@ from ..runtime.supervisor import DaemonState, Supervisor
 from .auth import ANONYMOUS, UNAUTHENTICATED, Authenticator, Principal
 from .monitor import Monitor
 from .outbox import Outbox, fill
+from .tls import TlsFiles
 from .web_security import OriginPolicy, add_security_headers
 from .ws_bridge import WsBridge, wire
 
@@ -123,11 +124,12 @@ class _SupervisorCollector(Collector):
 class HttpApi:
     def __init__(self, sup: Supervisor, config: HttpConfig | None = None, *,
                  warnings: list[str] | None = None, auth: Authenticator | None = None,
-                 metrics_public: bool = True) -> None:
+                 metrics_public: bool = True, tls: TlsFiles | None = None) -> None:
         self.sup = sup
         self.config = config or HttpConfig()
         self.auth = auth or Authenticator()
         self.metrics_public = metrics_public
+        self.tls = tls
         self.warnings = list(warnings or [])
         """Configuration warnings (an insecure exposure), listed in the status document."""
         self.registry = CollectorRegistry()
@@ -206,7 +208,8 @@ class HttpApi:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port,
-                           reuse_port=False)
+                           reuse_port=False,
+                           ssl_context=self.tls.http_context() if self.tls else None)
         await site.start()
         self.monitor.start()
         server = site._server  # the bound port (config port 0 = any)
@@ -246,8 +249,8 @@ class HttpApi:
         sid = request.match_info["session_id"]
         try:
             return web.json_response(self.sup.session_status(sid))
-        except SessionNotFoundError:
-            return _error(404, "session_not_found", f"no open session {sid!r}")
+        except SessionNotFoundError as exc:
+            return _error(404, "session_not_found", str(exc))  # the id quoted, cut short
 
     async def optimize(self, request: web.Request) -> web.Response:
         flags = {"triggerGC": True, "cleanupSessions": True, "optimizeBuffers": True}

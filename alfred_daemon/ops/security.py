@@ -2,10 +2,10 @@
 
 Without ``tokens_file`` every surface (gRPC, HTTP, WebSocket) serves whoever can reach it.
 On loopback that is the local machine; on any other address it is the network, with
-customer audio on it. So a bind to a non-loopback address without tokens refuses to start
-unless the operator says ``allow_insecure = true``, in which case the daemon warns at start
-and in ``/pipeline/status``. With tokens but no TLS (not built yet) it starts, and warns
-that tokens and audio cross the network in clear.
+customer audio on it. So a surface bound beyond loopback must authenticate its clients, or
+the daemon refuses to start unless the operator says ``allow_insecure = true`` (then it
+warns at start and in ``/pipeline/status``); without TLS it warns that tokens and audio
+cross the network in clear (:func:`exposure_policy`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ class SecurityConfig:
     tokens_file: str = ""
     """Bearer tokens, one per line: ``name token [max_sessions]`` (:mod:`..api.auth`).
     Empty: no authentication. Re-read on SIGHUP."""
+    tls_cert: str = ""
+    """PEM certificate chain for gRPC and HTTP (with ``tls_key``); empty: plaintext."""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """PEM CA that gRPC clients' certificates must chain to (mTLS); empty: none asked."""
     metrics_public: bool = True
     """``/metrics`` and ``/metrics.json`` without a token (they carry no session ids)."""
     allow_insecure: bool = False
@@ -55,15 +60,31 @@ def exposure(grpc_listen: str | None, http_host: str | None) -> list[str]:
     return out
 
 
-def insecure_refusal(exposed: list[str]) -> str:
-    return (f"refusing to serve {' and '.join(exposed)} in plaintext without authentication; "
-            "bind to 127.0.0.1, or set allow_insecure = true in [security] if this network "
-            "is trusted")
+def exposure_policy(security: SecurityConfig, grpc_listen: str | None,
+                    http_host: str | None) -> tuple[str | None, list[str]]:
+    """Whether the daemon may start with these binds: (a refusal sentence or None, the
+    warnings to log and show in the status).
 
-
-def insecure_warning(exposed: list[str], tokens: bool) -> str:
-    if tokens:
-        return (f"{' and '.join(exposed)} serve plaintext: bearer tokens and audio cross the "
-                "network in clear (no TLS yet)")
-    return (f"{' and '.join(exposed)} serve plaintext without authentication "
-            "(security.allow_insecure)")
+    A surface bound beyond loopback must authenticate its clients: gRPC by tokens or by
+    client certificates (``tls_client_ca``), HTTP by tokens; otherwise the daemon refuses
+    unless ``allow_insecure``. Without TLS it starts but warns: tokens and audio cross the
+    network in clear."""
+    tokens = bool(security.tokens_file)
+    grpc_exposed = exposure(grpc_listen, None)
+    http_exposed = exposure(None, http_host)
+    unauthenticated = ([] if tokens or security.tls_client_ca else grpc_exposed) + (
+        [] if tokens else http_exposed)
+    warnings: list[str] = []
+    if unauthenticated:
+        if not security.allow_insecure:
+            return (f"refusing to serve {' and '.join(unauthenticated)} without "
+                    "authentication; bind to 127.0.0.1, set security.tokens_file (or "
+                    "tls_client_ca for gRPC), or set allow_insecure = true in [security] if "
+                    "this network is trusted"), []
+        warnings.append(f"{' and '.join(unauthenticated)} serve without authentication "
+                        "(security.allow_insecure)")
+    plaintext = (grpc_exposed + http_exposed) if not security.tls_cert else []
+    if plaintext:
+        warnings.append(f"{' and '.join(plaintext)} serve plaintext: tokens and audio cross "
+                        "the network in clear (set security.tls_cert and tls_key)")
+    return None, warnings

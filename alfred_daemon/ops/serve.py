@@ -20,6 +20,7 @@ from pathlib import Path
 from ..api.auth import Authenticator
 from ..api.grpc_server import GrpcApi, GrpcConfig
 from ..api.http_server import HttpApi, HttpConfig
+from ..api.tls import TlsFiles
 from ..runtime.config import RuntimeConfig
 from ..runtime.health import Health
 from ..runtime.supervisor import Supervisor
@@ -75,6 +76,19 @@ class _Reloader:
         log.info("SIGHUP: %d tokens loaded from %s", len(auth.store), path)
 
 
+def reload_tls(tls: TlsFiles) -> None:
+    """SIGHUP: new handshakes get the certificate files as they are now; a set that does
+    not load keeps the old one (a half-copied renewal must not stop the daemon)."""
+    from ..engine.errors import ConfigError
+
+    try:
+        tls.reload()
+    except (ConfigError, OSError) as exc:
+        log.error("SIGHUP: certificates not reloaded, keeping the old ones: %s", exc)
+        return
+    log.info("SIGHUP: certificates reloaded from %s", tls.cert)
+
+
 def status_line(sup: Supervisor) -> str:
     """The one-line STATUS= summary systemctl shows."""
     workers = sup.status()["workers"]
@@ -87,19 +101,20 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
                 http_config: HttpConfig | None = None, pid_file: Path | None = None,
                 config_path: Path | None = None, warnings: list[str] | None = None,
-                auth: Authenticator | None = None, metrics_public: bool = True) -> int:
+                auth: Authenticator | None = None, metrics_public: bool = True,
+                tls: TlsFiles | None = None) -> int:
     """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
     they run, then wait for signals. A ``None`` config leaves that server out (tests,
     embedding). ``warnings`` (an insecure exposure) are logged and listed in the status.
-    ``auth``: who may use the daemon (default: anyone); its tokens file is re-read on
-    SIGHUP."""
+    ``auth``: who may use the daemon (default: anyone); ``tls``: the listeners' certificates
+    (default: plaintext). Tokens and certificates are re-read on SIGHUP."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
     notifier = Notifier()
     sup = Supervisor(config)
     auth = auth or Authenticator()
-    api = GrpcApi(sup, grpc_config, auth=auth) if grpc_config is not None else None
-    http = (HttpApi(sup, http_config, warnings=warnings, auth=auth,
+    api = GrpcApi(sup, grpc_config, auth=auth, tls=tls) if grpc_config is not None else None
+    http = (HttpApi(sup, http_config, warnings=warnings, auth=auth, tls=tls,
                     metrics_public=metrics_public) if http_config is not None else None)
     for warning in warnings or []:
         log.warning("%s", warning)
@@ -127,6 +142,8 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 notifier.reloading()
                 reloader(sup)
                 reloader.reload_tokens(auth)
+                if tls is not None:
+                    reload_tls(tls)
                 notifier.ready(status_line(sup))
                 continue
             log.info("%s: draining", sig.name)

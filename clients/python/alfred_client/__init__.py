@@ -218,20 +218,39 @@ def array_to_pcm(array: Any) -> bytes:
 # ----------------------------------------------------------------------------- async
 
 
+def _credentials(tls_ca: str | Path | None, tls_cert: str | Path | None,
+                 tls_key: str | Path | None) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials from PEM files (None: plaintext). ``tls_ca`` alone: trust
+    that CA; with ``tls_cert`` and ``tls_key``: also present a client certificate (mTLS)."""
+    if tls_ca is None and tls_cert is None:
+        return None
+    def read(path: str | Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=read(tls_ca),
+                                        private_key=read(tls_key),
+                                        certificate_chain=read(tls_cert))
+
+
 def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     """``authorization`` metadata for a daemon that requires bearer tokens."""
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
 class AsyncClient:
-    """``token``: the daemon's bearer token, if it requires one (``security.tokens_file``)."""
+    """``token``: the daemon's bearer token, if it requires one (``security.tokens_file``).
+    ``tls_ca``: PEM CA to verify a TLS daemon with (``tls_cert``/``tls_key``: a client
+    certificate, for a daemon that asks for one)."""
 
     def __init__(self, target: str = DEFAULT_TARGET, *, max_resumes: int = 3,
-                 token: str | None = None) -> None:
+                 token: str | None = None, tls_ca: str | Path | None = None,
+                 tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None) -> None:
         self.target = target
         self.max_resumes = max_resumes
         self._metadata = _auth_metadata(token)
-        self._channel = grpc.aio.insecure_channel(target)
+        creds = _credentials(tls_ca, tls_cert, tls_key)
+        self._channel = (grpc.aio.secure_channel(target, creds) if creds is not None
+                         else grpc.aio.insecure_channel(target))
         self._stub = pb_grpc.AlfredStub(self._channel)
         self.session_id = ""
         self.resume_token = ""
@@ -359,10 +378,14 @@ async def _aiter(frames: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterato
 class Client:
     """Blocking client: the same API, iterators instead of async iterators."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
+                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None) -> None:
         self.target = target
         self._metadata = _auth_metadata(token)
-        self._channel = grpc.insecure_channel(target)
+        creds = _credentials(tls_ca, tls_cert, tls_key)
+        self._channel = (grpc.secure_channel(target, creds) if creds is not None
+                         else grpc.insecure_channel(target))
         self._stub = pb_grpc.AlfredStub(self._channel)
         self.session_id = ""
         self.resume_token = ""
