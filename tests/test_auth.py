@@ -122,6 +122,8 @@ def test_tokens_on_every_surface(tmp_path: Path) -> None:
     assert out["pf_bob"] == 200
     assert out["pf_alice_with_bobs_id"] == 404  # not alice's session
     assert out["ws_none"]["code"] == "UNAUTHENTICATED"
+    assert out["ws_wrong"]["code"] == "UNAUTHENTICATED"
+    assert out["ws_wrong"]["message"] == out["ws_none"]["message"]  # no hint which
     assert out["ws_first_message"]["type"] == "sessionStarted"
     assert out["ws_header"]["type"] == "sessionStarted"
 
@@ -220,6 +222,9 @@ async def _drive(target: str, http_port: int, out: dict[str, Any]) -> None:
         async with http.ws_connect(f"{base}/ws") as ws:
             await ws.send_json({"type": "config", "sampleRateHz": 16000})
             out["ws_none"] = await ws.receive_json(timeout=10)
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await ws.send_json({"type": "config", "sampleRateHz": 16000, "token": WRONG})
+            out["ws_wrong"] = await ws.receive_json(timeout=10)
         async with http.ws_connect(f"{base}/ws") as ws:
             await ws.send_json({"type": "config", "sampleRateHz": 16000, "token": BOB})
             out["ws_first_message"] = await ws.receive_json(timeout=10)
