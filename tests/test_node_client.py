@@ -112,3 +112,27 @@ def test_node_client_streams_jfk_realtime(node: str, daemon: Daemon) -> None:
     assert types[-1] == "session_closed", types[-3:]
     assert events[-1]["reason"] == "finished", events[-1]
     assert types.count("session_closed") == 1
+
+
+@pytest.mark.slow
+def test_node_client_sends_its_token(node: str, tmp_path: Path) -> None:
+    """With tokens required, the client without one gets UNAUTHENTICATED; with ALFRED_TOKEN
+    (the example passes it as {token}) it streams."""
+    token = "node-client-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"node {token}\n")
+    runs: dict[str, subprocess.CompletedProcess[str]] = {}
+    with running_daemon(tmp_path / "d",
+                        env={"ALFRED__SECURITY__TOKENS_FILE": str(tokens)}) as d:
+        for name, extra in (("none", {}), ("token", {"ALFRED_TOKEN": token})):
+            env = {k: v for k, v in os.environ.items() if k != "ALFRED_TOKEN"}
+            runs[name] = subprocess.run(
+                [node, str(EXAMPLE), str(WAV), "--json", "--no-partials", "--target", d.target],
+                cwd=REPO, env={**env, "NODE_NO_WARNINGS": "1", **extra},
+                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=STREAM_TIMEOUT_S, check=False)
+    assert runs["none"].returncode == 1, runs["none"]
+    assert "UNAUTHENTICATED" in runs["none"].stderr
+    assert runs["token"].returncode == 0, runs["token"].stderr
+    types = [json.loads(line)["type"] for line in runs["token"].stdout.splitlines() if line]
+    assert types[0] == "session_started" and "final_transcription" in types

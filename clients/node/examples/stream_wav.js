@@ -6,7 +6,7 @@
  *   node stream_wav.js FILE.wav [--target host:port] [--realtime] [--json] [--no-partials]
  *
  * Readable lines by default; with --json one JSON object per event per line (the shape of
- * `alfred-daemon stream --json`). Exit code 0 when the session closes normally, 1 with the
+ * `alfred-daemon stream --json`). A daemon that requires a bearer token gets $ALFRED_TOKEN. Exit code 0 when the session closes normally, 1 with the
  * gRPC status on stderr when the stream fails, 2 on bad arguments or an unreadable file.
  */
 
@@ -69,7 +69,7 @@ async function main() {
     console.error(`stream_wav: ${err.message}\n${USAGE}`);
     return 2;
   }
-  const client = createClient(args.target);
+  const client = createClient(args.target, { token: process.env.ALFRED_TOKEN });
   let closed = null;
   try {
     const events = client.streamWav(args.file, {
