@@ -340,20 +340,6 @@ def test_a_partial_of_an_utterance_that_ended_is_superseded() -> None:
     assert JobKind.FINAL in [j.kind for j in d.collect()]
 
 
-def test_final_pending_covers_the_unconfirmed_pause_only() -> None:
-    """What job lanes are reserved for: a final is coming. The turn decision that follows
-    runs on a turn lane and does not count."""
-    d = Driver(speculative())
-    d.speech(20)
-    assert not d.core.final_pending
-    d.silence(1)
-    assert d.core.final_pending
-    d.silence(MIN_SILENCE_WINDOWS)
-    assert d.pending_of(JobKind.FINAL)
-    assert not d.core.final_pending
-    assert d.core.decision_pending or d.pending_of(JobKind.TURN)
-
-
 def test_no_partials_when_disabled() -> None:
     d = Driver(no_partials())
     d.speech(10 * PARTIAL_WINDOWS)

@@ -140,6 +140,11 @@ class Authenticator:
             return ANONYMOUS
         return self.store.authenticate(bearer(authorization))
 
+    def owner(self, principal: Principal) -> str:
+        """What the supervisor records as a session's owner: the token's name, or "" when
+        the daemon has no tokens (no name to show or count)."""
+        return principal.name if self.required else ""
+
     @staticmethod
     def over_limit(principal: Principal, held: int) -> str | None:
         """A refusal sentence if ``principal``, holding ``held`` sessions, may open no more."""

@@ -141,7 +141,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller's token (``authorization: Bearer ...`` metadata), or abort with
         UNAUTHENTICATED. The health service does not ask: probes carry no token."""
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        metadata = dict(context.invocation_metadata() or ())
         value = metadata.get("authorization")
         principal = self.auth.authenticate(value if isinstance(value, str) else None)
         if principal is None:
@@ -285,7 +285,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         try:
             sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
-                                        owner=principal.name if self.auth.required else "")
+                                        owner=self.auth.owner(principal))
         except AdmissionError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise

@@ -325,7 +325,7 @@ class HttpApi:
                 engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
                 sid = self.sup.open_session(
                     engine, sample_rate=rate,
-                    owner=principal.name if self.auth.required else "")
+                    owner=self.auth.owner(principal))
                 self._frame_owners[sid] = principal.name
                 outbox = Outbox(limit=1000)
                 self._frame_sessions[sid] = outbox

@@ -8,15 +8,12 @@ chain in place. Connections already up keep the certificate they were opened wit
 
 from __future__ import annotations
 
-import logging
 import ssl
 from pathlib import Path
 
 import grpc
 
 from ..engine.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 class TlsFiles:

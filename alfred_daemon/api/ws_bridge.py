@@ -125,7 +125,7 @@ class WsBridge:
                 cfg.sample_rate_hz = 16_000
             engine = engine_config(cfg, self.sup.config.engine)
             sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
-                                        owner=principal.name if self.auth.required else "")
+                                        owner=self.auth.owner(principal))
         except (json.JSONDecodeError, InvalidRequestError, InvalidAudioError) as exc:
             await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
             return ws

@@ -303,12 +303,6 @@ class SessionCore:
         return (turn is not None and self.turn_model and self.config.turn.enabled
                 and not turn.evaluated and self._last_speech_end is not None)
 
-    @property
-    def final_pending(self) -> bool:
-        """A final will be asked for within ~``min_silence_ms`` (speech paused, the pause
-        not confirmed yet): the part of :attr:`decision_pending` that needs a decoder."""
-        return self._in_speech and self._silence_start is not None
-
     def superseded(self, job: Job) -> bool:
         """Whether ``job``, a partial not started yet, had better not run: its utterance's
         speech has paused or ended. The final waits for every partial in flight (a partial
