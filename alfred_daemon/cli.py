@@ -257,6 +257,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .ops.logs import setup_logging
     from .ops.security import exposure_policy
     from .ops.serve import serve
+    from .runtime.errors import WorkersFailedError
     from .runtime.rundir import RuntimeDirError
 
     try:
@@ -284,6 +285,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
+    except WorkersFailedError as exc:
+        # Not bad input (exit 2): the install or the machine is broken.
+        print(f"alfred-daemon: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -284,13 +284,16 @@ def summarise(system: str, n: int, seconds: float, results: list[SessionResult])
     return row
 
 
-async def run_alfred(n: int, seconds: float, profile: str) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def running_daemon(*extra: str) -> AsyncIterator[tuple[str, int]]:
+    """``alfred-daemon serve`` on loopback ports with a private runtime dir, up once its
+    gRPC status answers (bounded: 60 s); yields (gRPC target, pid). SIGTERM on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="alfred-load-"))
     port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "alfred-daemon"), "serve",
          "--listen", f"127.0.0.1:{port}", "--http-port", str(free_port()),
-         "--runtime-dir", str(workdir / "run"), "--log-level", "warning"],
+         "--runtime-dir", str(workdir / "run"), "--log-level", "warning", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     try:
@@ -301,7 +304,19 @@ async def run_alfred(n: int, seconds: float, profile: str) -> dict[str, Any]:
                 break
             except Exception:
                 await asyncio.sleep(0.2)
-        sampler = TreeSampler(proc.pid)
+        yield target, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def run_alfred(n: int, seconds: float, profile: str) -> dict[str, Any]:
+    async with running_daemon() as (target, pid):
+        sampler = TreeSampler(pid)
         scripts = [make_script(1000 + i, seconds, profile) for i in range(n)]
         results = [SessionResult() for _ in range(n)]
         sampler.start()
@@ -315,13 +330,6 @@ async def run_alfred(n: int, seconds: float, profile: str) -> dict[str, Any]:
         client_cpu = me.cpu_percent(None)
         async with AsyncClient(target) as c:
             status = await c.status()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
     row = summarise("alfred", n, seconds, results)
     row["cpu_percent"] = cpu
     row["cpu_by_process"] = sampler.cpu_by_process

@@ -439,6 +439,10 @@ class ScriptedSupervisor:
     def push(self, session_id: str, frame: bytes, *, sample_rate: int | None = None) -> int:
         return 0
 
+    async def feed(self, session_id: str, frame: bytes, *,
+                   sample_rate: int | None = None) -> int:
+        return 0
+
     async def finish_session(self, session_id: str, timeout: float | None = None) -> None:
         return None
 

@@ -403,6 +403,36 @@ def test_skipped_windows_hold_vad_state_and_keep_offsets() -> None:
     assert [e.audio_offset_ms for e in ended] == [15 * 32]
 
 
+def test_skipped_windows_in_silence_reach_a_final() -> None:
+    """Words spoken while the VAD of their windows was skipped are not lost: a gap in
+    silence is taken as speech, so the utterance (and its final) starts at the gap."""
+    d = Driver(no_partials())
+    d.silence(20)
+    d.core.on_skipped(40)
+    d.silence(MIN_SILENCE_WINDOWS)
+    events = d.drain()
+    started = of(events, SpeechStarted)
+    assert [e.audio_offset_ms for e in started] == [20 * 32]
+    final = d.only_pending(JobKind.FINAL)
+    assert final.start <= 20 * WINDOW and final.end >= 60 * WINDOW
+    d.reply(final, text="ask not")
+    assert [e.text for e in of(d.drain(), FinalTranscription)] == ["ask not"]
+
+
+def test_skipped_windows_cancel_a_pause_before_them() -> None:
+    """A silence that began before the gap does not end the utterance before the gap's
+    end: the gap may have held the rest of the sentence."""
+    d = Driver(no_partials())
+    d.speech(10)
+    d.silence(3)
+    d.core.on_skipped(20)
+    d.silence(MIN_SILENCE_WINDOWS)
+    ended = of(d.drain(), SpeechEnded)
+    assert [e.audio_offset_ms for e in ended] == [33 * 32]
+    final = d.only_pending(JobKind.FINAL)
+    assert final.end >= 33 * WINDOW
+
+
 def test_posted_events_queue_behind_unfinished_final() -> None:
     d = Driver(no_partials())
     d.speech(10)

@@ -414,7 +414,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await self._fail(a, context, f"audio frame of {len(frame.pcm)} bytes is over the "
                              f"{MAX_FRAME_BYTES} byte limit; send 20-100 ms frames")
         try:
-            self.sup.push(a.session_id, frame.pcm)
+            await self.sup.feed(a.session_id, frame.pcm)
         except InvalidAudioError as exc:
             await self._fail(a, context, str(exc))
         except SessionBackloggedError as exc:

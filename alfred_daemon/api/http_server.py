@@ -332,7 +332,7 @@ class HttpApi:
                 task = asyncio.create_task(self._pump_frames(sid, outbox))
                 self._pumps.add(task)
                 task.add_done_callback(self._pumps.discard)
-            windows = self.sup.push(sid, pcm)
+            windows = await self.sup.feed(sid, pcm)
         except InvalidAudioError as exc:
             return _error(400, "invalid_audio", str(exc))
         except AdmissionError as exc:

@@ -168,7 +168,7 @@ class WsBridge:
                     await self._fail(ws, "INVALID_ARGUMENT", "audio frame over 1 MiB", 1009)
                     return False
                 try:
-                    self.sup.push(sid, msg.data)
+                    await self.sup.feed(sid, msg.data)
                 except InvalidAudioError as exc:
                     await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1007)
                     return False

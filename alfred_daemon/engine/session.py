@@ -439,12 +439,23 @@ class SessionCore:
     def on_skipped(self, windows: int) -> None:
         """Advance past ``windows`` windows whose analysis was skipped (load shedding).
 
-        The VAD state holds: speech continues as speech, silence as silence, and no
-        transition, partial or turn decision is taken on audio nobody looked at. The audio
-        itself stays available, so a final spanning the gap still transcribes it.
+        Nobody looked at the gap, so it is taken as speech: that is the only reading under
+        which no word in it is lost. Outside speech an utterance starts at the gap (or at
+        the speech candidate before it); inside speech a silence that began before the gap
+        no longer counts, so the utterance cannot end before the gap does. From the next
+        analysed window the VAD decides again as usual, and the final spans the gap; if the
+        gap held no speech, the decode's no-speech check keeps that final empty. No partial
+        or turn decision is taken on the gap itself.
         """
+        gap_start = self.position
         self.position += windows * WINDOW
-        self._candidate_start = None  # unconfirmed speech is not confirmed by a gap
+        if not self._in_speech:
+            start = self._candidate_start if self._candidate_start is not None else gap_start
+            self._on_speech_start(start, 0.0)
+        else:
+            self._silence_start = None
+            if self._utt is not None:
+                self._abandon_speculation(self._utt)
 
     def post(self, event: Event) -> None:
         """Queue an event from outside the core (runtime notices: backpressure, worker

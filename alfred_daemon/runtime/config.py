@@ -86,6 +86,13 @@ class LimitsConfig:
     """Seconds after opening by which a session must have sent 1 s of audio, or it is
     closed as idle: a slot is for a stream, not for a session opened and left."""
 
+    realtimeTolerance: float = 2.0  # noqa: N815 -- spec-style name
+    """Seconds of audio a session may send beyond real time (jitter, a reconnect's resent
+    audio) before its work is served only from spare capacity (runtime/fairness.py)."""
+    backlogTimeout: float = 10.0  # noqa: N815 -- spec-style name
+    """Seconds a frame may wait for room in its session's ring (audio a final still needs)
+    before the stream is cut with RESOURCE_EXHAUSTED; meanwhile the client is throttled."""
+
     def __post_init__(self) -> None:
         check_range("limits.maxMemoryUsageMB", self.maxMemoryUsageMB, 64, 1_000_000)
         check_range("limits.targetFrameProcessingTime", self.targetFrameProcessingTime, 0.1, 1000)
@@ -94,6 +101,8 @@ class LimitsConfig:
         check_range("limits.gcTriggerThreshold", self.gcTriggerThreshold, 0.1, 1.0)
         check_range("limits.idleSessionTimeout", self.idleSessionTimeout, 1, 86400)
         check_range("limits.firstAudioTimeout", self.firstAudioTimeout, 1, 86400)
+        check_range("limits.realtimeTolerance", self.realtimeTolerance, 0, 3600)
+        check_range("limits.backlogTimeout", self.backlogTimeout, 0.1, 3600)
 
 
 @dataclass(frozen=True, slots=True)

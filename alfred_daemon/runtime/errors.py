@@ -34,3 +34,8 @@ class DaemonUnavailableError(RuntimeApiError):
 
 class SessionBackloggedError(RuntimeApiError):
     """The session's ring is full of audio still needed; the frame was not accepted."""
+
+
+class WorkersFailedError(RuntimeApiError):
+    """The daemon could not start: a worker kept failing to start and the crash-loop brake
+    tripped. The message names the worker and its last exit."""

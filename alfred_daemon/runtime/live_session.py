@@ -52,6 +52,12 @@ class LiveSession:
     vad_next: int = 0
     """Next window to analyse; the ring's VAD read index when no VAD request is out."""
     vad_in_flight: bool = False
+    vad_sent_at: float = 0.0
+    """When the VAD request in flight was sent (``vad_in_flight``)."""
+    first_audio_at: float | None = None
+    """Monotonic time of the first frame (how far ahead of real time the client is)."""
+    catch_up_to: int = 0
+    """Windows before this piled up while a worker the session used was dead or hung."""
     write_times: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic, wall) write time of each window from ``vad_next`` on."""
     arrival: npt.NDArray[np.float64] = field(
@@ -117,6 +123,20 @@ class LiveSession:
     def queued_windows(self) -> int:
         return self.ring.write_seq - self.vad_next
 
+    def max_windows(self, frame: bytes | npt.NDArray[np.generic],
+                    sample_rate: int | None) -> int:
+        """At most how many windows ``frame`` completes (room to wait for before taking it)."""
+        n = len(frame) // 2 if isinstance(frame, bytes | bytearray | memoryview) else frame.size
+        rate = sample_rate or self.sample_rate
+        samples = -(-n * SAMPLE_RATE // max(rate, 1)) + WINDOW  # + the resampler's slack
+        return (self.pending.size + samples) // WINDOW + 1
+
+    def ahead_s(self, now: float) -> float:
+        """Seconds of audio sent beyond what real time allows since the first frame."""
+        if self.first_audio_at is None:
+            return 0.0
+        return self.ring.write_seq * WINDOW / SAMPLE_RATE - (now - self.first_audio_at)
+
     def lag_ms(self, now: float) -> float:
         """How far this session's analysis is behind its audio: age of the oldest window
         not yet analysed."""
@@ -139,6 +159,7 @@ class LiveSession:
             "windowsAnalysed": self.windows_analysed,
             "windowsDropped": self.windows_dropped,
             "windowsQueued": self.queued_windows,
+            "aheadS": round(max(0.0, self.ahead_s(now)), 3),
             "jobsInFlight": len(self.core.in_flight),
             "partials": stats.partials,
             "finals": stats.finals,

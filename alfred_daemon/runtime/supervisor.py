@@ -38,8 +38,17 @@ worker through its lanes' silence (``workers.heartbeat_timeout``) or a request o
 ``processor.processing_timeout``; it is SIGKILLed. Either way its VAD requests are rewound
 (the ring's VAD read index goes back to the request's first window and the session keeps
 the state it sent), its jobs go back to the front of the queue, the affected sessions get a
-``worker_recovered`` event, and a replacement is spawned on the same core. Workers notice a
-dead supervisor through their death pipe. A respawn brake stops crash loops.
+``worker_recovered`` event, and a replacement is spawned on the same core -- during start
+too: only a tripped crash-loop brake fails a start. The windows that piled up behind a hung
+worker are caught up on, never shed, and neither the hang nor the catch-up counts as load
+(runtime/fairness.py), so a fault changes no other session's words. Workers notice a dead
+supervisor through their death pipe.
+
+Fairness
+--------
+A session whose client sends faster than real time is served from spare capacity only
+(runtime/fairness.py) and throttled through its own connection (:meth:`Supervisor.feed`),
+so one client cannot push the shared ladder for all.
 """
 
 from __future__ import annotations
@@ -95,7 +104,9 @@ from .errors import (
     DaemonUnavailableError,
     SessionBackloggedError,
     SessionNotFoundError,
+    WorkersFailedError,
 )
+from .fairness import AHEAD_RANK, Standing, lanes_for_ahead_work, worker_suspect
 from .health import Alert, Health, HealthInputs, HealthMonitor
 from .live_session import RETAIN_READER, VAD_READER, LiveSession
 from .memory import malloc_trim, total_pss_mb
@@ -130,6 +141,8 @@ TICK_S = 0.1
 HISTORY = 10_000
 RANK_SPECULATIVE = 2
 RANK_PARTIAL = 3
+MAX_START_FAILURES = 3
+"""Deaths before ready, in a row, that make a worker a crash loop (see ``_brake_reason``)."""
 
 
 class DaemonState:
@@ -156,6 +169,9 @@ class Lane:
     last_seen: float = field(default_factory=time.monotonic)
     busy_accum: float = 0.0
     """Seconds busy since the last tick (for the load figure)."""
+    ahead_work: bool = False
+    """The request out serves only sessions ahead of real time (runtime/fairness.py): spare
+    capacity, not load."""
 
 
 @dataclass(slots=True, eq=False)
@@ -176,6 +192,9 @@ class WorkerHandle:
     turn_kernels: str = ""
     jobs_done: int = 0
     vad_batches: int = 0
+    last_exit: str = ""
+    killed_at: float | None = None
+    """Why the process ended (or was killed), for the log and a failed start's message."""
 
     @property
     def pid(self) -> int:
@@ -265,6 +284,8 @@ class Supervisor:
         self._restart_times: deque[float] = deque()
         self._braked: dict[int, WorkerHandle] = {}
         """Dead workers the crash-loop brake has not let respawn yet."""
+        self._start_failures: dict[int, tuple[int, float]] = {}
+        """Worker id -> (consecutive deaths before becoming ready, time of the last)."""
         self._sessions: dict[str, LiveSession] = {}
         self._by_key: dict[int, LiveSession] = {}
         self._keys = itertools.count(1)
@@ -331,7 +352,7 @@ class Supervisor:
                 asyncio.create_task(self._tick_loop(), name="alfred-tick"),
                 asyncio.create_task(self._slow_loop(), name="alfred-housekeeping"),
             ]
-            await self._wait_workers_ready(cfg.workers.start_timeout)
+            await self._wait_workers_ready()
             self._last_tick = time.monotonic()
             self._busy_ewma = 0.0
             self.ladder.reset()
@@ -347,17 +368,19 @@ class Supervisor:
         log.info("daemon running: %d workers, runtime dir %s", len(self._workers),
                  cfg.runtime_dir)
 
-    async def _wait_workers_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(w.ready for w in self._workers.values()):
-                return
-            if self._workers and all(w.exited for w in self._workers.values()):
-                break
+    async def _wait_workers_ready(self) -> None:
+        """Wait until every worker is ready. A worker that dies or hangs (not ready after
+        ``workers.start_timeout``) during start is respawned like one that dies later; only
+        a tripped crash-loop brake makes the start fail, because a worker that keeps failing
+        will not come up by waiting longer."""
+        while not all(w.ready for w in self._workers.values()):
+            if self._braked:
+                w = next(iter(self._braked.values()))
+                raise WorkersFailedError(
+                    f"worker {w.worker_id} keeps failing to start (last exit: "
+                    f"{w.last_exit or 'unknown'}; {self._brake_reason(w)}); "
+                    "see its log lines above")
             await asyncio.sleep(0.05)
-        failed = [w.worker_id for w in self._workers.values() if not w.ready]
-        raise RuntimeError(f"workers {failed} did not start within {timeout:.0f} s "
-                           "(see their log lines above)")
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: refuse new sessions, let open utterances finish (their finals and
@@ -495,9 +518,43 @@ class Supervisor:
             raise
         s.frames_received += 1
         s.last_activity = time.monotonic()
+        if s.first_audio_at is None:
+            s.first_audio_at = s.last_activity
         self._write(s, windows)
         self._dispatch()
         return len(windows)
+
+    async def feed(self, session_id: str, frame: bytes | npt.NDArray[np.generic], *,
+                   sample_rate: int | None = None) -> int:
+        """:meth:`push` with flow control, for transports: a frame that finds the session's
+        ring full of audio its finals still need waits for room -- the transport does not
+        read meanwhile, so the client is throttled by its own connection -- for up to
+        ``limits.backlogTimeout``; then SessionBackloggedError with a sentence. Waiting,
+        not shedding: the audio of a client that is ahead is not lost, only slowed down."""
+        timeout = self.config.limits.backlogTimeout
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self._get(session_id)
+            if s.closing:
+                raise SessionNotFoundError(f"session {session_id} is closing")
+            need = s.max_windows(frame, sample_rate)
+            if s.ring.free_slots() >= need or need > s.ring.n_slots:
+                return self.push(session_id, frame, sample_rate=sample_rate)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                s.rejected_frames += 1
+                ahead = s.ahead_s(time.monotonic())
+                why = (f"the client is {ahead:.0f} s ahead of real time and the daemon has "
+                       "no spare capacity for it; send audio at real time"
+                       if ahead > self.config.limits.realtimeTolerance else
+                       "the daemon cannot keep up with this session")
+                raise SessionBackloggedError(
+                    f"session {s.session_id} had no room for audio for {timeout:g} s "
+                    f"(its ring holds {self.config.ring_seconds:g} s its finals still "
+                    f"need): {why}")
+            s.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.progress.wait(), min(remaining, 0.2))
 
     def _write(self, s: LiveSession, windows: npt.NDArray[np.int16]) -> None:
         n = len(windows)
@@ -675,7 +732,11 @@ class Supervisor:
         """Give every idle lane work: VAD batches first, then jobs by priority."""
         if self._router is None:
             return
-        idle = [ln for ln in self._lanes.values() if ln.ready and ln.request is None]
+        now = time.monotonic()
+        # Nothing new goes to a worker that looks hung: it would wait there until the
+        # heartbeat has the worker killed and re-run.
+        idle = [ln for ln in self._lanes.values() if ln.ready and ln.request is None
+                and not self._suspect(ln.worker, now)]
         # A VAD request goes preferably to a worker whose job lane is idle: it then has its
         # core to itself instead of preempting a decode.
         for lane in sorted((ln for ln in idle if ln.kind == "vad"),
@@ -696,10 +757,15 @@ class Supervisor:
         reserve = 0
         if any(s.core.decision_pending for s in self._sessions.values()):
             reserve = min(self.config.processor.reserved_job_lanes, job_lanes - 1)
+        ahead_room = lanes_for_ahead_work(job_lanes) - sum(
+            1 for ln in self._lanes.values()
+            if ln.kind == "job" and ln.request is not None and ln.ahead_work)
         for n_idle, lane in zip(range(len(idle_jobs), 0, -1), idle_jobs, strict=True):
-            task = self._next_task(partials=n_idle > reserve)
+            task = self._next_task(partials=n_idle > reserve, ahead=ahead_room > 0)
             if task is None:
                 break
+            if self._rank(task)[0] >= AHEAD_RANK:
+                ahead_room -= 1
             tasks = [task]
             if task.job.kind is JobKind.PARTIAL:
                 tasks += self._more_partials(task)
@@ -712,6 +778,9 @@ class Supervisor:
             t.job = s.core.extend(t.job)  # a queued partial shows the audio of now
             items.append(JobItem(t.session_key, s.ring.handle, t.job, s.core.config.stt))
         lane.tasks = tasks
+        now = time.monotonic()
+        lane.ahead_work = all(self._standing(self._by_key[t.session_key], now).ahead
+                              for t in tasks)
         self._send_request(lane, JobRequest(next(self._request_ids), tuple(items)))
 
     def _more_partials(self, first: _Task) -> list[_Task]:
@@ -748,12 +817,15 @@ class Supervisor:
                    if not s.vad_in_flight and s.queued_windows > 0]
         waiting.sort(key=lambda s: s.write_times[0][0] if s.write_times else 0.0)
         items: list[VadItem] = []
+        now = time.monotonic()
         for s in waiting[:limit]:
-            if shed_above is not None and s.queued_windows > shed_above:
+            if (shed_above is not None and s.queued_windows > shed_above
+                    and self._standing(s, now).may_shed):
                 self._shed(s, s.queued_windows - shed_above, "backpressure")
             count = min(s.queued_windows, MAX_VAD_WINDOWS_PER_ITEM)
             items.append(VadItem(s.key, s.ring.handle, s.vad_next, count, s.vad_state))
             s.vad_in_flight = True
+            s.vad_sent_at = now
         return tuple(items)
 
     def _shed(self, s: LiveSession, n: int, reason: str) -> None:
@@ -774,19 +846,23 @@ class Supervisor:
                                   end_ms=end_ms, frames=n, reason=reason))
         self._pump(s)
 
-    def _next_task(self, *, partials: bool = True) -> _Task | None:
+    def _next_task(self, *, partials: bool = True, ahead: bool = True) -> _Task | None:
         """Take the most urgent runnable job (see :meth:`_rank`; the queue holds a few tasks
         per session, so a linear scan is cheap). With ``partials=False`` (the lane is one of
         the reserved ones) only an owed final, a turn decision, or optional work that has
         waited ``processor.reserve_patience_ms`` is taken: under load, holding a lane idle
-        for a decision that may come later starves partials of half the machine."""
+        for a decision that may come later starves partials of half the machine. With
+        ``ahead=False`` work of sessions ahead of real time is not taken (they have as many
+        lanes as :func:`~.fairness.lanes_for_ahead_work` allows); a reserved lane never
+        takes it."""
         patience = self.config.processor.reserve_patience_ms / 1000.0
         while self._queue:
             candidates = self._queue
-            if not partials:
+            if not partials or not ahead:
                 now = time.monotonic()
-                candidates = [t for t in self._queue if self._rank(t)[0] < RANK_SPECULATIVE
-                              or now - t.queued_at >= patience]
+                candidates = [t for t in self._queue if self._eligible(
+                    self._rank(t)[0], now - t.queued_at, partials=partials, ahead=ahead,
+                    patience=patience)]
                 if not candidates:
                     return None
             task = min(candidates, key=self._rank)
@@ -805,18 +881,35 @@ class Supervisor:
             return task
         return None
 
+    @staticmethod
+    def _eligible(rank: int, waited: float, *, partials: bool, ahead: bool,
+                  patience: float) -> bool:
+        if rank >= AHEAD_RANK:
+            return ahead and partials
+        return partials or rank < RANK_SPECULATIVE or waited >= patience
+
     def _rank(self, task: _Task) -> tuple[int, int]:
         """Scheduling order: finals owed to a client, turn decisions, speculative finals,
         partials; oldest first within each. A speculation ranks below a turn decision
         (which is owed now) and, like a partial, takes a reserved lane only once it has
         waited ``processor.reserve_patience_ms``: it may yet be abandoned. It ranks as a
-        final again once the VAD confirms the speech end."""
+        final again once the VAD confirms the speech end. All work of a session ahead of
+        real time ranks after all work of the others (runtime/fairness.py)."""
+        s = self._by_key.get(task.session_key)
         if task.job.kind is JobKind.FINAL:
-            s = self._by_key.get(task.session_key)
-            if s is not None and s.core.is_speculative(task.job):
-                return RANK_SPECULATIVE, task.seq
-            return 0, task.seq
-        return (1 if task.job.kind is JobKind.TURN else RANK_PARTIAL), task.seq
+            rank = (RANK_SPECULATIVE if s is not None and s.core.is_speculative(task.job)
+                    else 0)
+        else:
+            rank = 1 if task.job.kind is JobKind.TURN else RANK_PARTIAL
+        if s is not None and self._standing(s, time.monotonic()).ahead:
+            rank += AHEAD_RANK
+        return rank, task.seq
+
+    def _standing(self, s: LiveSession, now: float) -> Standing:
+        return Standing.of(
+            ahead_s=s.ahead_s(now), tolerance_s=self.config.limits.realtimeTolerance,
+            vad_request_s=now - s.vad_sent_at if s.vad_in_flight else None,
+            catching_up=s.vad_next < s.catch_up_to)
 
     def _send_request(self, lane: Lane, msg: VadRequest | JobRequest) -> None:
         lane.request = msg
@@ -863,6 +956,7 @@ class Supervisor:
             w.turn_kernels = msg.turn_kernels
             if all(ln.ready for ln in w.lanes.values()) and w.ready_at is None:
                 w.ready_at = time.monotonic()
+                self._start_failures.pop(w.worker_id, None)
                 log.info("worker %d (pid %d, core %s) ready in %.0f ms (models %.0f ms)",
                          w.worker_id, msg.pid, msg.core, (w.ready_at - w.started) * 1000,
                          msg.load_ms)
@@ -883,9 +977,11 @@ class Supervisor:
 
     def _lane_done(self, lane: Lane) -> None:
         now = time.monotonic()
-        lane.busy_accum += now - max(lane.sent_at, self._last_tick)
+        if not lane.ahead_work:
+            lane.busy_accum += now - max(lane.sent_at, self._last_tick)
         lane.request = None
         lane.tasks = []
+        lane.ahead_work = False
 
     def _on_vad_result(self, msg: VadResult, worker_id: int) -> None:
         self.counters.vad_batches += 1
@@ -912,11 +1008,15 @@ class Supervisor:
                 self._outcomes.append((now, True))
                 s.vad_state = item.state
                 s.last_worker = worker_id
+                # Frame times are a health figure: a client ahead of real time queues its
+                # own windows, which says nothing about the daemon's health.
+                timed = self._standing(s, now).counts_toward_load
                 for p in item.probs:
                     mono, written = s.write_times.popleft()
-                    self.frame_times_ms.append((now - mono) * 1000.0)
-                    self._observe("frame_ms", (now - mono) * 1000.0)
-                    self.handoff_ms.append((msg.picked_up - written) * 1000.0)
+                    if timed:
+                        self.frame_times_ms.append((now - mono) * 1000.0)
+                        self._observe("frame_ms", (now - mono) * 1000.0)
+                        self.handoff_ms.append((msg.picked_up - written) * 1000.0)
                     s.core.on_vad(float(p), per_window)
                 n = len(item.probs)
                 s.vad_next += n
@@ -1005,6 +1105,12 @@ class Supervisor:
         w.exited = True
         if not self._stopping:
             reason = _exit_reason(code)
+            if w.last_exit:
+                reason = f"{reason} ({w.last_exit})"
+            w.last_exit = reason
+            if w.ready_at is None:
+                failures, _ = self._start_failures.get(w.worker_id, (0, 0.0))
+                self._start_failures[w.worker_id] = (failures + 1, time.monotonic())
             log.error("worker %d (pid %s) exited: %s", w.worker_id, w.pid, reason)
             self._recover(w, reason)
 
@@ -1024,10 +1130,15 @@ class Supervisor:
                     # still s.vad_state (results replace it, requests only copy it).
                     s.ring.set_reader(VAD_READER, s.vad_next)
                     s.vad_in_flight = False
+                    # What piled up meanwhile is caught up on, not shed: a fault is not load.
+                    s.catch_up_to = max(s.catch_up_to, s.ring.write_seq)
                     affected.setdefault(s.key, [0, 0])[1] += item.count
             for task in tasks:
                 if task.session_key in self._by_key:
-                    self._queue.append(task)  # original seq: ranks before younger tasks
+                    # Original seq: ranks before younger tasks. Its time on the dead worker
+                    # was not a wait for capacity, so the load figure does not count it.
+                    task.queued_at = time.monotonic()
+                    self._queue.append(task)
                     self.counters.jobs_rerun += 1
                     affected.setdefault(task.session_key, [0, 0])[0] += 1
         self._forget_worker(w)
@@ -1049,24 +1160,46 @@ class Supervisor:
                 asyncio.get_running_loop().remove_reader(w.pidfd)
 
     def _respawn(self, w: WorkerHandle) -> None:
-        if self._stopping or self.state == DaemonState.STARTING:
+        if self._stopping:
             return
+        brake = self._brake_reason(w)
+        if brake is not None:
+            if w.worker_id not in self._braked:
+                log.critical("worker %d not restarted: %s (crash loop); retrying when the "
+                             "minute has passed", w.worker_id, brake)
+            self._braked[w.worker_id] = w
+            return
+        self._braked.pop(w.worker_id, None)
+        self._restart_times.append(time.monotonic())
+        self.counters.worker_restarts += 1
+        self._spawn(w.worker_id, w.core)
+
+    def _brake_reason(self, w: WorkerHandle) -> str | None:
+        """Why ``w`` must not be respawned now, or None. Two crash loops: too many restarts
+        of any worker in the last minute (``workers.max_restarts_per_minute``), or this
+        worker dying before ready ``MAX_START_FAILURES`` times in a row (a broken install
+        fails the same way every time; at start that is fatal)."""
         now = time.monotonic()
         while self._restart_times and now - self._restart_times[0] > 60.0:
             self._restart_times.popleft()
         if len(self._restart_times) >= self.config.workers.max_restarts_per_minute:
-            if w.worker_id not in self._braked:
-                log.critical("worker %d not restarted: %d restarts in the last minute (crash "
-                             "loop); retrying when the minute has passed", w.worker_id,
-                             len(self._restart_times))
-            self._braked[w.worker_id] = w
-            return
-        self._braked.pop(w.worker_id, None)
-        self._restart_times.append(now)
-        self.counters.worker_restarts += 1
-        self._spawn(w.worker_id, w.core)
+            return f"{len(self._restart_times)} restarts in the last minute"
+        failures, last = self._start_failures.get(w.worker_id, (0, 0.0))
+        if failures >= MAX_START_FAILURES and now - last < 60.0:
+            return f"died before ready {failures} times in a row"
+        return None
+
+    def _suspect(self, w: WorkerHandle, now: float) -> bool:
+        vad = w.lanes["vad"]
+        return worker_suspect(vad_idle=vad.request is None, vad_silent_s=now - vad.last_seen,
+                              vad_request_s=now - vad.sent_at,
+                              heartbeat_interval=self.config.workers.heartbeat_interval)
 
     def _kill(self, w: WorkerHandle, why: str) -> None:
+        if w.killed_at is not None and time.monotonic() - w.killed_at < 2.0:
+            return  # its exit is on its way
+        w.killed_at = time.monotonic()
+        w.last_exit = why
         log.error("worker %d (pid %s) is hung (%s); killing it", w.worker_id, w.pid, why)
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, signal.SIGKILL)
@@ -1085,7 +1218,11 @@ class Supervisor:
                         cfg.processor.processing_timeout:
                     self._kill(w, f"{lane.kind} request running for {now - lane.sent_at:.1f} s")
                     break
-                if lane.request is None and now - lane.last_seen > cfg.workers.heartbeat_timeout:
+                # An idle lane heartbeats; a VAD batch takes milliseconds, so a VAD lane
+                # is never silent for long, busy or not. A job lane may decode for up to
+                # processing_timeout.
+                if (lane.request is None or lane.kind == "vad") and \
+                        now - lane.last_seen > cfg.workers.heartbeat_timeout:
                     self._kill(w, f"{lane.kind} lane silent for {now - lane.last_seen:.1f} s")
                     break
 
@@ -1104,13 +1241,17 @@ class Supervisor:
         for w in list(self._braked.values()):
             self._respawn(w)
         # Busy fraction of the job lanes over this tick, smoothed over ~2 s.
-        job_lanes = [ln for ln in self._lanes.values() if ln.kind == "job" and ln.ready]
+        # A suspect worker's lanes (runtime/fairness.py) are neither capacity nor load: the
+        # heartbeat will have it killed, and its work re-run.
+        job_lanes = [ln for ln in self._lanes.values() if ln.kind == "job" and ln.ready
+                     and not self._suspect(ln.worker, now)]
         span = max(now - self._last_tick, 1e-3)
         busy = 0.0
         for lane in job_lanes:
-            if lane.request is not None:
+            if lane.request is not None and not lane.ahead_work:
                 lane.busy_accum += now - max(lane.sent_at, self._last_tick)
             busy += min(lane.busy_accum / span, 1.0)
+        for lane in self._lanes.values():
             lane.busy_accum = 0.0
         # No ready job lane means no worker (health reports that), not a busy one.
         busy = busy / len(job_lanes) if job_lanes else 0.0
@@ -1118,8 +1259,10 @@ class Supervisor:
         self._busy_ewma += alpha * (busy - self._busy_ewma)
         self._last_tick = now
         fq = self.config.processor.frame_queue_size
-        queue = max((s.queued_windows / fq for s in self._sessions.values()), default=0.0)
-        lag = max((self._session_lag_ms(s, now) for s in self._sessions.values()), default=0.0)
+        counted = [s for s in self._sessions.values()
+                   if self._standing(s, now).counts_toward_load]
+        queue = max((s.queued_windows / fq for s in counted), default=0.0)
+        lag = max((self._session_lag_ms(s, now) for s in counted), default=0.0)
         self.load_sample = LoadSample(queue, lag / self.config.max_lag_ms, self._busy_ewma)
         self.load = self.load_sample.load
         transition = self.ladder.update(self.load, now)
@@ -1218,7 +1361,9 @@ class Supervisor:
         largest = max(self.memory_by_pid.values(), default=0.0)
         inputs = HealthInputs(
             frame_time_ms=self.average_frame_time(), memory_mb=largest, load=self.load,
-            error_rate=self.error_rate(now), queue_frames=self.frames_in_queue(),
+            error_rate=self.error_rate(now), queue_frames=sum(
+                s.queued_windows for s in self._sessions.values()
+                if self._standing(s, now).counts_toward_load),
             workers_alive=alive, workers_expected=max(expected,
                                                       self.config.workers.resolved_count()),
             level=self.ladder.level)

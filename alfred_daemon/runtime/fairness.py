@@ -1,0 +1,76 @@
+"""Fairness: whose backlog moves the shared ladder, and whose work waits for spare capacity.
+
+The backpressure ladder degrades every session at once, so it may only move for load the
+daemon owes clients that send at real time. Two kinds of backlog are not that:
+
+* A session **ahead of real time** -- its client has sent more audio than the wall clock has
+  seen pass since its first frame (a file pushed at full speed, a flood) -- made its backlog
+  itself. Its work is served from spare capacity: ranked after every other session's, never
+  on the last job lane, left out of the load figure; its intake is flow-controlled by its
+  ring (``Supervisor.feed``) and cut with a sentence if it stays full.
+* A session **stalled by a fault** -- its VAD request sits on a worker that stopped
+  answering, or it is catching up on the windows that piled up meanwhile -- is behind
+  because of a worker, not load. Degrading everyone for it would change their words, and
+  shedding its backlog would throw away the audio the recovery exists to save.
+
+Pure functions of figures the supervisor passes in, so the policy is tested without
+processes (tests/test_fairness.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STALL_S = 1.0
+"""A VAD request out this long is stuck: a batch takes milliseconds, a loaded machine
+hundreds of them. Only the load figure uses this; killing a worker takes the heartbeat."""
+
+AHEAD_RANK = 10
+"""Added to an ahead session's task rank: after every kind of work of other sessions."""
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the scheduler and the load figure need to know about one session now."""
+
+    ahead: bool
+    stalled: bool
+    """Its VAD request has been out ``STALL_S`` or more (a hung worker, probably)."""
+    catching_up: bool
+    """It is analysing the windows that piled up while a worker it used was dead or hung."""
+
+    @classmethod
+    def of(cls, *, ahead_s: float, tolerance_s: float, vad_request_s: float | None,
+           catching_up: bool) -> Standing:
+        """``ahead_s``: audio sent beyond real time since the first frame (a client that
+        reconnects and resends what it captured meanwhile is not ahead: the disconnection
+        counted as time); ``vad_request_s``: age of its VAD request in flight, if any."""
+        return cls(ahead=ahead_s > tolerance_s,
+                   stalled=vad_request_s is not None and vad_request_s >= STALL_S,
+                   catching_up=catching_up)
+
+    @property
+    def counts_toward_load(self) -> bool:
+        return not (self.ahead or self.stalled or self.catching_up)
+
+    @property
+    def may_shed(self) -> bool:
+        """Only backlog that moves the ladder is shed by it."""
+        return self.counts_toward_load
+
+
+def lanes_for_ahead_work(job_lanes: int) -> int:
+    """Job lanes that may run ahead-of-real-time work at once: all but one, so a session
+    at real time always finds a lane that no such work holds (one lane is all it gets on a
+    single-lane daemon, where there is nothing to keep)."""
+    return max(1, job_lanes - 1)
+
+
+def worker_suspect(vad_idle: bool, vad_silent_s: float, vad_request_s: float,
+                   heartbeat_interval: float) -> bool:
+    """Whether a worker looks hung from its VAD lane, long before the heartbeat timeout
+    kills it: an idle VAD lane heartbeats every ``heartbeat_interval``, a busy one answers
+    within milliseconds. A suspect worker's lanes are neither capacity nor load."""
+    if vad_idle:
+        return vad_silent_s > 3 * heartbeat_interval
+    return vad_request_s > STALL_S
