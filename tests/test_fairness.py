@@ -22,6 +22,7 @@ from alfred_daemon.engine.jobs import Models
 from alfred_daemon.runtime.config import LimitsConfig, WorkersConfig
 from alfred_daemon.runtime.errors import SessionBackloggedError
 from alfred_daemon.runtime.fairness import (
+    AHEAD_BUSY_MAX,
     STALL_S,
     Standing,
     lanes_for_ahead_work,
@@ -90,7 +91,20 @@ def test_catching_up_after_a_fault_is_not_load_and_not_shed() -> None:
 
 @pytest.mark.parametrize("lanes, allowed", [(1, 1), (2, 1), (3, 2), (8, 7)])
 def test_ahead_work_leaves_one_lane(lanes: int, allowed: int) -> None:
-    assert lanes_for_ahead_work(lanes) == allowed
+    assert lanes_for_ahead_work(lanes, busy=0.0) == allowed
+
+
+@pytest.mark.parametrize("busy, allowed", [(0.0, 1), (AHEAD_BUSY_MAX, 1),
+                                           (AHEAD_BUSY_MAX + 0.01, 0), (1.0, 0)])
+def test_no_ahead_work_while_real_time_sessions_keep_the_lanes_busy(
+    busy: float, allowed: int
+) -> None:
+    """A decode cannot be preempted: started while the lanes are needed, it holds one."""
+    assert lanes_for_ahead_work(2, busy=busy) == allowed
+
+
+def test_no_ahead_work_when_a_real_time_session_is_about_to_need_a_decision() -> None:
+    assert lanes_for_ahead_work(4, busy=0.0, decision_due=True) == 0
 
 
 def test_worker_suspect_from_its_vad_lane() -> None:
@@ -176,6 +190,7 @@ def test_a_flood_moves_no_ladder_and_costs_a_real_time_session_no_words(
     assert final_texts(out["a_events"]) == reference
     b_events = out["b_events"]
     assert not [e for e in b_events if isinstance(e, FramesDropped)]
+    # B gets what A leaves idle: all of its audio, or a refusal that says why.
     if out["flood"] == "all accepted":
         assert len(final_texts(b_events)) >= 18  # twenty sentences, none lost to shedding
     else:

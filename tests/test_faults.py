@@ -40,6 +40,7 @@ from alfred_daemon.runtime.errors import WorkersFailedError
 from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO
+from .grpc_helpers import running_daemon
 from .runtime_helpers import (
     Stream,
     apoll,
@@ -349,3 +350,16 @@ def test_worker_that_keeps_dying_at_start_fails_the_start_in_one_sentence(
     assert "\n" not in out["error"]
     assert out["killed"] == 3
     assert out["state"] == "stopped"
+
+
+def test_a_clean_start_reports_no_health_change(tmp_path: Path) -> None:
+    """A start used to log ``health healthy -> failed`` and back a second later (workers
+    judged missing while they were starting): an operator's alerting must not page on
+    every deploy."""
+    with running_daemon(tmp_path, workers=2) as d:
+        time.sleep(2.5)  # two housekeeping passes after READY
+        log = d.log.read_text(errors="replace")
+    assert "daemon running" in log, log[-2000:]
+    assert not [line for line in log.splitlines() if " health " in line
+                and "->" in line], log[-2000:]
+    assert "Traceback" not in log

@@ -5,8 +5,9 @@ daemon owes clients that send at real time. Two kinds of backlog are not that:
 
 * A session **ahead of real time** -- its client has sent more audio than the wall clock has
   seen pass since its first frame (a file pushed at full speed, a flood) -- made its backlog
-  itself. Its work is served from spare capacity: ranked after every other session's, never
-  on the last job lane, left out of the load figure; its intake is flow-controlled by its
+  itself. Its work is served from spare capacity only: ranked after every other session's,
+  started only while the real-time sessions leave the job lanes mostly idle, never on the
+  last one, left out of the load and health figures; its intake is flow-controlled by its
   ring (``Supervisor.feed``) and cut with a sentence if it stays full.
 * A session **stalled by a fault** -- its VAD request sits on a worker that stopped
   answering, or it is catching up on the windows that piled up meanwhile -- is behind
@@ -59,10 +60,22 @@ class Standing:
         return self.counts_toward_load
 
 
-def lanes_for_ahead_work(job_lanes: int) -> int:
-    """Job lanes that may run ahead-of-real-time work at once: all but one, so a session
-    at real time always finds a lane that no such work holds (one lane is all it gets on a
-    single-lane daemon, where there is nothing to keep)."""
+AHEAD_BUSY_MAX = 0.4
+"""Busy fraction of the job lanes (real-time work only, smoothed) above which no work of a
+session ahead of real time is started. A decode cannot be preempted: one started when the
+real-time sessions need the lanes holds a lane from them for its whole length (seconds, for
+a long utterance), so ahead work runs only while they leave most of the machine idle."""
+
+
+def lanes_for_ahead_work(job_lanes: int, busy: float, *, decision_due: bool = False) -> int:
+    """Job lanes that may run ahead-of-real-time work at once. None while the real-time
+    sessions keep the lanes more than ``AHEAD_BUSY_MAX`` busy, or while one of them is
+    about to need a final or turn decision (``decision_due``: its speech paused) -- the two
+    moments a started decode would hold a lane they need. Otherwise all but one, so a
+    session at real time always finds a lane that no such work holds (one lane is all
+    there is on a single-lane daemon)."""
+    if busy > AHEAD_BUSY_MAX or decision_due:
+        return 0
     return max(1, job_lanes - 1)
 
 
