@@ -132,6 +132,11 @@ def _layout(n_slots: int, slot_samples: int) -> tuple[int, int, int]:
     return header, data_off, data_off + n_slots * slot_samples * 2
 
 
+def segment_bytes(n_slots: int, slot_samples: int = SLOT_SAMPLES) -> int:
+    """Size of a ring's segment: what each open session takes of /dev/shm."""
+    return _layout(n_slots, slot_samples)[2]
+
+
 class _Ring:
     """Views over a mapped segment; shared by the writer and reader classes."""
 
@@ -199,7 +204,7 @@ class RingWriter(_Ring):
     def create(cls, name: str, n_slots: int, slot_samples: int = SLOT_SAMPLES) -> RingWriter:
         if n_slots < 2:
             raise ValueError("a ring needs at least 2 slots")
-        _, _, size = _layout(n_slots, slot_samples)
+        size = segment_bytes(n_slots, slot_samples)
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         try:
             _reserve(shm, size)
