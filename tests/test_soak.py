@@ -62,5 +62,7 @@ def test_sequence_problems() -> None:
 
 def test_whisper_wer_reads_numbers_as_formatting() -> None:
     assert soak.whisper_wer("about fourteen fifty five", "About 1455.") == 0.0
+    assert soak.whisper_wer("one two three", "1. 2. 3.") == 0.0
+    assert soak.whisper_wer("forty two line bible", "42 line Bible") == 0.0
     assert soak.whisper_wer("the child almost hurt the small dog",
                             "The child almost hurt the dog.") > 0.0
