@@ -758,17 +758,20 @@ def report(doc: dict[str, Any]) -> str:
     lines = [f"Soak: {doc['minutes']:g} min, {doc['sessions']} real-time session slots, "
              f"{doc['workers']} workers, seed {doc['seed']}, ladder {doc['ladder']}",
              f"Command: {doc['command']}",
-             f"{host_line(host)} (avx512_vnni: {'yes' if host['avx512_vnni'] else 'no'})",
+             host_line(host),
              f"Started {doc['started']}, wall {doc['wall_s'] / 60:.1f} min", "",
-             f"{'mark':>10} {'t (s)':>7} {'PSS MB':>8} {'fds':>5} {'threads':>8} "
-             f"{'sessions':>9}"]
+             f"{'mark':>10} {'t (s)':>7} {'PSS MB':>8} {'superv.':>8} {'fds':>5} "
+             f"{'threads':>8} {'sessions':>9}"]
     for m in [doc["run"]["idle_before"], *doc["run"]["marks"], doc["run"]["idle_after"]]:
         active = "?" if m["sessions_active"] is None else m["sessions_active"]
-        lines.append(f"{m['label']:>10} {m['t_s']:>7.0f} {m['pss_mb']:>8.1f} {m['fds']:>5} "
-                     f"{m['threads']:>8} {active:>9}")
+        sup = m["by_process"].get("supervisor", {}).get("pss_mb", float("nan"))
+        lines.append(f"{m['label']:>10} {m['t_s']:>7.0f} {m['pss_mb']:>8.1f} {sup:>8.1f} "
+                     f"{m['fds']:>5} {m['threads']:>8} {active:>9}")
     lines += ["", f"PSS: the daemon tree (supervisor, workers, resource trackers), median of "
-              f"{MARK_READINGS} readings {READING_GAP_S:g} s apart ending at the mark. 'idle' "
-              "rows: no session open (before: after one warm-up session per slot).",
+              f"{MARK_READINGS} readings {READING_GAP_S:g} s apart ending at the mark; "
+              "'superv.': the supervisor's own (per-process figures and a 30 s series: "
+              "soak.json). 'idle' rows: no session open (before: after one warm-up session "
+              "per slot).",
               "", "Sessions by outcome (WER with Whisper's English normaliser):"]
     for outcome, c in doc["categories"].items():
         lines.append(f"  {outcome}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
