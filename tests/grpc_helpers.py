@@ -198,18 +198,21 @@ compare finals word for word (the arithmetic is in runtime_helpers.steady_ladder
 
 
 def start_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> Daemon:
+                 credentials: grpc.ChannelCredentials | None = None, *,
+                 wrap: Sequence[str] = (), args: Sequence[str] = ()) -> Daemon:
     """``alfred-daemon serve`` on a free loopback port, runtime dir under ``workdir``;
     returns once SERVING with its worker processes recorded. ``env`` adds environment
-    variables (``ALFRED__SECTION__KEY`` config overrides)."""
+    variables (``ALFRED__SECTION__KEY`` config overrides), ``args`` serve flags. ``wrap``
+    is a command the daemon's command line is appended to, which must end by exec'ing it
+    (so that the process started is the daemon), e.g. a namespace set-up."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "daemon.log"
     port, http_port = free_port(), free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [daemon_executable(), "serve", "--listen", f"127.0.0.1:{port}",
+            [*wrap, daemon_executable(), "serve", "--listen", f"127.0.0.1:{port}",
              "--http-port", str(http_port),
-             "--runtime-dir", str(workdir / "run"), "--workers", str(workers)],
+             "--runtime-dir", str(workdir / "run"), "--workers", str(workers), *args],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
@@ -253,10 +256,11 @@ def reap(daemon: Daemon, timeout: float = 10.0) -> list[int]:
 
 @contextlib.contextmanager
 def running_daemon(workdir: Path, workers: int = 2, env: dict[str, str] | None = None,
-                   credentials: grpc.ChannelCredentials | None = None) -> Iterator[Daemon]:
+                   credentials: grpc.ChannelCredentials | None = None, *,
+                   wrap: Sequence[str] = (), args: Sequence[str] = ()) -> Iterator[Daemon]:
     """A daemon for the ``with`` block; afterwards it is stopped (if the block did not) and
     it must have exited 0 and left no child process behind."""
-    d = start_daemon(workdir, workers, env, credentials)
+    d = start_daemon(workdir, workers, env, credentials, wrap=wrap, args=args)
     ok = False
     try:
         yield d

@@ -1,6 +1,7 @@
 """Errors of the runtime's in-process API, each mapping to one client-facing status.
 
-The API layers translate them: AdmissionError -> RESOURCE_EXHAUSTED / HTTP 503,
+The API layers translate them: AdmissionError (and its SharedMemoryFullError) ->
+RESOURCE_EXHAUSTED / HTTP 503,
 SessionNotFoundError -> NOT_FOUND / 404, DaemonUnavailableError -> UNAVAILABLE / 503,
 SessionBackloggedError -> RESOURCE_EXHAUSTED / 429. Bad audio raises the engine's
 InvalidAudioError (INVALID_ARGUMENT / 400).
@@ -19,6 +20,19 @@ class AdmissionError(RuntimeApiError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class SharedMemoryFullError(AdmissionError):
+    """A new session's audio ring found no room in /dev/shm (a full tmpfs).
+
+    An admission refusal like any other, so that every API layer already answers it with
+    RESOURCE_EXHAUSTED / 503 and the daemon's sentence; the ring module raises it (as
+    :class:`~alfred_daemon.runtime.ring.RingSpaceError`) before a single page is touched,
+    because a write to an unbacked tmpfs page kills the writer with SIGBUS.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("shm_full", message)
 
 
 class SessionNotFoundError(RuntimeApiError, KeyError):

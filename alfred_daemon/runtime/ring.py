@@ -55,6 +55,8 @@ daemon can sweep the segments of a dead one (:func:`sweep_stale`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 import threading
@@ -64,6 +66,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from .errors import SharedMemoryFullError
 
 MAGIC = 0x31474E4952464C41  # "ALFRING1" little-endian
 VERSION = 1
@@ -99,6 +103,14 @@ class RingClosedError(RingError):
     """The writer closed the ring (the session ended)."""
 
 
+class RingSpaceError(RingError, SharedMemoryFullError):
+    """/dev/shm has no room for a new ring's pages; the segment was removed again.
+
+    Also a :class:`SharedMemoryFullError`: the supervisor's ``open_session`` lets it
+    through as an admission refusal with this sentence.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class RingHandle:
     """What a worker needs to attach: small and picklable, sent over the control plane."""
@@ -118,6 +130,11 @@ def _layout(n_slots: int, slot_samples: int) -> tuple[int, int, int]:
     table = n_slots * 8
     data_off = (header + table + 63) // 64 * 64
     return header, data_off, data_off + n_slots * slot_samples * 2
+
+
+def segment_bytes(n_slots: int, slot_samples: int = SLOT_SAMPLES) -> int:
+    """Size of a ring's segment: what each open session takes of /dev/shm."""
+    return _layout(n_slots, slot_samples)[2]
 
 
 class _Ring:
@@ -187,8 +204,14 @@ class RingWriter(_Ring):
     def create(cls, name: str, n_slots: int, slot_samples: int = SLOT_SAMPLES) -> RingWriter:
         if n_slots < 2:
             raise ValueError("a ring needs at least 2 slots")
-        _, _, size = _layout(n_slots, slot_samples)
+        size = segment_bytes(n_slots, slot_samples)
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        try:
+            _reserve(shm, size)
+        except BaseException:
+            shm.close()
+            shm.unlink()
+            raise
         ring = cls(shm, n_slots, slot_samples)
         ring._hdr[:] = 0
         ring._hdr[_H_READ0:] = -1  # no readers registered
@@ -290,6 +313,29 @@ class RingReader(_Ring):
         if hasattr(self, "_hdr"):
             self._release_views()
         self._shm.close()
+
+
+def _reserve(shm: shared_memory.SharedMemory, size: int) -> None:
+    """Back every page of a new segment now, or raise :class:`RingSpaceError`.
+
+    ftruncate on tmpfs succeeds whatever the free space, and the first store to a page the
+    filesystem cannot back then kills the storing process with SIGBUS -- the supervisor,
+    with every session. posix_fallocate asks tmpfs for the pages up front and fails with
+    ENOSPC (ENOMEM when the memory cgroup is at its limit) instead.
+    """
+    try:
+        os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        free = ""
+        with contextlib.suppress(OSError):
+            st = os.statvfs(SHM_DIR)
+            free = f", {st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
+        raise RingSpaceError(
+            f"shared memory is full: /dev/shm has no room for this session's "
+            f"{size / 1e6:.1f} MB audio ring ({exc.strerror}{free}); close sessions or "
+            "give /dev/shm more space") from None
 
 
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:
