@@ -104,6 +104,7 @@ from .errors import (
     DaemonUnavailableError,
     SessionBackloggedError,
     SessionNotFoundError,
+    SharedMemoryFullError,
     WorkersFailedError,
 )
 from .fairness import AHEAD_RANK, Standing, lanes_for_ahead_work, worker_suspect
@@ -460,7 +461,15 @@ class Supervisor:
             raise ValueError(f"session {sid} already exists")
         key = next(self._keys)
         n_slots = int(cfg.ring_seconds * SAMPLE_RATE / WINDOW)
-        ring = RingWriter.create(segment_name(cfg.shm_prefix, f"{self.instance}-{key}"), n_slots)
+        try:
+            ring = RingWriter.create(segment_name(cfg.shm_prefix, f"{self.instance}-{key}"),
+                                     n_slots)
+        except SharedMemoryFullError as exc:
+            # Already an admission refusal (RESOURCE_EXHAUSTED / 503 with its sentence);
+            # counted and logged like the others, so that operators see why.
+            self.counters.sessions_refused += 1
+            log.warning("session refused: %s", exc)
+            raise
         ring.register_reader(VAD_READER)
         ring.register_reader(RETAIN_READER)
         base = config or cfg.engine
