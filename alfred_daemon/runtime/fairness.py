@@ -7,8 +7,10 @@ daemon owes clients that send at real time. Two kinds of backlog are not that:
   seen pass since its first frame (a file pushed at full speed, a flood) -- made its backlog
   itself. Its work is served from spare capacity only: ranked after every other session's,
   started only while the real-time sessions leave the job lanes mostly idle, never on the
-  last one, left out of the load and health figures; its intake is flow-controlled by its
-  ring (``Supervisor.feed``) and cut with a sentence if it stays full.
+  last one, left out of the load and health figures. Its intake is flow-controlled
+  (``Supervisor.feed``): paced to real time while other sessions stream at it (each of its
+  messages costs the event loop they share), and cut with a sentence if its ring stays
+  full.
 * A session **stalled by a fault** -- its VAD request sits on a worker that stopped
   answering, or it is catching up on the windows that piled up meanwhile -- is behind
   because of a worker, not load. Degrading everyone for it would change their words, and

@@ -296,6 +296,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._dispatch_pending = False
         self._control_seq = 0
         self._trim_generation = 0
         self._busy_ewma = 0.0
@@ -530,22 +531,49 @@ class Supervisor:
         if s.first_audio_at is None:
             s.first_audio_at = s.last_activity
         self._write(s, windows)
-        self._dispatch()
+        self._dispatch_soon()
         return len(windows)
+
+    def _dispatch_soon(self) -> None:
+        """Dispatch once the frames that arrived together are all written: a scan per frame
+        costs O(sessions + queue) at every message of every session."""
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            asyncio.get_running_loop().call_soon(self._deferred_dispatch)
+
+    def _deferred_dispatch(self) -> None:
+        self._dispatch_pending = False
+        self._dispatch()
 
     async def feed(self, session_id: str, frame: bytes | npt.NDArray[np.generic], *,
                    sample_rate: int | None = None) -> int:
-        """:meth:`push` with flow control, for transports: a frame that finds the session's
-        ring full of audio its finals still need waits for room -- the transport does not
-        read meanwhile, so the client is throttled by its own connection -- for up to
-        ``limits.backlogTimeout``; then SessionBackloggedError with a sentence. Waiting,
-        not shedding: the audio of a client that is ahead is not lost, only slowed down."""
+        """:meth:`push` with flow control, for transports; the transport does not read while
+        this waits, so the client is throttled by its own connection. Two waits:
+
+        * a session more than ``limits.realtimeTolerance`` ahead of real time is paced to
+          real time while another session streams at it (alone, it may go as fast as the
+          daemon takes it: it delays nobody);
+        * a frame that finds the session's ring full of audio its finals still need waits
+          for room for up to ``limits.backlogTimeout``; then SessionBackloggedError with a
+          sentence.
+
+        Waiting, not shedding: the audio of a client that is ahead is not lost, only slowed
+        down."""
         timeout = self.config.limits.backlogTimeout
         deadline = time.monotonic() + timeout
         while True:
             s = self._get(session_id)
             if s.closing:
                 raise SessionNotFoundError(f"session {session_id} is closing")
+            now = time.monotonic()
+            early = s.ahead_s(now) - self.config.limits.realtimeTolerance
+            if early > 0 and self._real_time_peers(s, now):
+                # Paced to real time while others stream at it: every message costs the
+                # event loop all sessions share, whatever its work's rank. Pacing is not a
+                # wait for room: it does not count towards the timeout.
+                await asyncio.sleep(early)
+                deadline = time.monotonic() + timeout
+                continue
             need = s.max_windows(frame, sample_rate)
             if s.ring.free_slots() >= need or need > s.ring.n_slots:
                 return self.push(session_id, frame, sample_rate=sample_rate)
@@ -564,6 +592,12 @@ class Supervisor:
             s.progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.progress.wait(), min(remaining, 0.2))
+
+    def _real_time_peers(self, s: LiveSession, now: float) -> bool:
+        """Whether another session streams at real time (has sent audio within the last
+        second and is not ahead itself): then a session ahead of real time is paced."""
+        return any(t is not s and not t.closing and now - t.last_activity < 1.0
+                   and not self._standing(t, now).ahead for t in self._sessions.values())
 
     def _write(self, s: LiveSession, windows: npt.NDArray[np.int16]) -> None:
         n = len(windows)
