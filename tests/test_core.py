@@ -1219,3 +1219,26 @@ def test_posted_notice_is_dated_no_later_than_a_pending_retroactive_event() -> N
     assert [e.TYPE for e in events] == ["turn_resumed", "speech_started"]
     assert events[0].audio_offset_ms == 0
     assert_monotonic(events)
+
+
+def test_quiet_only_without_speech_jobs_or_decisions() -> None:
+    """``quiet`` lends the session's share of the machine to work that can wait (the
+    runtime's ahead-of-real-time sessions): never while it speaks or waits for a job."""
+    d = Driver(no_partials())
+    assert d.core.quiet
+    d.speech(3)
+    assert not d.core.quiet  # speech possibly starting
+    d.speech(10)
+    assert not d.core.quiet
+    d.silence(MIN_SILENCE_WINDOWS)
+    final = d.only_pending(JobKind.FINAL)
+    assert not d.core.quiet  # a final in flight
+    d.reply(final, text="hello")
+    d.collect()
+    for job in list(d.pending):
+        d.reply(job)
+    d.silence(40)
+    d.collect()
+    for job in list(d.pending):
+        d.reply(job)
+    assert d.core.quiet, (d.core.in_flight, d.core.decision_pending)

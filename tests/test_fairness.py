@@ -91,7 +91,7 @@ def test_catching_up_after_a_fault_is_not_load_and_not_shed() -> None:
 
 @pytest.mark.parametrize("lanes, allowed", [(1, 1), (2, 1), (3, 2), (8, 7)])
 def test_ahead_work_leaves_one_lane(lanes: int, allowed: int) -> None:
-    assert lanes_for_ahead_work(lanes, busy=0.0) == allowed
+    assert lanes_for_ahead_work(lanes, busy=0.0, real_time_work=False) == allowed
 
 
 @pytest.mark.parametrize("busy, allowed", [(0.0, 1), (AHEAD_BUSY_MAX, 1),
@@ -100,11 +100,11 @@ def test_no_ahead_work_while_real_time_sessions_keep_the_lanes_busy(
     busy: float, allowed: int
 ) -> None:
     """A decode cannot be preempted: started while the lanes are needed, it holds one."""
-    assert lanes_for_ahead_work(2, busy=busy) == allowed
+    assert lanes_for_ahead_work(2, busy=busy, real_time_work=False) == allowed
 
 
-def test_no_ahead_work_when_a_real_time_session_is_about_to_need_a_decision() -> None:
-    assert lanes_for_ahead_work(4, busy=0.0, decision_due=True) == 0
+def test_no_ahead_work_while_a_real_time_session_speaks_or_waits_for_a_job() -> None:
+    assert lanes_for_ahead_work(4, busy=0.0, real_time_work=True) == 0
 
 
 def test_worker_suspect_from_its_vad_lane() -> None:

@@ -6,8 +6,8 @@ daemon owes clients that send at real time. Two kinds of backlog are not that:
 * A session **ahead of real time** -- its client has sent more audio than the wall clock has
   seen pass since its first frame (a file pushed at full speed, a flood) -- made its backlog
   itself. Its work is served from spare capacity only: ranked after every other session's,
-  started only while the real-time sessions leave the job lanes mostly idle, never on the
-  last one, left out of the load and health figures. Its intake is flow-controlled
+  started only while no real-time session speaks or waits for a job, never on the last
+  lane, left out of the load and health figures. Its intake is flow-controlled
   (``Supervisor.feed``): paced to real time while other sessions stream at it (each of its
   messages costs the event loop they share), and cut with a sentence if its ring stays
   full.
@@ -69,14 +69,15 @@ real-time sessions need the lanes holds a lane from them for its whole length (s
 a long utterance), so ahead work runs only while they leave most of the machine idle."""
 
 
-def lanes_for_ahead_work(job_lanes: int, busy: float, *, decision_due: bool = False) -> int:
-    """Job lanes that may run ahead-of-real-time work at once. None while the real-time
-    sessions keep the lanes more than ``AHEAD_BUSY_MAX`` busy, or while one of them is
-    about to need a final or turn decision (``decision_due``: its speech paused) -- the two
-    moments a started decode would hold a lane they need. Otherwise all but one, so a
-    session at real time always finds a lane that no such work holds (one lane is all
-    there is on a single-lane daemon)."""
-    if busy > AHEAD_BUSY_MAX or decision_due:
+def lanes_for_ahead_work(job_lanes: int, busy: float, *, real_time_work: bool) -> int:
+    """Job lanes that may run ahead-of-real-time work at once. A decode cannot be
+    preempted: one started when a real-time session needs the lanes holds one from it for
+    its whole length (seconds, for a long utterance). So none while a real-time session is
+    speaking or has a job issued or due (``real_time_work``), or the lanes are more than
+    ``AHEAD_BUSY_MAX`` busy with real-time work; otherwise all but one, so a session that
+    starts to speak finds a lane no such work holds (one lane is all there is on a
+    single-lane daemon)."""
+    if busy > AHEAD_BUSY_MAX or real_time_work:
         return 0
     return max(1, job_lanes - 1)
 

@@ -797,13 +797,13 @@ class Supervisor:
         # other times every lane may decode partials: with one lane held for the whole
         # run, partials queued behind each other from four sessions on (p95 partial lag
         # 470 ms at six sessions) while the held lane's core idled.
+        real_time = [s for s in self._sessions.values() if not self._standing(s, now).ahead]
         reserve = 0
-        decision_due = any(s.core.decision_pending for s in self._sessions.values()
-                           if not self._standing(s, now).ahead)
-        if decision_due:
+        if any(s.core.decision_pending for s in real_time):
             reserve = min(self.config.processor.reserved_job_lanes, job_lanes - 1)
-        ahead_room = lanes_for_ahead_work(job_lanes, self._busy_ewma,
-                                          decision_due=decision_due) - sum(
+        ahead_room = lanes_for_ahead_work(
+            job_lanes, self._busy_ewma,
+            real_time_work=any(not s.core.quiet for s in real_time)) - sum(
             1 for ln in self._lanes.values()
             if ln.kind == "job" and ln.request is not None and ln.ahead_work)
         for n_idle, lane in zip(range(len(idle_jobs), 0, -1), idle_jobs, strict=True):
