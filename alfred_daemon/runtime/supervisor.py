@@ -59,6 +59,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import math
 import os
 import pickle
 import signal
@@ -952,8 +953,9 @@ class Supervisor:
         return rank, task.seq
 
     def _standing(self, s: LiveSession, now: float) -> Standing:
+        ahead_s = math.inf if s.ahead_backlog else s.ahead_s(now)
         return Standing.of(
-            ahead_s=s.ahead_s(now), tolerance_s=self.config.limits.realtimeTolerance,
+            ahead_s=ahead_s, tolerance_s=self.config.limits.realtimeTolerance,
             vad_request_s=now - s.vad_sent_at if s.vad_in_flight else None,
             catching_up=s.vad_next < s.catch_up_to)
 
@@ -1304,6 +1306,7 @@ class Supervisor:
         alpha = min(1.0, span / 2.0)
         self._busy_ewma += alpha * (busy - self._busy_ewma)
         self._last_tick = now
+        self._update_ahead_backlogs(now)
         fq = self.config.processor.frame_queue_size
         counted = [s for s in self._sessions.values()
                    if self._standing(s, now).counts_toward_load]
@@ -1315,6 +1318,16 @@ class Supervisor:
         if transition is not None:
             self._apply_transition(transition)
         self._health_events(now)
+
+    def _update_ahead_backlogs(self, now: float) -> None:
+        tolerance = self.config.limits.realtimeTolerance
+        queued = {t.session_key for t in self._queue}
+        for s in self._sessions.values():
+            if s.ahead_s(now) > tolerance:
+                s.ahead_backlog = True
+            elif s.ahead_backlog and not s.queued_windows and s.key not in queued \
+                    and not s.core.in_flight:
+                s.ahead_backlog = False
 
     def _session_lag_ms(self, s: LiveSession, now: float) -> float:
         lag = s.lag_ms(now)
