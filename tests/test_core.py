@@ -1221,24 +1221,14 @@ def test_posted_notice_is_dated_no_later_than_a_pending_retroactive_event() -> N
     assert_monotonic(events)
 
 
-def test_quiet_only_without_speech_jobs_or_decisions() -> None:
-    """``quiet`` lends the session's share of the machine to work that can wait (the
-    runtime's ahead-of-real-time sessions): never while it speaks or waits for a job."""
+def test_speaking_from_the_first_speech_window_to_the_confirmed_end() -> None:
+    """``speaking`` tells a scheduler partials and a final are coming (the runtime keeps
+    lanes free of work that can wait then)."""
     d = Driver(no_partials())
-    assert d.core.quiet
-    d.speech(3)
-    assert not d.core.quiet  # speech possibly starting
+    assert not d.core.speaking
+    d.speech(1)
+    assert d.core.speaking  # possibly starting
     d.speech(10)
-    assert not d.core.quiet
+    assert d.core.speaking
     d.silence(MIN_SILENCE_WINDOWS)
-    final = d.only_pending(JobKind.FINAL)
-    assert not d.core.quiet  # a final in flight
-    d.reply(final, text="hello")
-    d.collect()
-    for job in list(d.pending):
-        d.reply(job)
-    d.silence(40)
-    d.collect()
-    for job in list(d.pending):
-        d.reply(job)
-    assert d.core.quiet, (d.core.in_flight, d.core.decision_pending)
+    assert not d.core.speaking

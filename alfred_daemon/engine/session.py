@@ -304,11 +304,9 @@ class SessionCore:
                 and not turn.evaluated and self._last_speech_end is not None)
 
     @property
-    def quiet(self) -> bool:
-        """No speech in progress (or possibly starting), no job issued, nothing due: a
-        scheduler may lend this session's share of the machine to work that can wait."""
-        return (not self._in_speech and self._candidate_start is None and not self._in_flight
-                and not self._held and not self.decision_pending)
+    def speaking(self) -> bool:
+        """Speech is in progress or may be starting: partials, then a final, are coming."""
+        return self._in_speech or self._candidate_start is not None
 
     def superseded(self, job: Job) -> bool:
         """Whether ``job``, a partial not started yet, had better not run: its utterance's

@@ -57,10 +57,6 @@ class LiveSession:
     first_audio_at: float | None = None
     """Monotonic time of the first frame (how far ahead of real time the client is)."""
     catch_up_to: int = 0
-    ahead_backlog: bool = False
-    """It got ahead of real time and has not worked off what it queued meanwhile: until
-    then it stays served from spare capacity (runtime/fairness.py), or its old backlog would
-    count as lag the moment the clock caught up with its audio."""
     """Windows before this piled up while a worker the session used was dead or hung."""
     write_times: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic, wall) write time of each window from ``vad_next`` on."""

@@ -59,7 +59,6 @@ import dataclasses
 import gc
 import itertools
 import logging
-import math
 import os
 import pickle
 import signal
@@ -223,6 +222,9 @@ class _Task:
     session_key: int
     job: Job
     queued_at: float = field(default_factory=time.monotonic)
+    spare: bool = False
+    """Issued while its session was ahead of real time: spare-capacity work for good
+    (runtime/fairness.py), even once the clock has caught up with the session's audio."""
 
 
 @dataclass(slots=True)
@@ -754,8 +756,11 @@ class Supervisor:
             self._queue.remove(task)
             self.counters.partials_superseded += 1
             s.core.on_result(JobResult.skip(task.job, "superseded by the final"))
-        for job in s.core.take_jobs():
-            self._queue.append(_Task(next(self._task_seq), s.key, job))
+        jobs = s.core.take_jobs()
+        if jobs:
+            spare = self._standing(s, time.monotonic()).ahead
+            for job in jobs:
+                self._queue.append(_Task(next(self._task_seq), s.key, job, spare=spare))
         for ev in s.core.drain_events():
             self._deliver(s, ev)
         s.ring.set_reader(RETAIN_READER, min(s.core.retain_from() // WINDOW, s.ring.write_seq))
@@ -802,9 +807,13 @@ class Supervisor:
         reserve = 0
         if any(s.core.decision_pending for s in real_time):
             reserve = min(self.config.processor.reserved_job_lanes, job_lanes - 1)
-        ahead_room = lanes_for_ahead_work(
-            job_lanes, self._busy_ewma,
-            real_time_work=any(not s.core.quiet for s in real_time)) - sum(
+        real_time_work = (
+            any(s.core.speaking or s.core.decision_pending for s in real_time)
+            or any(not t.spare for t in self._queue)
+            or any(ln.kind == "job" and ln.request is not None and not ln.ahead_work
+                   for ln in self._lanes.values()))
+        ahead_room = lanes_for_ahead_work(job_lanes, self._busy_ewma,
+                                          real_time_work=real_time_work) - sum(
             1 for ln in self._lanes.values()
             if ln.kind == "job" and ln.request is not None and ln.ahead_work)
         for n_idle, lane in zip(range(len(idle_jobs), 0, -1), idle_jobs, strict=True):
@@ -825,9 +834,7 @@ class Supervisor:
             t.job = s.core.extend(t.job)  # a queued partial shows the audio of now
             items.append(JobItem(t.session_key, s.ring.handle, t.job, s.core.config.stt))
         lane.tasks = tasks
-        now = time.monotonic()
-        lane.ahead_work = all(self._standing(self._by_key[t.session_key], now).ahead
-                              for t in tasks)
+        lane.ahead_work = all(t.spare for t in tasks)
         self._send_request(lane, JobRequest(next(self._request_ids), tuple(items)))
 
     def _more_partials(self, first: _Task) -> list[_Task]:
@@ -942,20 +949,17 @@ class Supervisor:
         waited ``processor.reserve_patience_ms``: it may yet be abandoned. It ranks as a
         final again once the VAD confirms the speech end. All work of a session ahead of
         real time ranks after all work of the others (runtime/fairness.py)."""
-        s = self._by_key.get(task.session_key)
         if task.job.kind is JobKind.FINAL:
+            s = self._by_key.get(task.session_key)
             rank = (RANK_SPECULATIVE if s is not None and s.core.is_speculative(task.job)
                     else 0)
         else:
             rank = 1 if task.job.kind is JobKind.TURN else RANK_PARTIAL
-        if s is not None and self._standing(s, time.monotonic()).ahead:
-            rank += AHEAD_RANK
-        return rank, task.seq
+        return rank + AHEAD_RANK * task.spare, task.seq
 
     def _standing(self, s: LiveSession, now: float) -> Standing:
-        ahead_s = math.inf if s.ahead_backlog else s.ahead_s(now)
         return Standing.of(
-            ahead_s=ahead_s, tolerance_s=self.config.limits.realtimeTolerance,
+            ahead_s=s.ahead_s(now), tolerance_s=self.config.limits.realtimeTolerance,
             vad_request_s=now - s.vad_sent_at if s.vad_in_flight else None,
             catching_up=s.vad_next < s.catch_up_to)
 
@@ -1306,7 +1310,6 @@ class Supervisor:
         alpha = min(1.0, span / 2.0)
         self._busy_ewma += alpha * (busy - self._busy_ewma)
         self._last_tick = now
-        self._update_ahead_backlogs(now)
         fq = self.config.processor.frame_queue_size
         counted = [s for s in self._sessions.values()
                    if self._standing(s, now).counts_toward_load]
@@ -1318,16 +1321,6 @@ class Supervisor:
         if transition is not None:
             self._apply_transition(transition)
         self._health_events(now)
-
-    def _update_ahead_backlogs(self, now: float) -> None:
-        tolerance = self.config.limits.realtimeTolerance
-        queued = {t.session_key for t in self._queue}
-        for s in self._sessions.values():
-            if s.ahead_s(now) > tolerance:
-                s.ahead_backlog = True
-            elif s.ahead_backlog and not s.queued_windows and s.key not in queued \
-                    and not s.core.in_flight:
-                s.ahead_backlog = False
 
     def _session_lag_ms(self, s: LiveSession, now: float) -> float:
         lag = s.lag_ms(now)
