@@ -142,6 +142,8 @@ TICK_S = 0.1
 HISTORY = 10_000
 RANK_SPECULATIVE = 2
 RANK_PARTIAL = 3
+PACE_MARGIN_S = 0.5
+"""How far beyond ``limits.realtimeTolerance`` a paced session is held (``feed``)."""
 MAX_START_FAILURES = 3
 """Deaths before ready, in a row, that make a worker a crash loop (see ``_brake_reason``)."""
 
@@ -569,11 +571,12 @@ class Supervisor:
             if s.closing:
                 raise SessionNotFoundError(f"session {session_id} is closing")
             now = time.monotonic()
-            early = s.ahead_s(now) - self.config.limits.realtimeTolerance
+            early = s.ahead_s(now) - self.config.limits.realtimeTolerance - PACE_MARGIN_S
             if early > 0 and self._real_time_peers(s, now):
                 # Paced to real time while others stream at it: every message costs the
-                # event loop all sessions share, whatever its work's rank. Pacing is not a
-                # wait for room: it does not count towards the timeout.
+                # event loop all sessions share, whatever its work's rank. Held a margin
+                # above the tolerance, so that it stays ahead (its work spare) while paced.
+                # Pacing is not a wait for room: it does not count towards the timeout.
                 await asyncio.sleep(early)
                 deadline = time.monotonic() + timeout
                 continue
