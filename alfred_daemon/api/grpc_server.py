@@ -26,17 +26,19 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from ..engine.config import check_range
 from ..engine.errors import InvalidAudioError
 from ..engine.events import Event, SessionClosed
 from ..runtime.errors import (
@@ -67,16 +69,61 @@ TAKEOVER_TIMEOUT_S = 5.0
 """How long a resume waits for the stream still attached to its session to let go."""
 
 
+MESSAGE_OVERHEAD_BYTES = 1024
+"""Room above a largest audio frame for the rest of its ClientMessage (tags, lengths,
+sequence, capture_time): a few dozen bytes, rounded up generously."""
+
+
 @dataclass(frozen=True, slots=True)
 class GrpcConfig:
     listen: str = "127.0.0.1:50051"
     max_message_bytes: int = 4 << 20
+    """gRPC's own limit on one message either way. It must admit a ClientMessage carrying
+    the largest frame the API documents (1 MiB of audio), or such frames would fail with
+    the transport's RESOURCE_EXHAUSTED instead of being taken."""
     write_deadline_s: float = 10.0
     """A write blocked this long (client not reading) cancels the stream."""
     resume_window_s: float = 30.0
     outbox_limit: int = 256
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_range("grpc.max_message_bytes", self.max_message_bytes,
+                    MAX_FRAME_BYTES + MESSAGE_OVERHEAD_BYTES, 1 << 30)
+
+
+class Undecodable:
+    """What a request's bytes became when they were not the method's message. grpc.aio
+    would otherwise end the call UNKNOWN ("Unexpected DecodeError") and log a traceback per
+    call for what is only a client's malformed input; the handlers answer this with
+    INVALID_ARGUMENT instead."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    @property
+    def message(self) -> str:
+        return (f"the request is not a valid {self.type_name} message (its bytes do not parse "
+                "as protobuf); send messages built from proto/alfred/v1/alfred.proto")
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _lenient(cls: type[_M]) -> Callable[[bytes], _M | Undecodable]:
+    """A request deserializer that gives :class:`Undecodable` for bytes that do not parse."""
+    name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> _M | Undecodable:
+        try:
+            return cls.FromString(data)
+        except Exception:  # any failure to parse is the client's bytes, never the daemon's
+            return Undecodable(name)
+
+    return parse
 
 
 @dataclass(slots=True, eq=False)
@@ -151,16 +198,27 @@ class AlfredServicer(pb_grpc.AlfredServicer):
 
     # ------------------------------------------------------------------ unary
 
+    @staticmethod
+    async def _decoded(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Abort INVALID_ARGUMENT if the request's bytes did not parse."""
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
     async def GetPipelineStatus(  # noqa: N802 -- gRPC method name
-        self, request: pb.GetPipelineStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.GetPipelineStatusRequest | Undecodable,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.StatusDocument:
         await self._authenticate(context)
+        await self._decoded(request, context)
         return pb.StatusDocument(json=json.dumps(self.sup.status()))
 
     async def GetSessionStatus(  # noqa: N802
-        self, request: pb.GetSessionStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.GetSessionStatusRequest | Undecodable,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.StatusDocument:
         await self._authenticate(context)
+        await self._decoded(request, context)
+        assert isinstance(request, pb.GetSessionStatusRequest)
         try:
             return pb.StatusDocument(json=json.dumps(self.sup.session_status(request.session_id)))
         except SessionNotFoundError as exc:
@@ -168,9 +226,12 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             raise  # unreachable: abort raises
 
     async def Optimize(  # noqa: N802
-        self, request: pb.OptimizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.OptimizeRequest | Undecodable,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.StatusDocument:
         await self._authenticate(context)
+        await self._decoded(request, context)
+        assert isinstance(request, pb.OptimizeRequest)
         done = await self.sup.optimize(trigger_gc=request.trigger_gc,
                                        cleanup_sessions=request.cleanup_sessions,
                                        optimize_buffers=request.optimize_buffers)
@@ -186,6 +247,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         # can carry a deadline (a generator's yield blocks forever on a non-reading client).
         principal = await self._authenticate(context)
         first = await context.read()
+        await self._decoded(first, context)
         if not isinstance(first, pb.ClientMessage):
             return  # EOF before anything was sent
         if first.WhichOneof("message") != "config":
@@ -384,6 +446,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 read.cancel()
                 return False
             msg = read.result()
+            if isinstance(msg, Undecodable):
+                await self._fail(a, context, msg.message)
             if not isinstance(msg, pb.ClientMessage):
                 # EOF: a half-close (end of input) -- unless the call was cancelled, which
                 # also ends the reads but means "connection lost": keep the session. The
@@ -487,6 +551,29 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 self.sessions.pop(token, None)
 
 
+def _add_servicer(servicer: AlfredServicer, server: grpc.aio.Server) -> None:
+    """``alfred_pb2_grpc.add_AlfredServicer_to_server`` with lenient request deserializers
+    (:class:`Undecodable`); responses are serialized as the generated code does."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "StreamSession": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamSession, request_deserializer=_lenient(pb.ClientMessage),
+            response_serializer=pb.ServerEvent.SerializeToString),
+        "GetPipelineStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetPipelineStatus,
+            request_deserializer=_lenient(pb.GetPipelineStatusRequest),
+            response_serializer=pb.StatusDocument.SerializeToString),
+        "GetSessionStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSessionStatus,
+            request_deserializer=_lenient(pb.GetSessionStatusRequest),
+            response_serializer=pb.StatusDocument.SerializeToString),
+        "Optimize": grpc.unary_unary_rpc_method_handler(
+            servicer.Optimize, request_deserializer=_lenient(pb.OptimizeRequest),
+            response_serializer=pb.StatusDocument.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 class GrpcApi:
     """The gRPC server bound to the supervisor; ``start``/``stop`` on the daemon's loop."""
 
@@ -514,7 +601,7 @@ class GrpcApi:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
-        pb_grpc.add_AlfredServicer_to_server(self.servicer, server)
+        _add_servicer(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["Alfred"].full_name, reflection.SERVICE_NAME,
