@@ -21,19 +21,19 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import inspect
 import json
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
-from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -110,20 +110,100 @@ class Undecodable:
                 "as protobuf); send messages built from proto/alfred/v1/alfred.proto")
 
 
-_M = TypeVar("_M", bound=Message)
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``parse`` (a method's request deserializer), giving :class:`Undecodable` instead of
+    raising for bytes that are not its message."""
+    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else "request"
 
-
-def _lenient(cls: type[_M]) -> Callable[[bytes], _M | Undecodable]:
-    """A request deserializer that gives :class:`Undecodable` for bytes that do not parse."""
-    name = cls.DESCRIPTOR.full_name
-
-    def parse(data: bytes) -> _M | Undecodable:
+    def lenient(data: bytes) -> Any:
         try:
-            return cls.FromString(data)
+            return parse(data)
         except Exception:  # any failure to parse is the client's bytes, never the daemon's
             return Undecodable(name)
 
-    return parse
+    return lenient
+
+
+async def _checked(requests: AsyncIterator[Any],
+                   context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    """A streamed request's messages; an undecodable one ends the call INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        yield request
+
+
+def _lenient_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with a lenient deserializer, and its behaviour answering an undecodable
+    request INVALID_ARGUMENT (a handler that reads with ``context.read()``, as
+    StreamSession does, sees the :class:`Undecodable` itself)."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+    fields: dict[str, Any] = {"request_deserializer": _lenient(parse)}
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+            fields[kind] = _guarded(behaviour, streamed=kind.startswith("stream"))
+    replace: Callable[..., grpc.RpcMethodHandler[Any, Any]] = handler._replace  # type: ignore[attr-defined]
+    return replace(**fields)
+
+
+def _guarded(behaviour: Callable[..., Any], *, streamed: bool) -> Callable[..., Any]:
+    """``behaviour`` behind the Undecodable check, keeping its shape (grpc.aio calls an
+    async generator function and a coroutine function differently)."""
+    if inspect.isasyncgenfunction(behaviour):
+        async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any],
+                           ) -> AsyncIterator[Any]:
+            if streamed:
+                request = _checked(request, context)
+            elif isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for response in behaviour(request, context):
+                yield response
+
+        return generate
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if streamed:
+            request = _checked(request, context)
+        elif isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behaviour(request, context)
+
+    return call
+
+
+class LenientRequests(grpc.aio.ServerInterceptor):
+    """Every method of every service on the server (Alfred, health, reflection) takes
+    undecodable request bytes as a client error: INVALID_ARGUMENT with a sentence, nothing
+    logged. grpc.aio would end such a call UNKNOWN ("Unexpected DecodeError") and log an
+    ERROR with a traceback for each."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails],
+                                     Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        return handler if handler is None else _lenient_handler(handler)
+
+
+class _Health(HealthServicer):
+    """The standard health service, whose NOT_FOUND for a service it does not know says so
+    in a sentence (the stock one sends no details)."""
+
+    async def Check(  # noqa: N802 -- gRPC method name
+        self, request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in (SERVICE, ""):
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown service {request.service[:64]!r}; this server "
+                                f"reports on '' (the whole server) and {SERVICE!r}")
+        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        return response
 
 
 @dataclass(slots=True, eq=False)
@@ -198,27 +278,16 @@ class AlfredServicer(pb_grpc.AlfredServicer):
 
     # ------------------------------------------------------------------ unary
 
-    @staticmethod
-    async def _decoded(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Abort INVALID_ARGUMENT if the request's bytes did not parse."""
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-
     async def GetPipelineStatus(  # noqa: N802 -- gRPC method name
-        self, request: pb.GetPipelineStatusRequest | Undecodable,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: pb.GetPipelineStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusDocument:
         await self._authenticate(context)
-        await self._decoded(request, context)
         return pb.StatusDocument(json=json.dumps(self.sup.status()))
 
     async def GetSessionStatus(  # noqa: N802
-        self, request: pb.GetSessionStatusRequest | Undecodable,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: pb.GetSessionStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusDocument:
         await self._authenticate(context)
-        await self._decoded(request, context)
-        assert isinstance(request, pb.GetSessionStatusRequest)
         try:
             return pb.StatusDocument(json=json.dumps(self.sup.session_status(request.session_id)))
         except SessionNotFoundError as exc:
@@ -226,12 +295,9 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             raise  # unreachable: abort raises
 
     async def Optimize(  # noqa: N802
-        self, request: pb.OptimizeRequest | Undecodable,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: pb.OptimizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusDocument:
         await self._authenticate(context)
-        await self._decoded(request, context)
-        assert isinstance(request, pb.OptimizeRequest)
         done = await self.sup.optimize(trigger_gc=request.trigger_gc,
                                        cleanup_sessions=request.cleanup_sessions,
                                        optimize_buffers=request.optimize_buffers)
@@ -247,7 +313,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         # can carry a deadline (a generator's yield blocks forever on a non-reading client).
         principal = await self._authenticate(context)
         first = await context.read()
-        await self._decoded(first, context)
+        if isinstance(first, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.message)
         if not isinstance(first, pb.ClientMessage):
             return  # EOF before anything was sent
         if first.WhichOneof("message") != "config":
@@ -551,29 +618,6 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 self.sessions.pop(token, None)
 
 
-def _add_servicer(servicer: AlfredServicer, server: grpc.aio.Server) -> None:
-    """``alfred_pb2_grpc.add_AlfredServicer_to_server`` with lenient request deserializers
-    (:class:`Undecodable`); responses are serialized as the generated code does."""
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "StreamSession": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamSession, request_deserializer=_lenient(pb.ClientMessage),
-            response_serializer=pb.ServerEvent.SerializeToString),
-        "GetPipelineStatus": grpc.unary_unary_rpc_method_handler(
-            servicer.GetPipelineStatus,
-            request_deserializer=_lenient(pb.GetPipelineStatusRequest),
-            response_serializer=pb.StatusDocument.SerializeToString),
-        "GetSessionStatus": grpc.unary_unary_rpc_method_handler(
-            servicer.GetSessionStatus,
-            request_deserializer=_lenient(pb.GetSessionStatusRequest),
-            response_serializer=pb.StatusDocument.SerializeToString),
-        "Optimize": grpc.unary_unary_rpc_method_handler(
-            servicer.Optimize, request_deserializer=_lenient(pb.OptimizeRequest),
-            response_serializer=pb.StatusDocument.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-
-
 class GrpcApi:
     """The gRPC server bound to the supervisor; ``start``/``stop`` on the daemon's loop."""
 
@@ -583,7 +627,7 @@ class GrpcApi:
         self.config = config or GrpcConfig()
         self.tls = tls
         self.servicer = AlfredServicer(sup, self.config, auth)
-        self.health = HealthServicer()
+        self.health = _Health()
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -591,7 +635,7 @@ class GrpcApi:
 
     async def start(self) -> None:
         cfg = self.config
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[LenientRequests()], options=[
             # A second daemon must fail to bind, not share the port and steal streams.
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -601,7 +645,7 @@ class GrpcApi:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
-        _add_servicer(self.servicer, server)
+        pb_grpc.add_AlfredServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["Alfred"].full_name, reflection.SERVICE_NAME,
