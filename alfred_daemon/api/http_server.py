@@ -124,6 +124,30 @@ async def _json_errors(request: web.Request,
         return _http_error(request, exc)
 
 
+class _ClientProtocolErrors(logging.Filter):
+    """aiohttp answers a request it cannot parse (a header line over 8 KiB, a bad chunk
+    size, a Content-Length that is not a number) with 400 itself, then logs it as an ERROR
+    with the parser's traceback: a client's mistake, not the daemon's. Such records become
+    one DEBUG line (aiohttp already logs non-HTTP bytes on the port at DEBUG, so as not to
+    fill the log with noise); errors of the daemon's own keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.args = (record.getMessage(), _reason(exc))
+            record.msg = "%s: %s"
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _ClientProtocolErrors) for f in _AIOHTTP_SERVER_LOG.filters):
+    _AIOHTTP_SERVER_LOG.addFilter(_ClientProtocolErrors())
+
+
 class _SupervisorCollector(Collector):
     """Counters and gauges read from the supervisor at scrape time."""
 
