@@ -105,6 +105,15 @@ def wire(event: Event) -> dict[str, Any]:
             **{camel(k): v for k, v in body.items()}}
 
 
+def _json(text: str) -> Any:
+    """A client's JSON message, or None if it is not JSON (nested too deeply for the parser
+    counts as not JSON: RecursionError is not a JSONDecodeError)."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
 def session_config(message: dict[str, Any]) -> pb.SessionConfig:
     """The gRPC SessionConfig a browser's config message describes."""
     body = {k: v for k, v in message.items() if k != "type"}
@@ -140,7 +149,7 @@ class WsBridge:
                              "binary audio)", 1008)
             return ws
         try:
-            msg = json.loads(first.data)
+            msg = _json(first.data)
             if not isinstance(msg, dict) or msg.get("type") != "config":
                 raise InvalidRequestError('the first message must be {"type": "config", ...}')
             # A browser cannot set headers on a WebSocket: it may send the token as the
@@ -163,7 +172,7 @@ class WsBridge:
             engine = engine_config(cfg, self.sup.config.engine)
             sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
                                         owner=self.auth.owner(principal))
-        except (json.JSONDecodeError, InvalidRequestError, InvalidAudioError) as exc:
+        except (InvalidRequestError, InvalidAudioError) as exc:
             await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
             return ws
         except AdmissionError as exc:
@@ -218,15 +227,13 @@ class WsBridge:
                 if len(msg.data) > MAX_FRAME_BYTES:
                     await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
                     return False
-                try:
-                    body = json.loads(msg.data)
-                except json.JSONDecodeError:
-                    body = None
+                body = _json(msg.data)
                 kind = body.get("type") if isinstance(body, dict) else None
+                action = body.get("action") if isinstance(body, dict) else None
                 if kind == "end":
                     return True
-                if kind == "control" and body is not None and body.get("action") in CONTROLS:
-                    self._control(sid, str(body["action"]))
+                if kind == "control" and isinstance(action, str) and action in CONTROLS:
+                    self._control(sid, action)
                     continue
                 await self._fail(ws, "INVALID_ARGUMENT",
                                  f"unexpected message {msg.data[:80]!r}: send binary audio, "
