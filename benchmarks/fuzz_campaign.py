@@ -182,6 +182,8 @@ class Report:
     jfk_wer: float = 1.0
     log_lines: int = 0
     log_levels: dict[str, int] = field(default_factory=dict)
+    crashed_pids: list[int] = field(default_factory=list)
+    jfk_events: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> Tally:
@@ -197,8 +199,8 @@ class Report:
         """Every way the campaign did not come out clean, one line each (empty: clean)."""
         out = [f"{name}: {t.bad} bad ({json.dumps(t.to_json()['failures'][:3])})"
                for name, t in self.surfaces.items() if t.bad]
-        if not self.alive:
-            out.append("the daemon or one of its workers is gone")
+        if not self.alive or self.crashed_pids:
+            out.append(f"the daemon or a worker died (pids {self.crashed_pids})")
         if not self.ready:
             out.append("the daemon does not answer /readyz with 200")
         if self.worker_restarts:
@@ -214,7 +216,8 @@ class Report:
                 "surfaces": {k: v.to_json() for k, v in self.surfaces.items()},
                 "after": {"alive": self.alive, "ready": self.ready,
                           "worker_restarts": self.worker_restarts,
-                          "jfk_wer": round(self.jfk_wer, 3), "jfk_text": self.jfk_text},
+                          "jfk_wer": round(self.jfk_wer, 3), "jfk_text": self.jfk_text,
+                          "jfk_events": self.jfk_events, "crashed_pids": self.crashed_pids},
                 "daemon_log": {"lines": self.log_lines, "levels": self.log_levels}}
 
 
@@ -705,15 +708,32 @@ class Campaign:
 
     # ---------------------------------------------------------------- health of the target
 
+    @staticmethod
+    def _dead(p: psutil.Process) -> bool:
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
     def _alive(self) -> bool:
-        return all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                   for p in self.processes)
+        return not any(self._dead(p) for p in self.processes)
 
     def _check_crash(self, tally: Tally, what: str) -> None:
-        if not self.crashed and not self._alive():
-            self.crashed = True
-            tally.crashes += 1
-            tally.fail("crash", what, "daemon or worker process died")
+        """A dead worker is counted and the campaign goes on with its replacement (the
+        rest of the surfaces still get their inputs); a dead daemon ends the campaign."""
+        if self.crashed or self._alive():
+            return
+        tally.crashes += 1
+        gone = [p.pid for p in self.processes if self._dead(p)]
+        tally.fail("crash", what, f"process(es) {gone} died (daemon pid {self.target.pid})")
+        self.crashed = not psutil.pid_exists(self.target.pid) or self.target.pid in gone
+        self.report.crashed_pids.extend(gone)
+        end = time.monotonic() + 60
+        while not self.crashed and time.monotonic() < end:
+            self.processes = self.target.processes()
+            if len(self.processes) > 1 and self._alive():
+                break
+            time.sleep(0.5)
 
     # ---------------------------------------------------------------- phases
 
@@ -1031,7 +1051,8 @@ class Campaign:
 
     def _after(self, restarts0: int, offset0: int) -> None:
         rep = self.report
-        rep.alive = self._alive()
+        self.processes = self.target.processes()
+        rep.alive = bool(self.processes) and self._alive()
         restarts = self._worker_restarts()
         rep.worker_restarts = max(0, restarts - restarts0) if restarts >= 0 else 0
         rep.ready = self._wait_ready(90.0)
@@ -1079,6 +1100,7 @@ class Campaign:
             async with AsyncClient(self.target.grpc_target) as client:
                 async for ev in client.stream_pcm(pcm_bytes + bytes(rate * 2), rate,
                                                   options=SessionOptions(partials=False)):
+                    self.report.jfk_events[ev.type] = self.report.jfk_events.get(ev.type, 0) + 1
                     if ev.type == "final_transcription":
                         finals.append(str(ev.data.get("text", "")))
             return " ".join(finals)
@@ -1182,7 +1204,7 @@ def text_report(rep: Report, command: str, exit_code: int | None) -> str:
         "",
         f"after the campaign: daemon and workers alive: {rep.alive}; /readyz 200: "
         f"{rep.ready}; worker restarts: {rep.worker_restarts}; jfk.wav over gRPC: WER "
-        f"{rep.jfk_wer:.3f} ({rep.jfk_text!r})",
+        f"{rep.jfk_wer:.3f} ({rep.jfk_text!r}; events {rep.jfk_events})",
         f"daemon log during the campaign: {rep.log_lines} lines {rep.log_levels}",
         "",
         "outcomes per surface (most common):",

@@ -337,3 +337,88 @@ def test_websocket_message_over_the_limit_closes_1009_with_a_reason(daemon: Daem
         assert errors == [{"type": "error", "code": "INVALID_ARGUMENT", "message": reason}], (
             size, errors)
     watch.assert_clean()
+
+
+# ============================================================================ found by fuzzing
+
+
+def test_health_and_reflection_refuse_undecodable_requests(daemon: Daemon) -> None:
+    """benchmarks/fuzz_campaign.py found the health service answering garbage UNKNOWN with
+    a logged traceback; reflection had the same path. An unknown service's NOT_FOUND now
+    says what is known."""
+    watch = LogWatch(daemon)
+
+    async def run() -> list[tuple[grpc.StatusCode, str]]:
+        out = []
+        async with grpc.aio.insecure_channel(daemon.target) as channel:
+            check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                        request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+            for body in (b"\x0a\x05\xff\xfe\xfd\xfc\xfb", b"\x0a\x04nope"):
+                try:
+                    await check(body, timeout=10)
+                    out.append((grpc.StatusCode.OK, ""))
+                except grpc.aio.AioRpcError as exc:
+                    out.append((exc.code(), exc.details() or ""))
+            reflect = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            out.append(await _raw_status(reflect(iter([b"\xff\xff\xff\x01"]), timeout=10)))
+        return out
+
+    garbage, unknown, reflection = asyncio.run(asyncio.wait_for(run(), 60))
+    assert garbage[0] == grpc.StatusCode.INVALID_ARGUMENT, garbage
+    assert "not a valid grpc.health.v1.HealthCheckRequest message" in garbage[1], garbage
+    assert unknown == (grpc.StatusCode.NOT_FOUND, "unknown service 'nope'; this server "
+                       "reports on '' (the whole server) and 'alfred.v1.Alfred'"), unknown
+    assert reflection[0] == grpc.StatusCode.INVALID_ARGUMENT, reflection
+    assert "ServerReflectionRequest" in reflection[1], reflection
+    watch.assert_clean()
+
+
+def test_websocket_control_with_an_object_action_is_refused(daemon: Daemon) -> None:
+    """Found by the fuzz campaign: {"action": {}} raised TypeError (unhashable) in the
+    bridge, a traceback and a dropped socket; deep JSON raised RecursionError."""
+    watch = LogWatch(daemon)
+
+    async def one(text: str) -> tuple[Any, int, str]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"{_base(daemon)}/ws") as ws:
+            await ws.send_str(json.dumps({"type": "config", "sampleRate": RATE}))
+            assert (await ws.receive_json(timeout=10))["type"] == "sessionStarted"
+            await ws.send_str(text)
+            error = None
+            for _ in range(20):
+                msg = await ws.receive(timeout=10)
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    body = json.loads(msg.data)
+                    error = body if body["type"] == "error" else error
+                    continue
+                assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+                return error, int(msg.data), str(msg.extra)
+            raise AssertionError("no close")
+
+    for text in ('{"type": "control", "action": {}}', '{"type": "control", "action": [1]}',
+                 "[" * 100_000 + "]" * 100_000):
+        error, code, reason = asyncio.run(asyncio.wait_for(one(text), 30))
+        assert code == 1008, (text[:40], code, reason)
+        assert error is not None and error["code"] == "INVALID_ARGUMENT", error
+        assert error["message"].startswith("unexpected message"), error
+    watch.assert_clean()
+
+
+def test_unparseable_http_is_400_and_one_debug_line(daemon: Daemon) -> None:
+    """Found by the fuzz campaign: a header line over 8 KiB got aiohttp's 400 but an ERROR
+    with the parser's traceback in the log."""
+    watch = LogWatch(daemon)
+
+    async def run() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-" + b"a" * 9000
+                     + b": v\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return line
+
+    assert asyncio.run(run()).startswith(b"HTTP/1.1 400"), "not answered 400"
+    watch.assert_clean()
