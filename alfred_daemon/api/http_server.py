@@ -122,6 +122,13 @@ async def _json_errors(request: web.Request,
         if exc.status < 400:
             raise
         return _http_error(request, exc)
+    except ConnectionResetError:
+        # The client closed its side before the body it announced was complete: there is
+        # no one left to answer, and nothing the daemon did wrong to log a traceback for.
+        log.debug("HTTP %s %s: client closed before its body was complete", request.method,
+                  request.path[:MAX_PATH_SHOWN])
+        return _error(400, "incomplete_body", "the connection closed before the request "
+                      "body was complete")
 
 
 class _ClientProtocolErrors(logging.Filter):
@@ -347,6 +354,8 @@ class HttpApi:
                 return _error(400, "invalid_json", f"body is not JSON: {exc.msg}")
             except RecursionError:
                 return _error(400, "invalid_json", "body is nested too deeply")
+            except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
+                return _error(400, "invalid_json", f"body is not usable JSON ({_reason(exc)})")
             if not isinstance(body, dict):
                 return _error(400, "invalid_body", "body must be a JSON object")
             unknown = sorted(set(body) - set(flags))
