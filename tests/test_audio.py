@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from alfred_daemon.engine.audio import (
+    MAX_FRAME_SAMPLES,
     StreamResampler,
     float_to_pcm16,
     read_wav,
@@ -63,10 +64,14 @@ def test_non_audio_type_rejected() -> None:
 
 
 def test_too_long_frame_rejected() -> None:
+    """The limit is the APIs' documented 1 MiB of LINEAR16: that much is taken, a sample
+    more is not."""
+    assert MAX_FRAME_SAMPLES == (1 << 20) // 2
+    assert to_float32(bytes(2 * MAX_FRAME_SAMPLES)).size == MAX_FRAME_SAMPLES
     with pytest.raises(InvalidAudioError, match="too long"):
-        to_float32(np.zeros(48_000 * 10 + 1, dtype=np.int16))
+        to_float32(np.zeros(MAX_FRAME_SAMPLES + 1, dtype=np.int16))
     with pytest.raises(InvalidAudioError, match="too long"):
-        to_float32(bytes(2 * (48_000 * 10 + 1)))
+        to_float32(bytes(2 * (MAX_FRAME_SAMPLES + 1)))
 
 
 def test_pcm16_bytes_scaling() -> None:

@@ -95,3 +95,23 @@ def test_reload_applies_live_keys_and_names_the_rest() -> None:
     assert sup.ladder.config.threshold == 0.9 and sup.ladder.level is Level.NORMAL
     assert sup.monitor.thresholds.load == 0.95
     assert sup.config.workers.count == old.runtime.workers.count  # kept until a restart
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"[processor]\nmax_batch_size = 3\xc9\n", r"not UTF-8 text \(byte 30\); TOML files are UTF-8"),
+    (b"engine = 1\n", r"\[engine\] must be a table"),
+    (b"runtime = [1, 2]\n", r"\[runtime\] must be a table"),
+])
+def test_unreadable_or_misshapen_files_are_one_sentence(tmp_path: Path, content: bytes,
+                                                        message: str) -> None:
+    """Found by benchmarks/fuzz_campaign.py: these raised UnicodeDecodeError, TypeError or
+    AttributeError, so `config check` ended with a traceback and exit 1."""
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load(path, environ={})
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load(tmp_path, environ={})

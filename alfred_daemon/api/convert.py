@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
+from google.protobuf.descriptor import FieldDescriptor
 
 from ..engine import events as ev
 from ..engine.config import EngineConfig
@@ -21,6 +23,16 @@ MAX_FRAME_BYTES = 1 << 20
 
 class InvalidRequestError(ValueError):
     """The client's message is malformed; the message says what is wrong."""
+
+
+def _wire_value(fd: FieldDescriptor, value: Any) -> Any:
+    """A proto field's value as the client meant it. A ``float`` field holds the float32
+    nearest to what was sent (0.99 arrives as 0.9900000095367432), and the documented
+    bounds are decimals: a float32 is read back as the shortest decimal that round-trips
+    in float32 (numpy's str), so a client sending a bound gets that bound."""
+    if fd.type == FieldDescriptor.TYPE_FLOAT:
+        return float(str(np.float32(value)))
+    return value
 
 
 def engine_config(cfg: pb.SessionConfig, base: EngineConfig) -> EngineConfig:
@@ -46,8 +58,9 @@ def engine_config(cfg: pb.SessionConfig, base: EngineConfig) -> EngineConfig:
     if cfg.HasField("partial_interval_ms"):
         stt["partial_interval_ms"] = cfg.partial_interval_ms
     # proto3 optional fields: ListFields() lists exactly the ones the client set.
-    vad: dict[str, Any] = {fd.name: value for fd, value in cfg.vad.ListFields()}
-    turn: dict[str, Any] = {fd.name: value for fd, value in cfg.turn.ListFields()}
+    vad: dict[str, Any] = {fd.name: _wire_value(fd, value) for fd, value in cfg.vad.ListFields()}
+    turn: dict[str, Any] = {fd.name: _wire_value(fd, value)
+                            for fd, value in cfg.turn.ListFields()}
     try:
         out = base.replace(stt=stt, vad=vad, turn=turn)
     except ConfigError as exc:

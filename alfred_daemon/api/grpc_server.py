@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import inspect
 import json
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from ..engine.config import check_range
 from ..engine.errors import InvalidAudioError
 from ..engine.events import Event, SessionClosed
 from ..runtime.errors import (
@@ -67,16 +69,141 @@ TAKEOVER_TIMEOUT_S = 5.0
 """How long a resume waits for the stream still attached to its session to let go."""
 
 
+MESSAGE_OVERHEAD_BYTES = 1024
+"""Room above a largest audio frame for the rest of its ClientMessage (tags, lengths,
+sequence, capture_time): a few dozen bytes, rounded up generously."""
+
+
 @dataclass(frozen=True, slots=True)
 class GrpcConfig:
     listen: str = "127.0.0.1:50051"
     max_message_bytes: int = 4 << 20
+    """gRPC's own limit on one message either way. It must admit a ClientMessage carrying
+    the largest frame the API documents (1 MiB of audio), or such frames would fail with
+    the transport's RESOURCE_EXHAUSTED instead of being taken."""
     write_deadline_s: float = 10.0
     """A write blocked this long (client not reading) cancels the stream."""
     resume_window_s: float = 30.0
     outbox_limit: int = 256
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_range("grpc.max_message_bytes", self.max_message_bytes,
+                    MAX_FRAME_BYTES + MESSAGE_OVERHEAD_BYTES, 1 << 30)
+
+
+class Undecodable:
+    """What a request's bytes became when they were not the method's message. grpc.aio
+    would otherwise end the call UNKNOWN ("Unexpected DecodeError") and log a traceback per
+    call for what is only a client's malformed input; the handlers answer this with
+    INVALID_ARGUMENT instead."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    @property
+    def message(self) -> str:
+        return (f"the request is not a valid {self.type_name} message (its bytes do not parse "
+                "as protobuf); send messages built from proto/alfred/v1/alfred.proto")
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``parse`` (a method's request deserializer), giving :class:`Undecodable` instead of
+    raising for bytes that are not its message."""
+    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else "request"
+
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # any failure to parse is the client's bytes, never the daemon's
+            return Undecodable(name)
+
+    return lenient
+
+
+async def _checked(requests: AsyncIterator[Any],
+                   context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    """A streamed request's messages; an undecodable one ends the call INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        yield request
+
+
+def _lenient_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with a lenient deserializer, and its behaviour answering an undecodable
+    request INVALID_ARGUMENT (a handler that reads with ``context.read()``, as
+    StreamSession does, sees the :class:`Undecodable` itself)."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+    fields: dict[str, Any] = {"request_deserializer": _lenient(parse)}
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+            fields[kind] = _guarded(behaviour, streamed=kind.startswith("stream"))
+    replace: Callable[..., grpc.RpcMethodHandler[Any, Any]] = handler._replace  # type: ignore[attr-defined]
+    return replace(**fields)
+
+
+def _guarded(behaviour: Callable[..., Any], *, streamed: bool) -> Callable[..., Any]:
+    """``behaviour`` behind the Undecodable check, keeping its shape (grpc.aio calls an
+    async generator function and a coroutine function differently)."""
+    if inspect.isasyncgenfunction(behaviour):
+        async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any],
+                           ) -> AsyncIterator[Any]:
+            if streamed:
+                request = _checked(request, context)
+            elif isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for response in behaviour(request, context):
+                yield response
+
+        return generate
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if streamed:
+            request = _checked(request, context)
+        elif isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behaviour(request, context)
+
+    return call
+
+
+class LenientRequests(grpc.aio.ServerInterceptor):
+    """Every method of every service on the server (Alfred, health, reflection) takes
+    undecodable request bytes as a client error: INVALID_ARGUMENT with a sentence, nothing
+    logged. grpc.aio would end such a call UNKNOWN ("Unexpected DecodeError") and log an
+    ERROR with a traceback for each."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails],
+                                     Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        return handler if handler is None else _lenient_handler(handler)
+
+
+class _Health(HealthServicer):
+    """The standard health service, whose NOT_FOUND for a service it does not know says so
+    in a sentence (the stock one sends no details)."""
+
+    async def Check(  # noqa: N802 -- gRPC method name
+        self, request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in (SERVICE, ""):
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown service {request.service[:64]!r}; this server "
+                                f"reports on '' (the whole server) and {SERVICE!r}")
+        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        return response
 
 
 @dataclass(slots=True, eq=False)
@@ -186,6 +313,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         # can carry a deadline (a generator's yield blocks forever on a non-reading client).
         principal = await self._authenticate(context)
         first = await context.read()
+        if isinstance(first, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.message)
         if not isinstance(first, pb.ClientMessage):
             return  # EOF before anything was sent
         if first.WhichOneof("message") != "config":
@@ -384,6 +513,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 read.cancel()
                 return False
             msg = read.result()
+            if isinstance(msg, Undecodable):
+                await self._fail(a, context, msg.message)
             if not isinstance(msg, pb.ClientMessage):
                 # EOF: a half-close (end of input) -- unless the call was cancelled, which
                 # also ends the reads but means "connection lost": keep the session. The
@@ -496,7 +627,7 @@ class GrpcApi:
         self.config = config or GrpcConfig()
         self.tls = tls
         self.servicer = AlfredServicer(sup, self.config, auth)
-        self.health = HealthServicer()
+        self.health = _Health()
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -504,7 +635,7 @@ class GrpcApi:
 
     async def start(self) -> None:
         cfg = self.config
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[LenientRequests()], options=[
             # A second daemon must fail to bind, not share the port and steal streams.
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),

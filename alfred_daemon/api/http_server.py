@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -54,6 +55,9 @@ from .ws_bridge import WsBridge, wire
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body (a process_frame's multipart, an /optimize document)."""
+
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2500, 5000)
 FRAME_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 
@@ -69,6 +73,86 @@ class HttpConfig:
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+MAX_PATH_SHOWN = 100
+"""A request path is quoted in a 404's message up to this many characters (it is the
+client's)."""
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 4xx (no route, wrong method, body too large, not a WebSocket upgrade)
+    in this API's JSON error form, with a sentence instead of aiohttp's bare reason."""
+    status = exc.status
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        response = _error(413, "too_large", f"the request body is over the {MAX_BODY_BYTES} "
+                          "byte limit; send one 20-100 ms frame per request")
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = _error(405, "method_not_allowed",
+                          f"{exc.method} is not allowed on this path; allowed: {allowed}")
+    elif isinstance(exc, web.HTTPNotFound):
+        response = _error(404, "not_found",
+                          f"no endpoint at {request.path[:MAX_PATH_SHOWN]!r}")
+    else:
+        # The text aiohttp gives its remaining 4xx is a sentence already ("No WebSocket
+        # UPGRADE hdr: ..."); only the status line's reason is added if it has none.
+        message = (exc.text or exc.reason or "bad request").strip()
+        response = _error(status, exc.reason.lower().replace(" ", "_") or "bad_request",
+                          message.removeprefix(f"{status}: "))
+    for name in ("Allow", "WWW-Authenticate"):
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
+    return response
+
+
+@web.middleware
+async def _json_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                       ) -> web.StreamResponse:
+    """Every error a request can meet before or outside a handler's own checks answers in
+    the JSON error form. A declared body over the limit is refused before anything reads
+    it (a handler's parser could otherwise fail on it first with a less telling error)."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        return _http_error(request, web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, length))
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error(request, exc)
+    except ConnectionResetError:
+        # The client closed its side before the body it announced was complete: there is
+        # no one left to answer, and nothing the daemon did wrong to log a traceback for.
+        log.debug("HTTP %s %s: client closed before its body was complete", request.method,
+                  request.path[:MAX_PATH_SHOWN])
+        return _error(400, "incomplete_body", "the connection closed before the request "
+                      "body was complete")
+
+
+class _ClientProtocolErrors(logging.Filter):
+    """aiohttp answers a request it cannot parse (a header line over 8 KiB, a bad chunk
+    size, a Content-Length that is not a number) with 400 itself, then logs it as an ERROR
+    with the parser's traceback: a client's mistake, not the daemon's. Such records become
+    one DEBUG line (aiohttp already logs non-HTTP bytes on the port at DEBUG, so as not to
+    fill the log with noise); errors of the daemon's own keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.args = (record.getMessage(), _reason(exc))
+            record.msg = "%s: %s"
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _ClientProtocolErrors) for f in _AIOHTTP_SERVER_LOG.filters):
+    _AIOHTTP_SERVER_LOG.addFilter(_ClientProtocolErrors())
 
 
 class _SupervisorCollector(Collector):
@@ -183,8 +267,9 @@ class HttpApi:
 
     def app(self) -> web.Application:
         policy = OriginPolicy(self.config.allowed_origins, self.config.host)
-        app = web.Application(client_max_size=1 << 20,
-                              middlewares=[policy.middleware(), self._authenticate])
+        app = web.Application(client_max_size=MAX_BODY_BYTES,
+                              middlewares=[_json_errors, policy.middleware(),
+                                           self._authenticate])
         app.on_response_prepare.append(add_security_headers)
         app.add_routes([
             web.get("/pipeline/status", self.pipeline_status),
@@ -269,6 +354,8 @@ class HttpApi:
                 return _error(400, "invalid_json", f"body is not JSON: {exc.msg}")
             except RecursionError:
                 return _error(400, "invalid_json", "body is nested too deeply")
+            except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
+                return _error(400, "invalid_json", f"body is not usable JSON ({_reason(exc)})")
             if not isinstance(body, dict):
                 return _error(400, "invalid_body", "body must be a JSON object")
             unknown = sorted(set(body) - set(flags))
@@ -298,7 +385,15 @@ class HttpApi:
         if not request.content_type.startswith("multipart/"):
             return _error(400, "invalid_body", "send multipart/form-data with audio (and "
                           "session_id after the first frame)")
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError, HttpProcessingError) as exc:
+            # aiohttp's multipart reader says what it could not parse (no boundary, a body
+            # that ends before its closing boundary, an unknown charset) in a ValueError,
+            # LookupError or HttpProcessingError; none of it is the daemon's fault.
+            return _error(400, "invalid_multipart", "the multipart body could not be read "
+                          f"({_reason(exc)}); send multipart/form-data with a boundary and "
+                          "an audio part")
         sid = form.get("session_id") or None
         audio = form.get("audio")
         principal: Principal = request["principal"]
@@ -375,6 +470,19 @@ class HttpApi:
         ready = self.sup.state == DaemonState.RUNNING and self.sup.health is not Health.FAILED
         return web.json_response({"ready": ready, "state": self.sup.state},
                                  status=200 if ready else 503)
+
+
+MAX_REASON_SHOWN = 120
+"""An exception's text quoted in an error message is cut here (it may quote the client's
+bytes)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a request body could not be parsed, from the parser's exception:
+    its message, without aiohttp's "400, message:" prefix, cut short."""
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= MAX_REASON_SHOWN else text[:MAX_REASON_SHOWN] + "..."
 
 
 def _histogram_summary(hist: Histogram) -> dict[str, float]:

@@ -27,7 +27,7 @@ import json
 import logging
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from google.protobuf.json_format import ParseDict, ParseError
 
@@ -55,6 +55,40 @@ SPEC_NAMES = {
     "backpressure_recovered": "backpressureRecovered", "frames_dropped": "framesDropped",
     "worker_recovered": "workerRecovered", "session_closed": "sessionClosed",
 }
+TOO_BIG = f"message over the {MAX_FRAME_BYTES} byte (1 MiB) limit; send 20-100 ms frames"
+
+READ_LIMIT = 2 * MAX_FRAME_BYTES
+"""aiohttp's own message limit. A message between the API's limit and this one is read and
+refused here, after the client has sent all of it, so the client reads the error and the
+1009 with its reason; one past this is refused by aiohttp as its header arrives
+(:class:`_Socket` adds the reason then)."""
+
+
+MAX_CLOSE_REASON = 123
+"""Bytes of UTF-8 a close frame's reason may carry (RFC 6455: 125 minus the code)."""
+
+
+def close_reason(message: str) -> bytes:
+    """``message`` cut to fit a close frame, on a character boundary (a message quoting the
+    client's text may hold multi-byte characters)."""
+    return message.encode()[:MAX_CLOSE_REASON].decode(errors="ignore").encode()
+
+
+class _Socket(web.WebSocketResponse):
+    """A WebSocketResponse whose own "message too big" close (aiohttp closes with 1009 and
+    no reason as soon as an oversized message's header arrives) says why, as every other
+    refusal here does: the error message first, then the reason in the close frame."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
+                    drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.send_json({"type": "error", "code": "INVALID_ARGUMENT",
+                                      "message": TOO_BIG})
+            message = close_reason(TOO_BIG)
+        return await super().close(code=code, message=message, drain=drain)
+
+
 CONTROLS = {"playback_started", "playback_stopped", "force_end_of_turn", "flush", "keepalive"}
 
 
@@ -69,6 +103,15 @@ def wire(event: Event) -> dict[str, Any]:
     kind = body.pop("type")
     return {"type": SPEC_NAMES.get(kind, camel(kind)),
             **{camel(k): v for k, v in body.items()}}
+
+
+def _json(text: str) -> Any:
+    """A client's JSON message, or None if it is not JSON (nested too deeply for the parser
+    counts as not JSON: RecursionError is not a JSONDecodeError)."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
 
 
 def session_config(message: dict[str, Any]) -> pb.SessionConfig:
@@ -90,12 +133,15 @@ class WsBridge:
         self.auth = auth or Authenticator()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_FRAME_BYTES)
+        ws = _Socket(heartbeat=20.0, max_msg_size=READ_LIMIT)
         await ws.prepare(request)
         try:
             first = await asyncio.wait_for(ws.receive(), 30.0)
         except TimeoutError:
             await self._fail(ws, "INVALID_ARGUMENT", "no config within 30 s", 1008)
+            return ws
+        if first.type == WSMsgType.TEXT and len(first.data) > MAX_FRAME_BYTES:
+            await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
             return ws
         if first.type != WSMsgType.TEXT:
             await self._fail(ws, "INVALID_ARGUMENT",
@@ -103,7 +149,7 @@ class WsBridge:
                              "binary audio)", 1008)
             return ws
         try:
-            msg = json.loads(first.data)
+            msg = _json(first.data)
             if not isinstance(msg, dict) or msg.get("type") != "config":
                 raise InvalidRequestError('the first message must be {"type": "config", ...}')
             # A browser cannot set headers on a WebSocket: it may send the token as the
@@ -126,7 +172,7 @@ class WsBridge:
             engine = engine_config(cfg, self.sup.config.engine)
             sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
                                         owner=self.auth.owner(principal))
-        except (json.JSONDecodeError, InvalidRequestError, InvalidAudioError) as exc:
+        except (InvalidRequestError, InvalidAudioError) as exc:
             await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
             return ws
         except AdmissionError as exc:
@@ -165,7 +211,7 @@ class WsBridge:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 if len(msg.data) > MAX_FRAME_BYTES:
-                    await self._fail(ws, "INVALID_ARGUMENT", "audio frame over 1 MiB", 1009)
+                    await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
                     return False
                 try:
                     await self.sup.feed(sid, msg.data)
@@ -178,15 +224,16 @@ class WsBridge:
                 except SessionNotFoundError:
                     return False
             elif msg.type == WSMsgType.TEXT:
-                try:
-                    body = json.loads(msg.data)
-                except json.JSONDecodeError:
-                    body = None
+                if len(msg.data) > MAX_FRAME_BYTES:
+                    await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
+                    return False
+                body = _json(msg.data)
                 kind = body.get("type") if isinstance(body, dict) else None
+                action = body.get("action") if isinstance(body, dict) else None
                 if kind == "end":
                     return True
-                if kind == "control" and body is not None and body.get("action") in CONTROLS:
-                    self._control(sid, str(body["action"]))
+                if kind == "control" and isinstance(action, str) and action in CONTROLS:
+                    self._control(sid, action)
                     continue
                 await self._fail(ws, "INVALID_ARGUMENT",
                                  f"unexpected message {msg.data[:80]!r}: send binary audio, "
@@ -224,4 +271,4 @@ class WsBridge:
     async def _fail(ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json({"type": "error", "code": code, "message": message})
-            await ws.close(code=close, message=message[:120].encode())
+            await ws.close(code=close, message=close_reason(message))

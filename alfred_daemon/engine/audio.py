@@ -21,8 +21,9 @@ from .errors import InvalidAudioError
 
 FloatArray = npt.NDArray[np.float32]
 
-MAX_FRAME_SAMPLES = 48_000 * 10
-"""A single frame longer than 10 s at 48 kHz is a client bug, not audio."""
+MAX_FRAME_SAMPLES = 1 << 19
+"""The APIs' frame limit, 1 MiB of LINEAR16 (10.9 s at 48 kHz): a longer single frame is a
+client bug, not audio."""
 
 RESAMPLER_RATES = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 """Input rates :class:`StreamResampler` takes, so the rates an engine Session can open at."""

@@ -148,6 +148,9 @@ def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
             raise ConfigError(f"unknown section [{section}]; allowed: {', '.join(sorted(known))}")
     runtime_kwargs: dict[str, Any] = {
         name: _build(cls, doc.get(name, {}), name) for name, cls in _RUNTIME_SECTIONS.items()}
+    for name in ("engine", "runtime"):
+        if not isinstance(doc.get(name, {}), Mapping):
+            raise ConfigError(f"[{name}] must be a table")
     engine_doc = dict(doc.get("engine", {}))
     engine_kwargs: dict[str, Any] = {
         name: _build(cls, engine_doc.pop(name, {}), f"engine.{name}")
@@ -210,9 +213,14 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> DaemonC
     doc: dict[str, Any] = {}
     if path is not None:
         try:
-            doc = tomllib.loads(path.read_text())
+            doc = tomllib.loads(path.read_bytes().decode())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are "
+                              "UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     doc = apply_env(doc, os.environ if environ is None else environ)

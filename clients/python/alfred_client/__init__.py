@@ -82,9 +82,30 @@ class _FirstStatus:
     failed write overwrites it, so the status is copied there.
     """
 
+    CORE_INTERNAL = "Internal error from Core"
+    """The details of grpc.aio's synthetic status for a failed write."""
+    SETTLE_S = 1.0
+    """How long :meth:`settled` waits for the server's status to replace that one."""
+
     def __init__(self, call: grpc.aio.Call) -> None:
+        self.call = call
         self.status: tuple[grpc.StatusCode, str] | None = None
         call.add_done_callback(self._done)
+
+    async def settled(self, fallback: tuple[grpc.StatusCode, str]) -> tuple[grpc.StatusCode, str]:
+        """The server's status. The failed write can also win the race and be the first
+        status set; the server's own status still arrives after it (grpc.aio then stores it
+        without running callbacks), so a synthetic INTERNAL is waited past, briefly."""
+        status = self.status or fallback
+        deadline = time.monotonic() + self.SETTLE_S
+        while self._synthetic(status) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            status = (await self.call.code(), await self.call.details() or "")
+        return status
+
+    @classmethod
+    def _synthetic(cls, status: tuple[grpc.StatusCode, str]) -> bool:
+        return status == (grpc.StatusCode.INTERNAL, cls.CORE_INTERNAL)
 
     def _done(self, call: grpc.aio.Call) -> None:
         if self.status is None:
@@ -351,7 +372,7 @@ class AsyncClient:
             except grpc.aio.AioRpcError as exc:
                 if closed:
                     return  # the session's last event arrived; nothing is left to resume for
-                code, details = first.status or (exc.code(), exc.details() or "")
+                code, details = await first.settled((exc.code(), exc.details() or ""))
                 if not (resume and token and code in RESUMABLE and resumes < self.max_resumes):
                     # TRANSIENT_FAILURE: the channel could not connect, as opposed to a
                     # daemon that answered UNAVAILABLE itself (shutting down).
