@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -64,13 +65,19 @@ class ProbeResult:
     refused: list[str] = field(default_factory=list)
 
 
-async def flood(target: str, seconds: float, out: FloodResult) -> None:
-    """Stream the realistic script at ``FLOOD_SPEED`` x real time for ``seconds``."""
-    script = make_script(9000, seconds * FLOOD_SPEED + 10, "realistic")
+def flood_frames(seconds: float) -> list[bytes]:
+    """The flood's audio: the realistic profile (another seed), as much as ``FLOOD_SPEED``
+    x real time can send in ``seconds``."""
+    return make_script(9000, seconds * FLOOD_SPEED + 10, "realistic").frames
+
+
+async def flood(target: str, seconds: float, all_frames: list[bytes],
+                out: FloodResult) -> None:
+    """Stream ``all_frames`` at ``FLOOD_SPEED`` x real time for ``seconds``."""
     t0 = time.monotonic()
 
     async def frames() -> AsyncIterator[bytes]:
-        for k, frame in enumerate(script.frames):
+        for k, frame in enumerate(all_frames):
             due = t0 + k * FRAME_S / FLOOD_SPEED
             now = time.monotonic()
             if now - t0 > seconds:
@@ -113,25 +120,37 @@ async def probe(target: str, seconds: float, out: ProbeResult) -> None:
         await asyncio.sleep(max(0.0, t_next - time.monotonic()))
 
 
-async def flood_process(target: str, seconds: float, out: FloodResult) -> None:
+async def start_flood(target: str, seconds: float, audio: Path
+                      ) -> asyncio.subprocess.Process:
     """:func:`flood` in a process of its own: 20x real time is a thousand messages a second
     to serialise, which in this process would delay the real-time clients' own pacing and
-    reading, and their latencies would measure the benchmark, not the daemon."""
+    reading (their latencies would measure the benchmark, not the daemon). Its audio is
+    made beforehand (``audio``), so that the process only reads it; it has connected and
+    is streaming when this returns."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--flood-client", target, str(seconds),
+        sys.executable, __file__, "--flood-client", target, str(seconds), str(audio),
         stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readline(), 60.0)  # "streaming"
+    return proc
+
+
+async def finish_flood(proc: asyncio.subprocess.Process, out: FloodResult) -> None:
     stdout, _ = await proc.communicate()
     for key, value in json.loads(stdout.decode().strip().splitlines()[-1]).items():
         setattr(out, key, value)
 
 
-async def run(n: int, seconds: float, with_flood: bool) -> dict[str, Any]:
+async def run(n: int, seconds: float, flood_audio: Path | None) -> dict[str, Any]:
+    with_flood = flood_audio is not None
+    scripts = [make_script(1000 + i, seconds, "realistic") for i in range(n)]
     async with running_daemon() as (target, _pid):
-        scripts = [make_script(1000 + i, seconds, "realistic") for i in range(n)]
         results = [SessionResult() for _ in range(n)]
         flood_out, probe_out = FloodResult(), ProbeResult()
-        extra = [flood_process(target, seconds, flood_out),
-                 probe(target, seconds, probe_out)] if with_flood else []
+        extra = []
+        if flood_audio is not None:
+            proc = await start_flood(target, seconds, flood_audio)
+            extra = [finish_flood(proc, flood_out), probe(target, seconds, probe_out)]
         await asyncio.wait_for(asyncio.gather(
             *(run_session(target, s, r) for s, r in zip(scripts, results, strict=True)),
             *extra), timeout=seconds + 90)
@@ -177,16 +196,20 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def flood_client(target: str, seconds: float) -> int:
+def flood_client(target: str, seconds: float, audio: Path) -> int:
+    data = audio.read_bytes()
+    size = 2 * round(FRAME_S * RATE)
+    frames = [data[i : i + size] for i in range(0, len(data), size)]
     out = FloodResult()
-    asyncio.run(flood(target, seconds, out))
+    print("streaming", flush=True)
+    asyncio.run(flood(target, seconds, frames, out))
     print(json.dumps(asdict(out)))
     return 0
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--flood-client":
-        return flood_client(sys.argv[2], float(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--flood-client":
+        return flood_client(sys.argv[2], float(sys.argv[3]), Path(sys.argv[4]))
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -194,10 +217,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
     runs: list[dict[str, Any]] = []
-    for r in range(args.rounds):
-        for with_flood in (False, True):
-            print(f"round {r + 1}: {'flood' if with_flood else 'baseline'} ...", flush=True)
-            runs.append(asyncio.run(run(args.sessions, args.seconds, with_flood)))
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = Path(tmp) / "flood.pcm"
+        audio.write_bytes(b"".join(flood_frames(args.seconds)))
+        for r in range(args.rounds):
+            for with_flood in (False, True):
+                print(f"round {r + 1}: {'flood' if with_flood else 'baseline'} ...",
+                      flush=True)
+                runs.append(asyncio.run(run(args.sessions, args.seconds,
+                                            audio if with_flood else None)))
     # p95 over every latency of all runs of a kind.
     p95s: dict[str, dict[str, float | None]] = {}
     for kind, rows in (("baseline", [r for r in runs if not r["flood"]]),
