@@ -57,6 +57,10 @@ class LiveSession:
     first_audio_at: float | None = None
     """Monotonic time of the first frame (how far ahead of real time the client is)."""
     catch_up_to: int = 0
+    paced: bool = False
+    """Its client sent faster than real time next to real-time sessions and was paced
+    (``Supervisor.feed``): from then on its work is spare-capacity work, even while the
+    pacing keeps it near real time (runtime/fairness.py)."""
     """Windows before this piled up while a worker the session used was dead or hung."""
     write_times: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic, wall) write time of each window from ``vad_next`` on."""

@@ -59,6 +59,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import math
 import os
 import pickle
 import signal
@@ -577,6 +578,7 @@ class Supervisor:
                 # event loop all sessions share, whatever its work's rank. Held a margin
                 # above the tolerance, so that it stays ahead (its work spare) while paced.
                 # Pacing is not a wait for room: it does not count towards the timeout.
+                s.paced = True
                 await asyncio.sleep(early)
                 deadline = time.monotonic() + timeout
                 continue
@@ -586,10 +588,9 @@ class Supervisor:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 s.rejected_frames += 1
-                ahead = s.ahead_s(time.monotonic())
-                why = (f"the client is {ahead:.0f} s ahead of real time and the daemon has "
-                       "no spare capacity for it; send audio at real time"
-                       if ahead > self.config.limits.realtimeTolerance else
+                why = ("the client sends audio faster than real time and the daemon has no "
+                       "spare capacity for it; send it at real time"
+                       if self._standing(s, time.monotonic()).ahead else
                        "the daemon cannot keep up with this session")
                 raise SessionBackloggedError(
                     f"session {s.session_id} had no room for audio for {timeout:g} s "
@@ -962,7 +963,8 @@ class Supervisor:
 
     def _standing(self, s: LiveSession, now: float) -> Standing:
         return Standing.of(
-            ahead_s=s.ahead_s(now), tolerance_s=self.config.limits.realtimeTolerance,
+            ahead_s=math.inf if s.paced else s.ahead_s(now),
+            tolerance_s=self.config.limits.realtimeTolerance,
             vad_request_s=now - s.vad_sent_at if s.vad_in_flight else None,
             catching_up=s.vad_next < s.catch_up_to)
 
