@@ -1,10 +1,10 @@
 """One abusive client next to well-behaved ones: does it cost them anything?
 
 Runs the daemon with N real-time sessions of the load benchmark's realistic profile
-(``load_bench.run_session``: real speech of every length, pauses over a noise floor) twice
-per round, alternating: once alone (the baseline) and once with a *flood* -- one more
-client streaming the same kind of audio 20x faster than real time for the whole run -- and
-an *admission prober* that opens a new session every 2 s, streams 1 s of speech and closes.
+(``load_bench.run_session``: real speech of every length, pauses over a noise floor) and an
+*admission prober* that opens a new session every 2 s, streams 1 s of speech and closes,
+twice per round, alternating: once alone (the baseline) and once with a *flood* -- one
+more client streaming the same kind of audio 20x faster than real time for the whole run.
 Rounds alternate baseline and flood so a drift of the machine hits both alike.
 
 What it reports (``benchmarks/results/flood_bench.{json,md}``):
@@ -147,10 +147,11 @@ async def run(n: int, seconds: float, flood_audio: Path | None) -> dict[str, Any
     async with running_daemon() as (target, _pid):
         results = [SessionResult() for _ in range(n)]
         flood_out, probe_out = FloodResult(), ProbeResult()
-        extra = []
+        # The probe runs in both kinds of run: its sessions are load too.
+        extra = [probe(target, seconds, probe_out)]
         if flood_audio is not None:
             proc = await start_flood(target, seconds, flood_audio)
-            extra = [finish_flood(proc, flood_out), probe(target, seconds, probe_out)]
+            extra.append(finish_flood(proc, flood_out))
         await asyncio.wait_for(asyncio.gather(
             *(run_session(target, s, r) for s, r in zip(scripts, results, strict=True)),
             *extra), timeout=seconds + 90)
@@ -159,7 +160,7 @@ async def run(n: int, seconds: float, flood_audio: Path | None) -> dict[str, Any
     row = summarise("alfred", n, seconds, results)
     row["flood"] = ({**asdict(flood_out), "audio_s": round(flood_out.audio_s, 1)}
                     if with_flood else None)
-    row["probes"] = asdict(probe_out) if with_flood else None
+    row["probes"] = asdict(probe_out)
     row["backpressure_events"] = status["counters"]["backpressure_events"]
     row["daemon_counters"] = status["counters"]
     return row
@@ -191,7 +192,8 @@ def report(result: dict[str, Any]) -> str:
                          f"{fl['ended']} | {fl['finals']} | {pr['admitted']} / "
                          f"{len(pr['refused'])} | {row['backpressure_events']} |")
         else:
-            lines.append(f"| {i + 1} {kind} | | | | | {row['backpressure_events']} |")
+            lines.append(f"| {i + 1} {kind} | | | | {pr['admitted']} / {len(pr['refused'])} "
+                         f"| {row['backpressure_events']} |")
     lines += ["", f"Verdict: {result['verdict']}", ""]
     return "\n".join(lines)
 
@@ -234,7 +236,7 @@ def main() -> int:
                       for m in ("final_latency", "turn_latency", "partial_lag")}
     ratios = {m: (p95s["flood"][m] or 0) / p95s["baseline"][m]  # type: ignore[operator]
               for m in ("final_latency", "turn_latency") if p95s["baseline"][m]}
-    refused = sum(len(r["probes"]["refused"]) for r in runs if r["probes"])
+    refused = sum(len(r["probes"]["refused"]) for r in runs if r["flood"])
     ladder = sum(r["backpressure_events"] for r in runs if r["flood"])
     ok = all(v <= BOUND_RATIO for v in ratios.values()) and refused == 0
     verdict = (f"{'met' if ok else 'NOT met'}: final p95 ratio "
