@@ -151,6 +151,9 @@ async def _stream_until_started(stub: pb_grpc.AlfredAsyncStub, token: str | None
         return call, first, None, ""
     except grpc.aio.AioRpcError as exc:
         return call, None, exc.code(), exc.details() or ""
+    except asyncio.InvalidStateError:
+        # The daemon refused the stream before the audio was written: the status says why.
+        return call, None, await call.code(), await call.details() or ""
 
 
 async def _drive(target: str, http_port: int, out: dict[str, Any]) -> None:

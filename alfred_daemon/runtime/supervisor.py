@@ -1065,14 +1065,15 @@ class Supervisor:
                 self._outcomes.append((now, True))
                 s.vad_state = item.state
                 s.last_worker = worker_id
-                # Frame times are a health figure: a client ahead of real time queues its
-                # own windows, which says nothing about the daemon's health.
+                # The health figure leaves out the frames of a client ahead of real time:
+                # it queues its own windows, which says nothing about the daemon's health.
+                # The metric (observers) has every frame.
                 timed = self._standing(s, now).counts_toward_load
                 for p in item.probs:
                     mono, written = s.write_times.popleft()
+                    self._observe("frame_ms", (now - mono) * 1000.0)
                     if timed:
                         self.frame_times_ms.append((now - mono) * 1000.0)
-                        self._observe("frame_ms", (now - mono) * 1000.0)
                         self.handoff_ms.append((msg.picked_up - written) * 1000.0)
                     s.core.on_vad(float(p), per_window)
                 n = len(item.probs)
