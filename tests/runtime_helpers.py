@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 
-from alfred_daemon.engine.audio import float_to_pcm16
-from alfred_daemon.engine.config import EngineConfig
+from alfred_daemon.engine.audio import float_to_pcm16, read_wav
+from alfred_daemon.engine.config import EngineConfig, SttConfig
 from alfred_daemon.engine.events import Event, FinalTranscription, FrameProcessed
 from alfred_daemon.engine.jobs import Models
 from alfred_daemon.engine.session import Session
@@ -48,6 +48,19 @@ DRIVER = REPO / "tests" / "daemon_driver.py"
 
 
 # ----------------------------------------------------------------------------- audio
+
+
+FINALS_ONLY = EngineConfig(stt=SttConfig(partials=False))
+"""An engine config whose finals depend on their audio alone (no partials: a final then
+starts from no committed words), so the runtime's finals equal the single-process
+engine's word for word on any machine, given the ladder holds (``steady_ladder``)."""
+
+
+def wav_speech(path: Path) -> bytes:
+    """A 16 kHz WAV file as LINEAR16 bytes of whole 512-sample windows."""
+    audio, rate = read_wav(path)
+    assert rate == 16_000, f"{path}: {rate} Hz"
+    return pcm_of(pad_to_window(audio))
 
 
 def pad_to_window(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from alfred_daemon.engine.audio import read_wav
-from alfred_daemon.engine.config import EngineConfig, SttConfig
 from alfred_daemon.engine.events import Event, FramesDropped
 from alfred_daemon.engine.jobs import Models
 from alfred_daemon.runtime.config import LimitsConfig, WorkersConfig
@@ -32,25 +30,19 @@ from alfred_daemon.runtime.supervisor import Supervisor
 
 from .conftest import REPO
 from .runtime_helpers import (
+    FINALS_ONLY,
     Stream,
     collect,
     final_texts,
-    pad_to_window,
     pcm_of,
     push_realtime,
     reference_events,
     run_async,
     runtime_config,
+    wav_speech,
 )
 
 JFK = REPO / "tests" / "data" / "jfk.wav"
-EXACT = EngineConfig(stt=SttConfig(partials=False))
-
-
-def _speech(path: Path) -> bytes:
-    audio, rate = read_wav(path)
-    assert rate == 16_000
-    return pcm_of(pad_to_window(audio))
 
 
 def standing(ahead_s: float = 0.0, vad_request_s: float | None = None,
@@ -132,13 +124,13 @@ def test_a_flood_moves_no_ladder_and_costs_a_real_time_session_no_words(
     jfk.wav at real time, with the daemon's own backpressure settings. B is ahead of real
     time: it must not move the shared ladder, not get a new session refused, not lose its
     own audio (nothing dropped), and A's finals must be the undisturbed run's."""
-    jfk = _speech(JFK)
+    jfk = wav_speech(JFK)
     pause = pcm_of(np.random.default_rng(3).normal(0.0, 1e-3, 16_000).astype(np.float32))
     flood_pcm = b"".join(
-        _speech(REPO / "tests" / "data" / f"spk{k % 2 + 1}_snt{k % 5 + 1}.wav") + pause
+        wav_speech(REPO / "tests" / "data" / f"spk{k % 2 + 1}_snt{k % 5 + 1}.wav") + pause
         for k in range(20))
-    reference = final_texts(reference_events(models, jfk, EXACT))
-    config = runtime_config(tmp_path, workers=WorkersConfig(count=2), engine=EXACT)
+    reference = final_texts(reference_events(models, jfk, FINALS_ONLY))
+    config = runtime_config(tmp_path, workers=WorkersConfig(count=2), engine=FINALS_ONLY)
     out: dict[str, Any] = {}
 
     async def main() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from alfred_daemon.engine.audio import read_wav
-from alfred_daemon.engine.config import EngineConfig, SttConfig
+from alfred_daemon.engine.config import EngineConfig
 from alfred_daemon.engine.events import (
     Event,
     FramesDropped,
@@ -42,6 +42,7 @@ from alfred_daemon.runtime.supervisor import Supervisor
 from .conftest import REPO
 from .grpc_helpers import running_daemon
 from .runtime_helpers import (
+    FINALS_ONLY,
     Stream,
     apoll,
     collect,
@@ -65,8 +66,6 @@ START_TIMEOUT_S = 20.0
 """workers.start_timeout of these tests: a worker stopped while starting is found hung
 after this; a busy machine (CI, another suite) takes several seconds to load the models."""
 
-EXACT = EngineConfig(stt=SttConfig(partials=False))
-"""Finals that depend on their audio alone (see test_runtime.EXACT): equal means equal."""
 WITH_PARTIALS = EngineConfig()
 """For the partial stage. A final then starts from the words partials committed, which
 depends on decode timing (a comma, a capital), so words are compared, not characters."""
@@ -97,9 +96,9 @@ def cut_speech() -> bytes:
 
 @pytest.fixture(scope="module")
 def references(models: Models, speech: bytes, cut_speech: bytes) -> dict[str, list[str]]:
-    out = {"exact": final_texts(reference_events(models, speech, EXACT)),
+    out = {"exact": final_texts(reference_events(models, speech, FINALS_ONLY)),
            "partials": final_texts(reference_events(models, speech, WITH_PARTIALS)),
-           "cut": final_texts(reference_events(models, cut_speech, EXACT))}
+           "cut": final_texts(reference_events(models, cut_speech, FINALS_ONLY))}
     for texts in out.values():
         assert len(texts) >= 2 and all(texts), out  # the reference itself is sane
     return out
@@ -229,7 +228,7 @@ def test_fault_matrix(  # noqa: PLR0917 -- pytest passes fixtures positionally
     tmp_path: Path, speech: bytes, cut_speech: bytes, references: dict[str, list[str]],
     fault: str, stage: str,
 ) -> None:
-    engine = WITH_PARTIALS if stage == "partial" else EXACT
+    engine = WITH_PARTIALS if stage == "partial" else FINALS_ONLY
     cell = Cell(fault, stage)
     _run_cell(tmp_path, cell, cut_speech if stage == "drain" else speech, engine)
     print(f"{fault} at {stage}: worker {cell.worker_id} pid {cell.pid}, gone after "
@@ -273,7 +272,7 @@ def test_sigstop_15s_mid_utterance_with_the_default_ladder(
     your country can do for you", the daemon's own backpressure settings. It lost those
     words when the backlog that piled up during the hang was shed; now the backlog is
     caught up on and the hang is not counted as load."""
-    config = runtime_config(tmp_path, workers=WorkersConfig(count=2), engine=EXACT)
+    config = runtime_config(tmp_path, workers=WorkersConfig(count=2), engine=FINALS_ONLY)
     out: dict[str, Any] = {}
 
     async def main() -> None:
