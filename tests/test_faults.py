@@ -362,3 +362,54 @@ def test_a_clean_start_reports_no_health_change(tmp_path: Path) -> None:
     assert not [line for line in log.splitlines() if " health " in line
                 and "->" in line], log[-2000:]
     assert "Traceback" not in log
+
+
+def test_a_vad_batch_longer_than_the_heartbeat_timeout_is_load_not_a_hang(
+    tmp_path: Path, speech: bytes,
+) -> None:
+    """A starved CPU can stretch one VAD batch past ``heartbeat_timeout``. CI once killed
+    both workers over and over for "vad lane silent for 5.0 s" while they were only slow,
+    and the sessions on them vanished from the load figure (a request that old looked
+    stuck), so the ladder stood down under full overload. Here one batch of 64 windows
+    costs 64 x 120 ms = 7.7 s: the lane must keep reporting while it runs, the worker must
+    live, and the session must count as load throughout."""
+    windows = 64
+    pcm = speech[: windows * 512 * 2]
+    config = runtime_config(tmp_path, workers=WorkersConfig(count=1),
+                            vad_cost_ms_per_window=120.0, **steady_ladder())
+    assert windows * 0.120 > config.workers.heartbeat_timeout
+    out: dict[str, Any] = {"silence": [], "stalled": []}
+
+    async def main() -> None:
+        sup = Supervisor(config)
+        await sup.start()
+        try:
+            sid = sup.open_session()
+            # One synchronous burst: the coalesced dispatch sends all 64 windows as one
+            # VAD item, hence one long batch.
+            for k in range(0, len(pcm), 640):
+                sup.push(sid, pcm[k:k + 640])
+            s = sup._get(sid)
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline and sup.session_status(sid)["windowsQueued"]:
+                now = time.monotonic()
+                vad = sup.status()["workers"][0]["lanes"]["vad"]
+                if vad["busy"]:
+                    out["silence"].append(vad["lastSeenS"])
+                    out["stalled"].append(sup._standing(s, now).stalled)
+                await asyncio.sleep(0.1)
+            out["status"] = sup.session_status(sid)
+            out["restarts"] = sup.counters.worker_restarts
+        finally:
+            await sup.stop(grace=0)
+
+    run_async(main, 90)
+
+    status = out["status"]
+    assert status["windowsQueued"] == 0, status
+    assert status["windowsAnalysed"] == windows and status["windowsDropped"] == 0, status
+    assert out["restarts"] == 0
+    # Busy for the whole batch, heard from every heartbeat interval or so meanwhile.
+    assert len(out["silence"]) >= 50, out["silence"]
+    assert max(out["silence"]) < 3 * config.workers.heartbeat_interval, out["silence"]
+    assert not any(out["stalled"])

@@ -24,10 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STALL_S = 1.0
-"""A VAD request out this long is stuck: a batch takes milliseconds, a loaded machine
-hundreds of them. Only the load figure uses this; killing a worker takes the heartbeat."""
-
 AHEAD_RANK = 10
 """Added to an ahead session's task rank: after every kind of work of other sessions."""
 
@@ -38,18 +34,18 @@ class Standing:
 
     ahead: bool
     stalled: bool
-    """Its VAD request has been out ``STALL_S`` or more (a hung worker, probably)."""
+    """Its VAD request is on a worker that looks hung (``worker_suspect``)."""
     catching_up: bool
     """It is analysing the windows that piled up while a worker it used was dead or hung."""
 
     @classmethod
-    def of(cls, *, ahead_s: float, tolerance_s: float, vad_request_s: float | None,
+    def of(cls, *, ahead_s: float, tolerance_s: float, vad_on_suspect: bool,
            catching_up: bool) -> Standing:
         """``ahead_s``: audio sent beyond real time since the first frame (a client that
         reconnects and resends what it captured meanwhile is not ahead: the disconnection
-        counted as time); ``vad_request_s``: age of its VAD request in flight, if any."""
-        return cls(ahead=ahead_s > tolerance_s,
-                   stalled=vad_request_s is not None and vad_request_s >= STALL_S,
+        counted as time); ``vad_on_suspect``: its VAD request in flight is on a worker
+        that looks hung."""
+        return cls(ahead=ahead_s > tolerance_s, stalled=vad_on_suspect,
                    catching_up=catching_up)
 
     @property
@@ -82,11 +78,10 @@ def lanes_for_ahead_work(job_lanes: int, busy: float, *, real_time_work: bool) -
     return max(1, job_lanes - 1)
 
 
-def worker_suspect(vad_idle: bool, vad_silent_s: float, vad_request_s: float,
-                   heartbeat_interval: float) -> bool:
+def worker_suspect(vad_silent_s: float, heartbeat_interval: float) -> bool:
     """Whether a worker looks hung from its VAD lane, long before the heartbeat timeout
-    kills it: an idle VAD lane heartbeats every ``heartbeat_interval``, a busy one answers
-    within milliseconds. A suspect worker's lanes are neither capacity nor load."""
-    if vad_idle:
-        return vad_silent_s > 3 * heartbeat_interval
-    return vad_request_s > STALL_S
+    kills it. The lane reports every ``heartbeat_interval``, idle or busy (a batch reports
+    between its steps, each milliseconds), so silence means stuck, never merely loaded: a
+    big batch on a starved CPU is load and must count as load. A suspect worker's lanes
+    are neither capacity nor load."""
+    return vad_silent_s > 3 * heartbeat_interval

@@ -52,8 +52,8 @@ class LiveSession:
     vad_next: int = 0
     """Next window to analyse; the ring's VAD read index when no VAD request is out."""
     vad_in_flight: bool = False
-    vad_sent_at: float = 0.0
-    """When the VAD request in flight was sent (``vad_in_flight``)."""
+    vad_worker: int = -1
+    """Worker holding the VAD request in flight (``vad_in_flight``)."""
     first_audio_at: float | None = None
     """Monotonic time of the first frame (how far ahead of real time the client is)."""
     catch_up_to: int = 0

@@ -794,7 +794,7 @@ class Supervisor:
         # core to itself instead of preempting a decode.
         for lane in sorted((ln for ln in idle if ln.kind == "vad"),
                            key=lambda ln: ln.worker.lanes["job"].request is not None):
-            items = self._vad_batch()
+            items = self._vad_batch(lane.worker.worker_id)
             if not items:
                 break
             self._send_request(lane, VadRequest(next(self._request_ids), items, time.time()))
@@ -866,7 +866,7 @@ class Supervisor:
             out.append(task)
         return out
 
-    def _vad_batch(self) -> tuple[VadItem, ...]:
+    def _vad_batch(self, worker_id: int) -> tuple[VadItem, ...]:
         limit = self.config.processor.max_batch_size if self.config.processor.batch_processing \
             else 1
         shed_above = (self.config.processor.frame_queue_size // 4
@@ -883,7 +883,7 @@ class Supervisor:
             count = min(s.queued_windows, MAX_VAD_WINDOWS_PER_ITEM)
             items.append(VadItem(s.key, s.ring.handle, s.vad_next, count, s.vad_state))
             s.vad_in_flight = True
-            s.vad_sent_at = now
+            s.vad_worker = worker_id
         return tuple(items)
 
     def _shed(self, s: LiveSession, n: int, reason: str) -> None:
@@ -962,10 +962,11 @@ class Supervisor:
         return rank + AHEAD_RANK * task.spare, task.seq
 
     def _standing(self, s: LiveSession, now: float) -> Standing:
+        holder = self._workers.get(s.vad_worker) if s.vad_in_flight else None
         return Standing.of(
             ahead_s=math.inf if s.paced else s.ahead_s(now),
             tolerance_s=self.config.limits.realtimeTolerance,
-            vad_request_s=now - s.vad_sent_at if s.vad_in_flight else None,
+            vad_on_suspect=holder is not None and self._suspect(holder, now),
             catching_up=s.vad_next < s.catch_up_to)
 
     def _send_request(self, lane: Lane, msg: VadRequest | JobRequest) -> None:
@@ -1248,9 +1249,7 @@ class Supervisor:
         return None
 
     def _suspect(self, w: WorkerHandle, now: float) -> bool:
-        vad = w.lanes["vad"]
-        return worker_suspect(vad_idle=vad.request is None, vad_silent_s=now - vad.last_seen,
-                              vad_request_s=now - vad.sent_at,
+        return worker_suspect(vad_silent_s=now - w.lanes["vad"].last_seen,
                               heartbeat_interval=self.config.workers.heartbeat_interval)
 
     def _kill(self, w: WorkerHandle, why: str) -> None:
@@ -1276,9 +1275,9 @@ class Supervisor:
                         cfg.processor.processing_timeout:
                     self._kill(w, f"{lane.kind} request running for {now - lane.sent_at:.1f} s")
                     break
-                # An idle lane heartbeats; a VAD batch takes milliseconds, so a VAD lane
-                # is never silent for long, busy or not. A job lane may decode for up to
-                # processing_timeout.
+                # An idle lane heartbeats, and a VAD lane also between the steps of a
+                # batch, so a VAD lane is never silent for long, busy or not. A job lane
+                # may decode for up to processing_timeout.
                 if (lane.request is None or lane.kind == "vad") and \
                         now - lane.last_seen > cfg.workers.heartbeat_timeout:
                     self._kill(w, f"{lane.kind} lane silent for {now - lane.last_seen:.1f} s")

@@ -41,6 +41,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,7 +220,8 @@ class _VadWork:
         self.spec = spec
         self.rings = _RingCache(VAD_READER)
 
-    def run(self, msg: Message, level: int, received_at: float) -> Message | None:
+    def run(self, msg: Message, level: int, received_at: float,
+            beat: Callable[[], None]) -> Message | None:
         if not isinstance(msg, VadRequest):
             return None
         picked_up = time.time()
@@ -244,18 +246,23 @@ class _VadWork:
                                 np.zeros(item.count, np.float32), item.state)
             batch.append((item.count, windows.astype(np.float32) / np.float32(32768.0), res))
             results.append(res)
-        self._run_batched(batch)
+        self._run_batched(batch, beat)
         ms = (time.perf_counter() - t0) * 1000.0
         n_windows = sum(c for c, _, _ in batch)
-        _stretch(ms, self.spec.job_cost_multiplier, self.spec.vad_cost_ms_per_window * n_windows)
+        _stretch(ms, self.spec.job_cost_multiplier, self.spec.vad_cost_ms_per_window * n_windows,
+                 beat)
         return VadResult(msg.request_id, tuple(results), ms, picked_up, received_at)
 
-    def _run_batched(self, batch: list[tuple[int, np.ndarray, VadItemResult]]) -> None:
+    def _run_batched(self, batch: list[tuple[int, np.ndarray, VadItemResult]],
+                     beat: Callable[[], None]) -> None:
         """Step t evaluates window t of every session that has one, in one ONNX call
-        (or one call per session with ``batch_processing`` off)."""
+        (or one call per session with ``batch_processing`` off). A batch behind a long
+        backlog can take seconds on a starved CPU, so each step reports progress: the
+        supervisor judges a VAD lane hung by its silence, and a step is milliseconds."""
         vad = self.models.vad
         longest = max((c for c, _, _ in batch), default=0)
         for t in range(longest):
+            beat()
             active = [(w, r) for c, w, r in batch if c > t]
             if self.spec.batch_processing:
                 probs = vad.batch([r.state for _, r in active],
@@ -273,7 +280,10 @@ class _JobWork:
         self.spec = spec
         self.rings = _RingCache(None)
 
-    def run(self, msg: Message, level: int, received_at: float) -> Message | None:
+    def run(self, msg: Message, level: int, received_at: float,
+            beat: Callable[[], None]) -> Message | None:
+        """A decode is one model call that cannot report progress (``beat`` is unused):
+        the supervisor gives a busy job lane ``processing_timeout`` instead."""
         if not isinstance(msg, JobRequest):
             return None
         t0 = time.perf_counter()
@@ -302,12 +312,17 @@ class _JobWork:
                                               for i, item in enumerate(msg.items)), busy)
 
 
-def _stretch(ms: float, multiplier: float, extra_ms: float) -> float:
-    """Test knob: make work look ``multiplier`` times as expensive (plus ``extra_ms``)."""
+def _stretch(ms: float, multiplier: float, extra_ms: float,
+             beat: Callable[[], None] | None = None) -> float:
+    """Test knob: make work look ``multiplier`` times as expensive (plus ``extra_ms``),
+    reporting progress through ``beat`` as the real work it stands for would."""
     delay = ms * (multiplier - 1.0) + extra_ms
-    if delay > 0:
-        time.sleep(delay / 1000.0)
-    return delay
+    end = time.monotonic() + delay / 1000.0
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1) if beat is not None else left)
+        if beat is not None:
+            beat()
+    return max(delay, 0.0)
 
 
 class _Lane:
@@ -323,6 +338,16 @@ class _Lane:
         self.work = work
         self.level = 0
         self.trim_generation = 0
+        self._dealer: zmq.Socket[bytes] | None = None
+        self._last_sent = time.monotonic()
+
+    def beat(self) -> None:
+        """Heartbeat if one is due; called between requests and, by VAD work, between
+        steps of one (same thread as every other send on the dealer)."""
+        if self._dealer is not None and \
+                time.monotonic() - self._last_sent >= self.spec.heartbeat_interval:
+            self._dealer.send(dumps(Heartbeat(self.spec.worker_id, self.name, self.level)))
+            self._last_sent = time.monotonic()
 
     def loop(self) -> None:
         spec = self.spec
@@ -342,7 +367,8 @@ class _Lane:
         dealer.send(dumps(Hello(spec.worker_id, self.name, os.getpid(), spec.core,
                                 self.load_ms, self.turn_kernels)))
         interval_ms = int(spec.heartbeat_interval * 1000)
-        last_sent = time.monotonic()
+        self._dealer = dealer
+        self._last_sent = time.monotonic()
         try:
             while True:
                 ready = dict(poller.poll(interval_ms))
@@ -353,20 +379,19 @@ class _Lane:
                     msg = loads(dealer.recv())
                     if isinstance(msg, Stop):
                         return
-                    reply = self.work.run(msg, self.level, received_at)
+                    reply = self.work.run(msg, self.level, received_at, self.beat)
                     if reply is not None:
                         dealer.send(dumps(reply))
-                        last_sent = time.monotonic()
+                        self._last_sent = time.monotonic()
                     if self.name == "job":
                         # A decode frees its buffers into malloc's arenas, which keep them
                         # resident: measured here, a worker's PSS peaks at ~245 MB without
                         # this and ~142 MB with it, for ~2 ms per job (after the reply, so
                         # the result is not delayed).
                         malloc_trim()
-                if time.monotonic() - last_sent >= spec.heartbeat_interval:
-                    dealer.send(dumps(Heartbeat(spec.worker_id, self.name, self.level)))
-                    last_sent = time.monotonic()
+                self.beat()
         finally:
+            self._dealer = None
             self.work.rings.close()
             dealer.close(linger=0)
             sub.close(linger=0)
