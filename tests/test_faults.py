@@ -9,12 +9,19 @@ anyway), ``vad`` (a VAD batch of the session out on the worker), ``partial``, ``
 ``turn`` (that job in flight on the worker), ``drain`` (the daemon is stopping and the last
 final is in flight). The stage is caught by watching the supervisor's lanes from its own
 event loop, so the fault lands while that request is out.
+
+Two hangs the matrix cannot make: a decode that never returns while its worker's VAD lane
+goes on heartbeating (CTranslate2's threads held in a ptrace stop; the supervisor's
+``processor.processing_timeout`` must find it), and the opposite, a VAD batch that is
+merely slow (longer than ``workers.heartbeat_timeout``), which must not be taken for a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import logging
 import os
 import signal
 import time
@@ -38,6 +45,7 @@ from alfred_daemon.engine.text import norm_text
 from alfred_daemon.runtime.config import WorkersConfig
 from alfred_daemon.runtime.errors import WorkersFailedError
 from alfred_daemon.runtime.supervisor import Supervisor
+from alfred_daemon.runtime.worker import JOB_LANE_NICE
 
 from .conftest import REPO
 from .grpc_helpers import running_daemon
@@ -413,3 +421,122 @@ def test_a_vad_batch_longer_than_the_heartbeat_timeout_is_load_not_a_hang(
     assert len(out["silence"]) >= 50, out["silence"]
     assert max(out["silence"]) < 3 * config.workers.heartbeat_interval, out["silence"]
     assert not any(out["stalled"])
+
+
+# ------------------------------------------------------- a job lane stuck, its process alive
+_PTRACE_SEIZE, _PTRACE_INTERRUPT, _WALL = 0x4206, 0x4207, 0x40000000
+
+
+class FrozenThreads:
+    """CTranslate2's compute threads of a worker held in a ptrace stop while the rest of
+    it runs: a decode that never returns (a deadlocked kernel, say) while the worker's VAD
+    lane goes on answering and heartbeating. SIGSTOP cannot do this; it stops the whole
+    process. The job lane's own thread (the worker's main thread) is left running: stopped
+    while it holds the GIL, it would silence the VAD lane too, which is a different hang.
+    CTranslate2's threads are the other niced threads (runtime/worker.py); they never hold
+    the GIL, and the job lane waits for them with the GIL released.
+
+    The tracer must reap its tracees' exits, or the killed worker's main thread cannot be
+    reaped and the supervisor never sees it go: ``reap`` is polled until they are gone.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+        self.tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")
+                     if int(t) != pid and _nice_of(pid, int(t)) == JOB_LANE_NICE]
+        assert self.tids, f"no decode thread of worker {pid} runs at nice {JOB_LANE_NICE}"
+        for tid in self.tids:
+            for request in (_PTRACE_SEIZE, _PTRACE_INTERRUPT):
+                if self.libc.ptrace(request, tid, None, None) != 0:
+                    err = ctypes.get_errno()
+                    raise AssertionError(f"ptrace({request:#x}, {tid}) failed: "
+                                         f"{os.strerror(err)}; this test needs ptrace")
+        self.live = set(self.tids)
+
+    def reap(self) -> None:
+        for tid in list(self.live):
+            try:
+                got, status = os.waitpid(tid, os.WNOHANG | _WALL)
+            except ChildProcessError:
+                self.live.discard(tid)
+                continue
+            if got and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                self.live.discard(tid)
+
+
+def _nice_of(pid: int, tid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, nice
+
+
+def test_a_job_lane_stuck_in_a_decode_while_its_worker_heartbeats(
+    tmp_path: Path, speech: bytes, references: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The one hang the lanes' silence cannot show: the worker's VAD lane keeps answering,
+    only its decode never returns. The supervisor must kill it at
+    ``processor.processing_timeout``, re-run the final elsewhere and lose no word; the
+    session's VAD goes on meanwhile."""
+    workers = WorkersConfig(count=2, start_timeout=START_TIMEOUT_S)
+    config = runtime_config(tmp_path, workers=workers, engine=FINALS_ONLY, **steady_ladder())
+    timeout = config.processor.processing_timeout
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        sup = Supervisor(config)
+        await sup.start()
+        try:
+            stream = Stream(sup.open_session(), speech)
+            collector = asyncio.create_task(collect(sup, stream))
+
+            async def freeze() -> None:
+                found = None
+                deadline = time.monotonic() + 10.0
+                while found is None and time.monotonic() < deadline:
+                    found = _busy_worker(sup, "final", stream.sid)
+                    await asyncio.sleep(0.001)
+                assert found is not None, "no final of the session was seen on a worker"
+                pid, out["worker_id"] = found
+                frozen = FrozenThreads(pid)
+                t0 = time.monotonic()
+
+                def gone() -> bool:
+                    frozen.reap()
+                    return not frozen.live and process_state(pid) == "gone"
+
+                out["gone"] = await apoll(gone, timeout + 5.0)
+                out["gone_after_s"] = time.monotonic() - t0
+                out["pid"] = pid
+
+            with caplog.at_level(logging.ERROR, "alfred_daemon.runtime.supervisor"):
+                freezer = asyncio.create_task(freeze())
+                await push_realtime(sup, stream)
+                await asyncio.wait_for(freezer, timeout + 15.0)
+                await sup.finish_session(stream.sid, timeout=30.0)
+                await asyncio.wait_for(collector, 10.0)
+            out["events"] = stream.events
+            out["restarts"] = sup.counters.worker_restarts
+        finally:
+            await sup.stop(grace=0)
+
+    run_async(main, 120)
+
+    print(f"job lane of worker {out['worker_id']} (pid {out['pid']}) frozen: gone after "
+          f"{out['gone_after_s']:.1f} s")
+    assert out["gone"], "the worker with a stuck decode was never killed"
+    assert timeout - 0.5 < out["gone_after_s"] < timeout + 3.0
+    # Killed for the decode's age: its VAD lane was heard all along.
+    kills = [r.getMessage() for r in caplog.records if "is hung" in r.getMessage()]
+    assert kills and all("job request running" in m for m in kills), kills
+    events = out["events"]
+    assert final_texts(events) == references["exact"], (final_texts(events), references)
+    assert not [e for e in events if isinstance(e, FramesDropped)]
+    recovered = [e for e in events if isinstance(e, WorkerRecovered)]
+    assert recovered and all(e.worker_id == out["worker_id"] for e in recovered)
+    assert sum(e.rerun_jobs for e in recovered) >= 1
+    assert isinstance(events[-1], SessionClosed) and events[-1].reason == "finished"

@@ -115,7 +115,8 @@ class WorkersConfig:
     """Pin worker i to the i-th usable core (before any model session is created)."""
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 5.0
-    """An idle lane silent this long is hung (a busy one gets processing_timeout)."""
+    """A lane silent this long is hung: a VAD lane busy or idle (it reports between the
+    steps of a batch), a job lane when idle (a decode gets processing_timeout)."""
     start_timeout: float = 30.0
     """Seconds a new worker may take to load its models and say hello."""
     max_restarts_per_minute: int = 20
