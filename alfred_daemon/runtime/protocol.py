@@ -11,9 +11,10 @@ Sockets (all ``ipc://`` in the private runtime directory, see :mod:`.rundir`)
     flight where -- which is what lets it re-run a dead worker's work exactly once -- and no
     queue ever builds up inside ZeroMQ: the HWM (1000) is never approached. Scheduling
     (priorities, batching, which lane) is therefore entirely the supervisor's, in one place.
-    Lanes answer with results and, when idle, heartbeats. ROUTER is set to ``ROUTER_MANDATORY``
-    so a send to a lane that vanished raises instead of dropping silently; sends are non-
-    blocking (the supervisor's event loop never blocks on a worker).
+    Lanes answer with results and heartbeats (when idle, and a VAD lane also between the
+    steps of a batch). ROUTER is set to ``ROUTER_MANDATORY`` so a send to a lane that
+    vanished raises instead of dropping silently; sends are non-blocking (the supervisor's
+    event loop never blocks on a worker).
 
 ``state`` -- supervisor PUB (bind) -> every lane SUB (connect).
     The supervisor re-publishes its whole control state (backpressure level, live ring

@@ -21,7 +21,10 @@ In order:
    * the **job lane** runs Whisper decodes and Smart Turn evaluations.
 
 Each lane heartbeats from its own loop, between requests, so a lane stuck inside a model
-call falls silent and the supervisor replaces the whole worker.
+call falls silent and the supervisor replaces the whole worker. The VAD lane also beats
+between the steps of a batch (each one ONNX call of milliseconds): a batch behind a long
+backlog on a starved CPU is slow, not stuck. A decode is one call that cannot report; the
+supervisor gives it ``processor.processing_timeout``.
 
 What is shared with other processes: the rings (shared memory, read-only here except the
 VAD read index) and the model *files* (page cache). The weights themselves are private:
