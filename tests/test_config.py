@@ -62,11 +62,17 @@ def test_defaults_round_trip_through_show() -> None:
     ({"workers": {"pin": "yes"}}, "workers.pin = 'yes' must be true or false"),
     ({"logging": {"format": "xml"}}, "logging.format = 'xml'"),
     ({"engine": {"vad": {"threshold": 1.5}}}, "vad.threshold = 1.5 is out of range"),
+    # A key is shown quoted when TOML would quote it: a newline in it (found by the fuzz
+    # campaign) must not split the one-line error.
+    ({"\n": 1}, 'unknown section ["\\n"]'),
+    ({"limits": {"a b\r\n": 1}}, 'unknown key limits."a b\\r\\n"'),
+    ({"engine": {"\x1b[31m": 1}}, 'unknown key engine."\\u001b[31m"'),
 ])
 def test_errors_name_the_key(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as exc:
         from_mapping(doc)
     assert message in str(exc.value)
+    assert str(exc.value).isprintable(), str(exc.value)
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:

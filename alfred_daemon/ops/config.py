@@ -21,6 +21,7 @@ rest is reported as needing a restart.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -127,6 +128,15 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def _shown(key: str) -> str:
+    """A key as the error sentence shows it: bare if TOML would write it bare, else quoted
+    with escapes, so a key holding a newline or a control character cannot break the
+    one-line error (or forge a second line in a log)."""
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return json.dumps(key)
+
+
 def _build(cls: type[Any], table: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(table, Mapping):
         raise ConfigError(f"[{prefix}] must be a table")
@@ -135,7 +145,7 @@ def _build(cls: type[Any], table: Mapping[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in names:
-            raise ConfigError(f"unknown key {prefix}.{key}; allowed: {', '.join(names)}")
+            raise ConfigError(f"unknown key {prefix}.{_shown(key)}; allowed: {', '.join(names)}")
         kwargs[key] = _check_type(f"{prefix}.{key}", value, hints[key])
     return cls(**kwargs)
 
@@ -145,7 +155,8 @@ def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
     known = {*_RUNTIME_SECTIONS, "engine", "runtime", "grpc", "http", "logging", "security"}
     for section in doc:
         if section not in known:
-            raise ConfigError(f"unknown section [{section}]; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown section [{_shown(section)}]; allowed: "
+                              f"{', '.join(sorted(known))}")
     runtime_kwargs: dict[str, Any] = {
         name: _build(cls, doc.get(name, {}), name) for name, cls in _RUNTIME_SECTIONS.items()}
     for name in ("engine", "runtime"):
@@ -157,7 +168,7 @@ def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
         for name, cls in _ENGINE_SECTIONS.items()}
     for key, value in engine_doc.items():
         if key != "frame_events":
-            raise ConfigError(f"unknown key engine.{key}; allowed: vad, stt, turn, "
+            raise ConfigError(f"unknown key engine.{_shown(key)}; allowed: vad, stt, turn, "
                               "frame_events")
         engine_kwargs[key] = _check_type("engine.frame_events", value, bool)
     runtime_kwargs["engine"] = EngineConfig(**engine_kwargs)
@@ -165,7 +176,7 @@ def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
     hints = typing.get_type_hints(RuntimeConfig)
     for key, value in scalars.items():
         if key not in _RUNTIME_SCALARS:
-            raise ConfigError(f"unknown key runtime.{key}; allowed: "
+            raise ConfigError(f"unknown key runtime.{_shown(key)}; allowed: "
                               f"{', '.join(_RUNTIME_SCALARS)}")
         runtime_kwargs[key] = _check_type(f"runtime.{key}", value, hints[key])
     return DaemonConfig(
@@ -196,7 +207,8 @@ def apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
         for i, part in enumerate(path):
             match = next((k for k in ref if k.lower() == part), None)
             if match is None:
-                raise ConfigError(f"{name}: unknown key {'.'.join([*resolved, part])}")
+                raise ConfigError(f"{_shown(name)}: unknown key "
+                                  f"{'.'.join(_shown(k) for k in [*resolved, part])}")
             resolved.append(match)
             if i == len(path) - 1:
                 target[match] = _env_value(raw)
@@ -204,7 +216,7 @@ def apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
                 target = target.setdefault(match, {})
                 ref = ref[match]
                 if not isinstance(ref, dict):
-                    raise ConfigError(f"{name}: {'.'.join(resolved)} is not a section")
+                    raise ConfigError(f"{_shown(name)}: {'.'.join(resolved)} is not a section")
     return doc
 
 
