@@ -36,6 +36,9 @@ $(STAMP): pyproject.toml requirements.lock clients/node/package-lock.json
 	$(BIN)/python -m pip install --quiet -c requirements.lock pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	$(BIN)/alfred-daemon models fetch
+	@# The protoc of each protobuf major the client's stubs are generated with (for the
+	@# stubs-are-fresh test, which then needs no network).
+	$(BIN)/python clients/python/generate.py --fetch
 	cd clients/node && npm ci --no-audit --no-fund
 	touch $@
 

@@ -5,8 +5,10 @@ import warnings
 
 from . import alfred_pb2 as alfred_dot_v1_dot_alfred__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.64.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in alfred/v1/alfred_pb2_grpc.py depends on'
+        + f' but the generated code in alfred/v1/alfred_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class AlfredStub:
+class AlfredStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +61,7 @@ class AlfredStub:
                 _registered_method=True)
 
 
-class AlfredServicer:
+class AlfredServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def StreamSession(self, request_iterator, context):
@@ -118,7 +123,7 @@ def add_AlfredServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Alfred:
+class Alfred(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
