@@ -371,6 +371,16 @@ def test_node_client_installed_from_its_tarball_streams_jfk(
                    project, STREAM_TIMEOUT_S, env={"ALFRED_TOKEN": ""})
         assert run.returncode == 0, (f"transcript.js exited {run.returncode}\n"
                                      f"stderr:\n{run.stderr}\ndaemon log:\n{d.log_tail()}")
+        # The JavaScript example as shipped, run from the installed package.
+        js = _run([node, str(installed / "examples" / "stream_wav.js"), str(WAV), "--json",
+                   "--no-partials", "--target", d.target], project, STREAM_TIMEOUT_S,
+                  env={"ALFRED_TOKEN": ""})
+        assert js.returncode == 0, (f"stream_wav.js exited {js.returncode}\n"
+                                    f"stderr:\n{js.stderr}\ndaemon log:\n{d.log_tail()}")
+    js_events = [json.loads(ln) for ln in js.stdout.splitlines() if ln]
+    js_text = " ".join(e["text"] for e in js_events if e["type"] == "final_transcription")
+    assert wer(REFERENCE, js_text) <= 0.10, js_text
+    assert js_events[-1]["type"] == "session_closed", js_events[-1]
     lines: list[dict[str, Any]] = [json.loads(ln) for ln in run.stdout.splitlines() if ln]
     kinds = [ln["kind"] for ln in lines]
     finals = [ln for ln in lines if ln["kind"] == "final"]

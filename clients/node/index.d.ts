@@ -73,11 +73,15 @@ export interface SessionOptions {
   /** BCP-47 language (default 'en'). */
   language?: string | undefined;
   /**
-   * Resume a session another stream started (its session_started.resume_token). A
-   * stream's own resumes need no option: they use the token they received.
+   * Resume a session another stream started (its session_started.resume_token): this
+   * stream's frames are numbered after that session's last_sequence. A stream's own
+   * resumes need no option: they use the token they received.
    */
   resume_token?: string | undefined;
-  /** With resume_token: the highest event_sequence already received of that session. */
+  /**
+   * With resume_token: the highest event_sequence already received of that session (the
+   * daemon re-sends the events after it; the stream yields none at or below it).
+   */
   last_event_sequence?: number | undefined;
 }
 

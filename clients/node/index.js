@@ -302,6 +302,15 @@ class FrameSource {
     return index < this.replay.length ? this.replay[index] : null;
   }
 
+  /**
+   * Number the frames still to come after `sequence`, if nothing was taken from the source
+   * yet: a stream that resumes a session another one started (options.resume_token)
+   * continues that session's numbering, or the daemon would ignore its frames.
+   */
+  startAfter(sequence) {
+    if (!this.replay.length && !this.pending && this.seq < sequence) this.seq = sequence;
+  }
+
   /** Pull the next frame from the source into the replay buffer; false when it is done. */
   pull() {
     if (this.error) return Promise.reject(this.error);
@@ -501,6 +510,7 @@ class AlfredClient {
       if (config.resume_token) {
         await attempt.started;
         if (!live()) return;
+        source.startAfter(confirmed());
       }
       let sent = 0; // the highest sequence written on this call
       for (;;) {

@@ -93,6 +93,33 @@ test('a broken stream resumes with last_event_sequence, re-sends unconfirmed fra
   });
 });
 
+test("options.resume_token continues another stream's session and its numbering", TIMEOUT, async () => {
+  function script(call, stream) {
+    readCall(call, stream, {
+      onConfig() { call.write(started({ resumed: true, lastSequence: 100 })); },
+      onEnd() {
+        for (let s = 3; s <= 6; s += 1) call.write(final(s)); // 3 and 4: the caller has them
+        call.write(closed(7));
+        call.end();
+      },
+    });
+  }
+  await withServer(script, {}, async (client, server) => {
+    const options = { resume_token: 'token-0', last_event_sequence: 4 };
+    const events = await collect(client.stream(silence(3), RATE, { options }));
+    const [only] = server.streams;
+    assert.equal(server.streams.length, 1);
+    assert.equal(only.config.resume_token, 'token-0');
+    assert.equal(hasLastEventSequence(only.config), true);
+    assert.equal(Number(only.config.last_event_sequence), 4);
+    assert.deepEqual(only.frames, [101, 102, 103]);
+    assert.deepEqual(events.map((ev) => [ev.type, ev.event_sequence]), [
+      ['session_started', 0], ['final_transcription', 5], ['final_transcription', 6],
+      ['session_closed', 7]]);
+    assert.equal(client.lastEventSequence, 7);
+  });
+});
+
 test('a failure after session_closed is not resumed', TIMEOUT, async () => {
   function script(call, stream) {
     readCall(call, stream, {
