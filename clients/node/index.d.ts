@@ -131,7 +131,7 @@ export interface ServerEventMessage {
 }
 
 /** What every event has. The last three properties are not enumerable (not in JSON). */
-interface EventBase {
+export interface EventBase {
   /** The point in the session's audio (ms from its first sample) the event refers to. */
   audio_offset_ms: number;
   /** Model time spent producing the event, rounded to 0.01 ms. */
@@ -406,7 +406,7 @@ export declare class AlfredClient {
   /** Stream a 16-bit mono PCM WAV file (a path or its bytes), at its own rate. */
   streamWav(file: string | Buffer, opts?: StreamPcmOptions): AsyncGenerator<AlfredEvent, void, undefined>;
   /** Stream LINEAR16 mono samples at `sampleRate` in 20 ms frames. */
-  streamPcm(pcm: Buffer, sampleRate: number, opts?: StreamPcmOptions): AsyncGenerator<AlfredEvent, void, undefined>;
+  streamPcm(pcm: Uint8Array, sampleRate: number, opts?: StreamPcmOptions): AsyncGenerator<AlfredEvent, void, undefined>;
   /**
    * Send `frames` and yield the session's events until the daemon closes the stream;
    * throws StreamError on a non-OK status it does not resume. Breaking off cancels the call.
