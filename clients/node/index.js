@@ -3,8 +3,9 @@
  * Node.js client of alfred-daemon's gRPC streaming API (package alfred.v1).
  *
  * Nothing is generated ahead of time: the stubs are built at load time by
- * @grpc/proto-loader from the same proto the daemon and the Python client use,
- * ../../proto/alfred/v1/alfred.proto.
+ * @grpc/proto-loader from the package's copy of the proto the daemon and the Python client
+ * use, proto/alfred/v1/alfred.proto (a byte-for-byte copy of the repository's
+ * proto/alfred/v1/alfred.proto, kept in step by `npm run sync-proto`).
  *
  *   const { createClient } = require('alfred-client');
  *   const client = createClient('127.0.0.1:50051');
@@ -15,9 +16,17 @@
  *
  * Events are plain objects in the shape `alfred-daemon stream --json` prints:
  * `{type, audio_offset_ms, processing_ms, ...the event's fields}` where `type` is the
- * snake_case name of the ServerEvent oneof member (`final_transcription`...). The raw
- * decoded message is attached as the non-enumerable property `message`, its
- * `event_sequence` as the non-enumerable property of that name.
+ * snake_case name of the ServerEvent oneof member (`final_transcription`...): the same
+ * names as the Python client's Event.type. The raw decoded message is attached as the
+ * non-enumerable property `raw` (not `message`: the `error` event has a `message` field),
+ * its `event_sequence` and `server_receive_time` as non-enumerable properties of those
+ * names.
+ *
+ * Resume, as the Python client does it: a stream that breaks with UNAVAILABLE, INTERNAL or
+ * UNKNOWN after session_started reconnects (up to `maxResumes` times, default 3) with the
+ * session's resume token and the highest event_sequence it yielded, re-sends the frames
+ * the daemon had not confirmed, and drops the events the daemon sends again; so no audio is
+ * lost or analysed twice and every event is yielded once. Types: index.d.ts.
  */
 
 const fs = require('node:fs');
@@ -25,7 +34,8 @@ const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const PROTO_PATH = path.resolve(__dirname, '..', '..', 'proto', 'alfred', 'v1', 'alfred.proto');
+/** The proto shipped inside the package (a copy of the repository's; see sync-proto). */
+const PROTO_PATH = path.join(__dirname, 'proto', 'alfred', 'v1', 'alfred.proto');
 const LOADER_OPTIONS = Object.freeze({
   keepCase: true,
   longs: Number,
@@ -35,6 +45,15 @@ const LOADER_OPTIONS = Object.freeze({
 });
 const DEFAULT_TARGET = '127.0.0.1:50051';
 const FRAME_MS = 20;
+/** Frames (30 s at 20 ms) kept for re-sending after a resume, as in the Python client. */
+const REPLAY_FRAMES = 1500;
+/** Statuses after which a stream resumes (the Python client's RESUMABLE). */
+const RESUMABLE_CODES = Object.freeze([
+  grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN,
+]);
+const DEFAULT_MAX_RESUMES = 3;
+/** Pause before a resume's reconnect. */
+const RESUME_DELAY_MS = 200;
 
 // ------------------------------------------------------------------------------ proto
 
@@ -123,13 +142,14 @@ function toEvent(msg, types = loadProto().types) {
     processing_ms: round2(Number(msg.processing_ms || 0)),
     ...plain(body, nestedType, types),
   };
-  Object.defineProperty(ev, 'message', { value: msg, enumerable: false });
+  // Not enumerable: the JSON-lines shape is the type, the offsets and the event's fields.
+  Object.defineProperty(ev, 'raw', { value: msg, enumerable: false });
   Object.defineProperty(ev, 'server_receive_time', {
     value: Number(msg.server_receive_time || 0), enumerable: false,
   });
-  // The event's number in its session (0 on session_started): what a resume would pass as
-  // SessionConfig.last_event_sequence. This client does not resume, so it never sees one
-  // twice.
+  // The event's number in its session (1, 2, ...; 0 on session_started and on the
+  // events_shed a resumed stream may start with): what a resume passes as
+  // SessionConfig.last_event_sequence.
   Object.defineProperty(ev, 'event_sequence', {
     value: Number(msg.event_sequence || 0), enumerable: false,
   });
@@ -221,34 +241,111 @@ class StreamError extends Error {
 
 // ------------------------------------------------------------------------------ client
 
-/** SessionConfig for `sampleRate` and the options (undefined = daemon default). */
-function sessionConfig(sampleRate, options = {}) {
+/**
+ * SessionConfig for `sampleRate` and the options (undefined = daemon default). A resume
+ * passes the session's token and the highest event_sequence received, so the daemon
+ * re-sends what came after it; a new session leaves `last_event_sequence` unset.
+ */
+function sessionConfig(sampleRate, options = {}, resumeToken = '', lastEventSequence = undefined) {
   const cfg = {
     encoding: 'LINEAR16',
     sample_rate_hz: sampleRate,
     channels: 1,
     language: options.language || 'en',
     frame_event_every: options.frame_event_every || 0,
-    resume_token: options.resume_token || '',
+    resume_token: resumeToken || options.resume_token || '',
   };
   if (options.partials !== undefined) cfg.partials = options.partials;
   if (options.partial_interval_ms !== undefined) cfg.partial_interval_ms = options.partial_interval_ms;
   if (options.vad) cfg.vad = { ...options.vad };
   if (options.turn) cfg.turn = { ...options.turn };
+  const last = lastEventSequence !== undefined ? lastEventSequence : options.last_event_sequence;
+  if (cfg.resume_token && last !== undefined) cfg.last_event_sequence = last;
   return cfg;
 }
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
+/** An (async) iterable -> its async iterator. */
+function asyncIterator(frames) {
+  if (frames && typeof frames[Symbol.asyncIterator] === 'function') {
+    return frames[Symbol.asyncIterator]();
+  }
+  if (frames && typeof frames[Symbol.iterator] === 'function') {
+    const it = frames[Symbol.iterator]();
+    return { next: async () => it.next() };
+  }
+  throw new TypeError('frames must be an iterable or async iterable of Buffers');
+}
+
+/**
+ * The audio source of one stream() call, shared by the calls a resume makes: each frame is
+ * pulled from the source once, numbered, and kept (the latest REPLAY_FRAMES) so that a
+ * resumed call can re-send what the daemon had not confirmed. A pull still pending when a
+ * call breaks is shared with the next call's writer, so no frame is lost or sent twice.
+ */
+class FrameSource {
+  constructor(frames) {
+    this.iterator = asyncIterator(frames);
+    this.seq = 0; // the last sequence number given
+    this.replay = []; // [{sequence, pcm}], contiguous sequences, the latest REPLAY_FRAMES
+    this.pending = null;
+    this.done = false;
+    this.error = null; // what the source threw; every later pull throws it again
+  }
+
+  /** The kept frame numbered `sequence`, or the first kept one after it; null if none. */
+  after(sequence) {
+    if (!this.replay.length) return null;
+    const first = this.replay[0].sequence;
+    const index = Math.max(0, sequence + 1 - first);
+    return index < this.replay.length ? this.replay[index] : null;
+  }
+
+  /**
+   * Number the frames still to come after `sequence`, if nothing was taken from the source
+   * yet: a stream that resumes a session another one started (options.resume_token)
+   * continues that session's numbering, or the daemon would ignore its frames.
+   */
+  startAfter(sequence) {
+    if (!this.replay.length && !this.pending && this.seq < sequence) this.seq = sequence;
+  }
+
+  /** Pull the next frame from the source into the replay buffer; false when it is done. */
+  pull() {
+    if (this.error) return Promise.reject(this.error);
+    if (this.done) return Promise.resolve(false);
+    if (!this.pending) {
+      this.pending = this.iterator.next().then((r) => {
+        this.pending = null;
+        if (r.done) {
+          this.done = true;
+          return false;
+        }
+        this.seq += 1;
+        this.replay.push({ sequence: this.seq, pcm: r.value });
+        if (this.replay.length > REPLAY_FRAMES) this.replay.shift();
+        return true;
+      }, (err) => {
+        this.pending = null;
+        this.error = err;
+        throw err;
+      });
+    }
+    return this.pending;
+  }
+}
+
 class AlfredClient {
   /**
    * @param {string} target host:port of the daemon's gRPC listener
    * @param {object} [opts] {credentials, channelOptions, protoPath, token: the daemon's
-   *   bearer token if it requires one}
+   *   bearer token if it requires one, maxResumes: resumes per stream (default 3)}
    */
   constructor(target = DEFAULT_TARGET, opts = {}) {
     const proto = loadProto(opts.protoPath || PROTO_PATH);
     this.target = target;
+    this.maxResumes = opts.maxResumes !== undefined ? opts.maxResumes : DEFAULT_MAX_RESUMES;
     this.metadata = new grpc.Metadata();
     if (opts.token) this.metadata.set('authorization', `Bearer ${opts.token}`);
     this.types = proto.types;
@@ -257,6 +354,9 @@ class AlfredClient {
     );
     this.sessionId = '';
     this.resumeToken = '';
+    // The highest event_sequence yielded by the latest stream (for information: each
+    // stream dedupes with its own count, so streams may share a client).
+    this.lastEventSequence = 0;
   }
 
   close() {
@@ -296,7 +396,8 @@ class AlfredClient {
   /**
    * Stream LINEAR16 `pcm` at `sampleRate` in 20 ms frames.
    * @param {object} [opts] {realtime: pace frames at real time, options: SessionConfig
-   *   fields (partials, partial_interval_ms, vad, turn, frame_event_every, language)}
+   *   fields (partials, partial_interval_ms, vad, turn, frame_event_every, language),
+   *   resume, maxResumes (see stream)}
    */
   streamPcm(pcm, sampleRate, opts = {}) {
     const frames = pcmFrames(pcm, sampleRate, FRAME_MS);
@@ -316,56 +417,117 @@ class AlfredClient {
 
   /**
    * Send `frames` (an (async) iterable of LINEAR16 Buffers) and yield the session's events
-   * until the daemon closes the stream. Throws StreamError on a non-OK status.
+   * until the daemon closes the stream. Throws StreamError on a non-OK status that is not
+   * resumed.
+   *
+   * @param {object} [opts] {options: SessionConfig fields, resume: false to never resume
+   *   (default true), maxResumes: resumes of this stream (default: the client's)}
    */
   async* stream(frames, sampleRate, opts = {}) {
-    const call = this.stub.StreamSession(this.metadata);
-    let stopped = false;
-    let writeError = null;
-    // The outcome of the write side, so a failure there surfaces instead of hanging.
-    const writer = (async () => {
-      const write = async (msg) => {
-        if (stopped || call.destroyed || call.writableEnded) return false;
-        if (!call.write(msg)) {
-          await new Promise((resolve) => {
-            const done = () => {
-              call.off('drain', done); call.off('close', done); call.off('error', done);
-              resolve();
-            };
-            call.on('drain', done); call.on('close', done); call.on('error', done);
-          });
-        }
-        return !stopped;
-      };
+    const options = opts.options || {};
+    const resume = opts.resume !== false;
+    const maxResumes = opts.maxResumes !== undefined ? opts.maxResumes : this.maxResumes;
+    const source = new FrameSource(frames);
+    let token = options.resume_token || '';
+    let highest = options.last_event_sequence || 0; // the highest event_sequence yielded
+    let confirmed = 0; // SessionStarted.last_sequence of the current call's session
+    let resumes = 0;
+    let closed = false;
+    this.lastEventSequence = highest;
+    for (;;) {
+      const call = this.stub.StreamSession(this.metadata);
+      const attempt = { stopped: false, writeError: null, started: null, onStarted: null };
+      attempt.started = new Promise((resolve) => { attempt.onStarted = resolve; });
+      const config = sessionConfig(sampleRate, options, token, token ? highest : undefined);
+      // The write side runs beside the reads; its failure cancels the call, so it surfaces
+      // (as attempt.writeError) instead of hanging. Not awaited: it may be waiting on the
+      // source, whose pending frame the next call's writer takes over.
+      this._writer(call, attempt, config, source, () => confirmed);
       try {
-        if (!await write({ config: sessionConfig(sampleRate, opts.options) })) return;
-        let seq = 0;
-        for await (const pcm of frames) {
-          seq += 1;
-          if (!await write({ audio: { sequence: seq, pcm } })) return;
+        for await (const msg of call) {
+          const sequence = Number(msg.event_sequence || 0);
+          if (sequence) { // 0: outside the sequence, never a re-send
+            if (sequence <= highest) continue; // re-sent after a resume; yielded already
+            highest = sequence;
+            this.lastEventSequence = sequence;
+          }
+          const ev = toEvent(msg, this.types);
+          if (ev.type === 'session_started') {
+            this.sessionId = ev.session_id;
+            this.resumeToken = ev.resume_token;
+            token = ev.resume_token;
+            confirmed = ev.last_sequence;
+            attempt.onStarted();
+          }
+          if (ev.type === 'session_closed') closed = true;
+          yield ev;
         }
-        if (!stopped && !call.writableEnded) call.end(); // half-close: the session finishes
+        if (attempt.writeError) throw attempt.writeError;
+        return;
       } catch (err) {
-        writeError = err;
-        call.cancel();
-      }
-    })();
-    try {
-      for await (const msg of call) {
-        const ev = toEvent(msg, this.types);
-        if (ev.type === 'session_started') {
-          this.sessionId = ev.session_id;
-          this.resumeToken = ev.resume_token;
+        if (attempt.writeError) throw attempt.writeError;
+        if (closed) return; // the session's last event arrived: nothing is left to resume
+        const error = StreamError.from(err);
+        if (!(resume && token && error instanceof StreamError
+              && RESUMABLE_CODES.includes(error.code) && resumes < maxResumes)) {
+          throw error;
         }
-        yield ev;
+        resumes += 1; // the shared source continues where the broken call left it
+      } finally {
+        attempt.stopped = true;
+        attempt.onStarted(); // a writer waiting for session_started gives up
+        call.cancel(); // a no-op once the call has ended; stops it if the caller broke off
       }
-      if (writeError) throw writeError;
+      await sleep(RESUME_DELAY_MS);
+    }
+  }
+
+  /**
+   * One call's write side: the config, then every kept frame after the one the daemon
+   * confirmed (`confirmed()`), then the rest of the source; half-closes when the source
+   * ends. A resume waits for its session_started first, whose last_sequence says which
+   * frames the daemon already has (it would ignore them, but up to 30 s of audio need not
+   * travel again).
+   */
+  async _writer(call, attempt, config, source, confirmed) {
+    const live = () => !attempt.stopped && !call.destroyed && !call.writableEnded;
+    const write = async (msg) => {
+      if (!live()) return false;
+      if (!call.write(msg)) {
+        await new Promise((resolve) => {
+          const events = ['drain', 'close', 'error', 'status'];
+          const done = () => {
+            for (const e of events) call.off(e, done);
+            resolve();
+          };
+          for (const e of events) call.on(e, done);
+        });
+      }
+      return live();
+    };
+    try {
+      if (!await write({ config })) return;
+      if (config.resume_token) {
+        await attempt.started;
+        if (!live()) return;
+        source.startAfter(confirmed());
+      }
+      let sent = 0; // the highest sequence written on this call
+      for (;;) {
+        const frame = source.after(Math.max(sent, confirmed()));
+        if (frame) {
+          if (!await write({ audio: { sequence: frame.sequence, pcm: frame.pcm } })) return;
+          sent = frame.sequence;
+        } else if (!await source.pull()) {
+          break;
+        } else if (!live()) {
+          return; // the frame stays kept for the next call
+        }
+      }
+      if (live()) call.end(); // half-close: the session finishes
     } catch (err) {
-      throw writeError || StreamError.from(err);
-    } finally {
-      stopped = true;
-      call.cancel(); // a no-op once the call has ended; stops it if the caller broke off
-      await writer;
+      attempt.writeError = err;
+      call.cancel();
     }
   }
 }
@@ -388,4 +550,6 @@ module.exports = {
   LOADER_OPTIONS,
   DEFAULT_TARGET,
   FRAME_MS,
+  REPLAY_FRAMES,
+  RESUMABLE_CODES,
 };
