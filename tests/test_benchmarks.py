@@ -304,8 +304,14 @@ def test_smoke_run_against_a_real_daemon(tmp_path: Path) -> None:
     assert r["frames_sent"] == 2 * 500
     assert r["frames_unaccounted"] == 0  # every frame analysed, dropped or still queued
     assert r["frames_dropped"] == 0
-    assert r["final_latency"]["count"] >= 4  # each session's script has 2 utterances
-    assert r["turn_latency"]["count"] + r["fallback_turn_latency"]["count"] >= 2
+    # Each session's script has 2 utterances and ends a turn. Which of them the benchmark
+    # can time depends on where the VAD put the speech end: on a busy host a final or a
+    # turn may end away from the script's speech end and is counted as unattributed
+    # (CI once saw 1 timed fallback turn and 1 unattributed one), so all are counted here.
+    assert r["final_latency"]["count"] + r["unmatched_finals"] >= 4
+    assert r["final_latency"]["count"] >= 1
+    assert (r["turn_latency"]["count"] + r["fallback_turn_latency"]["count"]
+            + r["unmatched_turns"]) >= 2
     assert r["frame_rtt"]["count"] >= 2 * 300
     assert all(v > 0 for v in r["raw"]["final_latency"])  # arrivals after the speech ended
     assert len(r["raw"]["final_speech_ms"]) == r["final_latency"]["count"]
