@@ -281,7 +281,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(serve(cfg.runtime, cfg.grpc, http_config=cfg.http,
                                  pid_file=pid_file, config_path=args.config,
                                  warnings=warnings, auth=auth, tls=tls,
-                                 metrics_public=cfg.security.metrics_public))
+                                 metrics_public=cfg.security.metrics_public,
+                                 webrtc_config=cfg.webrtc))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,482 @@
+"""WebRTC ingest over WHIP (RFC 9725): live Opus audio in, the browser protocol's events out.
+
+* ``POST /whip`` -- body: an ``application/sdp`` offer with an audio track (Opus) and,
+  normally, a data channel labelled ``events``; query: session parameters, the fields of
+  gRPC's SessionConfig (``?partials=false&vad.minSilenceMs=300``, :mod:`.convert`).
+  Answers ``201 Created`` with the SDP answer and ``Location: /whip/<session id>``. Bad
+  offer or parameters: 400; a body that is not ``application/sdp``: 415; the session
+  limit or overload: 503 with ``Retry-After``; a token over its own limit: 429.
+* ``DELETE /whip/<id>`` -- ends the session: its last finals and turn end go out on the
+  data channel, then ``sessionClosed``, then the peer connection closes (200). An id
+  that is not open (already ended, never existed, another token's): 404.
+
+The ``events`` channel carries exactly the WebSocket bridge's messages
+(:mod:`.events_json`: ``sessionStarted`` first, then one JSON object per event, ``sessionClosed``
+last) and takes its control messages (``{"type": "control", "action": ...}``,
+``{"type": "end"}``). An offer without an application section gets a session whose events
+go nowhere (the monitor and ``/session/{id}/status`` still show it): GStreamer's whipsink
+sends such offers.
+
+**Off the hot path.** aiortc runs on the daemon's event loop, which gRPC and the other
+transports share, so each peer's work there is kept small and bounded: Opus is decoded in
+aiortc's per-receiver thread; the loop converts each 20 ms frame to mono float32 (a few
+microseconds) and hands it to :meth:`Supervisor.feed`, flow-controlled like every
+transport; decoded frames wait in a bounded queue, so a peer that sends faster than real
+time is cut off with an error instead of growing memory. A peer that never completes its
+handshake (``webrtc.handshake_timeout``), whose ICE transport fails or closes, or that
+sends no audio for ``webrtc.idle_timeout`` seconds has its session closed as ``idle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from ..engine.errors import InvalidAudioError
+from ..engine.events import SessionClosed
+from ..runtime.errors import (
+    AdmissionError,
+    DaemonUnavailableError,
+    SessionBackloggedError,
+    SessionNotFoundError,
+)
+from ..runtime.supervisor import Supervisor
+from .auth import Authenticator, Principal
+from .convert import InvalidRequestError, engine_config, session_config_from_query
+from .events_json import (
+    apply_control,
+    error,
+    events_shed,
+    parse_client_message,
+    session_started,
+    wire,
+)
+from .outbox import Outbox, fill
+from .webrtc_ice import (
+    InvalidOfferError,
+    WebRtcConfig,
+    check_offer,
+    filter_candidates,
+    gather_on,
+)
+
+log = logging.getLogger(__name__)
+
+OPUS_RATE = 48_000
+"""The rate Opus is decoded at (RFC 7587), so the rate of every WebRTC session."""
+TRANSPORT = "webrtc"
+RETRY_AFTER_S = 2
+"""Seconds a refused client is told to wait (503): sessions end every few seconds."""
+MAX_BUFFERED_FRAMES = 500
+"""Decoded frames (20 ms each: 10 s) that may wait for :meth:`Supervisor.feed`. A live
+peer never gets near it; one that sends faster than real time fills it and is cut off."""
+MAX_CHANNEL_BUFFER = 1 << 20
+"""Bytes queued on the data channel beyond which the writer waits for the peer to read."""
+WRITE_DEADLINE_S = 10.0
+"""A peer whose data channel does not drain for this long loses its session, as a gRPC
+client that stops reading does."""
+MAX_MESSAGE_CHARS = 1 << 16
+"""A control message longer than this is refused unread (they are ~50 characters)."""
+CLOSE_TIMEOUT_S = 5.0
+FINISH_TIMEOUT_S = 30.0
+"""DELETE waits this long for the last events to go out (finish_session has its own
+drain_grace; this bounds the whole)."""
+
+
+def to_mono(frame: AudioFrame) -> npt.NDArray[np.float32]:
+    """A decoded frame (s16 or float, packed or planar, any channel count) as mono float32
+    in [-1, 1], the channels averaged, as the WAV readers do."""
+    samples: npt.NDArray[Any] = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    data: npt.NDArray[np.float32]
+    if frame.format.is_planar:
+        data = samples.astype(np.float32).mean(axis=0)
+    else:
+        data = samples.reshape(-1, channels).astype(np.float32).mean(axis=1)
+    if samples.dtype == np.int16:
+        data /= np.float32(32768.0)
+    return data
+
+
+@dataclass(eq=False)
+class Peer:
+    """One WHIP resource: a peer connection feeding one supervisor session."""
+
+    sid: str
+    owner: str
+    pc: RTCPeerConnection
+    outbox: Outbox
+    expects_channel: bool
+    channel: RTCDataChannel | None = None
+    channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    transport_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    audio_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    frames: asyncio.Queue[AudioFrame] = field(
+        default_factory=lambda: asyncio.Queue(MAX_BUFFERED_FRAMES))
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Queue one JSON message on the events channel if it is open; False if not."""
+        ch = self.channel
+        if ch is None or ch.readyState != "open":
+            return False
+        try:
+            ch.send(json.dumps(message))
+        except Exception:  # the SCTP association went away under us: nothing to tell
+            return False
+        return True
+
+
+class WhipApi:
+    """The WHIP endpoints and every open peer (keyed by session id)."""
+
+    def __init__(self, sup: Supervisor, config: WebRtcConfig, auth: Authenticator,
+                 outbox_limit: int = 256) -> None:
+        self.sup = sup
+        self.config = config
+        self.auth = auth
+        self.outbox_limit = outbox_limit
+        self.peers: dict[str, Peer] = {}
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def post(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/sdp":
+            return _error(415, "unsupported_media_type",
+                          "send the SDP offer as Content-Type: application/sdp")
+        raw = await request.read()
+        try:
+            sdp = raw.decode()
+        except UnicodeDecodeError:
+            return _error(400, "invalid_offer", "the SDP offer is not UTF-8 text")
+        principal: Principal = request["principal"]
+        try:
+            cfg = session_config_from_query(request.query.items())
+            cfg.sample_rate_hz = OPUS_RATE
+            engine = engine_config(cfg, self.sup.config.engine)
+            offer = check_offer(sdp)
+        except (InvalidRequestError, InvalidOfferError) as exc:
+            return _error(400, "invalid_offer" if isinstance(exc, InvalidOfferError)
+                          else "invalid_parameter", str(exc))
+        over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
+        if over is not None:
+            return _error(429, "session_limit", over)
+        try:
+            sid = self.sup.open_session(engine, sample_rate=OPUS_RATE,
+                                        owner=self.auth.owner(principal),
+                                        transport=TRANSPORT)
+        except AdmissionError as exc:
+            return _unavailable(exc.reason, str(exc))
+        except DaemonUnavailableError as exc:
+            return _unavailable("unavailable", str(exc))
+        try:
+            answer = await self._answer(sid, principal.name, sdp,
+                                              offer.has_events_channel,
+                                              cfg.frame_event_every)
+        except InvalidOfferError as exc:
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(sid, "error")
+            return _error(400, "invalid_offer", str(exc))
+        except BaseException:
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(sid, "error")
+            raise
+        headers = {"Location": f"/whip/{sid}", "Content-Type": "application/sdp"}
+        response = web.Response(status=201, text=answer, headers=headers)
+        for link in self.config.link_headers():
+            response.headers.add("Link", link)
+        log.info("session %s: WebRTC peer answered (%s events channel)", sid,
+                 "with" if offer.has_events_channel else "without")
+        return response
+
+    async def delete(self, request: web.Request) -> web.Response:
+        sid = request.match_info["session_id"]
+        principal: Principal = request["principal"]
+        peer = self.peers.get(sid)
+        if peer is None or peer.owner != principal.name:
+            shown = sid if len(sid) <= 64 else sid[:64] + "..."
+            return _error(404, "session_not_found",
+                          f"no open WebRTC session {shown!r}: it has ended (DELETE, end, "
+                          "idle or shutdown) or never existed")
+        await self._finish(peer)
+        return web.Response(status=200)
+
+    async def stop(self) -> None:
+        """Close every peer (the daemon stops): their sessions close as ``shutdown``."""
+        peers = list(self.peers.values())
+        for peer in peers:
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(peer.sid, "shutdown")
+        if peers:
+            await asyncio.wait([asyncio.create_task(p.done.wait()) for p in peers],
+                               timeout=CLOSE_TIMEOUT_S)
+        for peer in peers:
+            for task in peer.tasks:
+                task.cancel()
+        await asyncio.gather(*(t for p in peers for t in p.tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------------ a peer
+
+    async def _answer(self, sid: str, owner: str, sdp: str, expects_channel: bool,
+                      frame_event_every: int) -> str:
+        """Apply the offer, answer it (host candidates on the configured address) and start
+        the peer's tasks. InvalidOfferError if aiortc cannot answer it."""
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
+        peer = Peer(sid, owner, pc, Outbox(self.outbox_limit), expects_channel)
+        try:
+            offer = RTCSessionDescription(sdp=filter_candidates(sdp, self.config.host),
+                                          type="offer")
+            try:
+                await pc.setRemoteDescription(offer)
+            except Exception as exc:
+                # aiortc refuses offers it cannot use with assorted exceptions (ValueError,
+                # OperationError, InvalidAccessError...): all mean a bad offer.
+                why = str(exc).strip() or type(exc).__name__
+                raise InvalidOfferError(f"the offer cannot be answered ({why[:120]})") \
+                    from None
+            track = self._first_audio(pc)
+            if self.config.host:
+                await gather_on(pc, [self.config.host])
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            await pc.close()
+            raise
+        self._wire(peer)
+        self.peers[sid] = peer
+        peer.tasks = [
+            asyncio.create_task(fill(peer.outbox, self.sup.events(sid),
+                                     lambda: frame_event_every)),
+            asyncio.create_task(self._watch(peer)),
+        ]
+        peer.audio_tasks = [asyncio.create_task(self._receive(peer, track)),
+                            asyncio.create_task(self._feed(peer))]
+        peer.tasks += peer.audio_tasks
+        runner = asyncio.create_task(self._run(peer), name=f"whip-{sid}")
+        peer.tasks.append(runner)
+        return pc.localDescription.sdp
+
+    @staticmethod
+    def _first_audio(pc: RTCPeerConnection) -> MediaStreamTrack:
+        """The first audio track of the offer; every other media section is answered
+        inactive (nothing would read its frames, which aiortc would queue unbounded)."""
+        track: MediaStreamTrack | None = None
+        for transceiver in pc.getTransceivers():
+            if (track is None and transceiver.kind == "audio"
+                    and transceiver.receiver.track is not None):
+                track = transceiver.receiver.track
+                transceiver.direction = "recvonly"
+            else:
+                transceiver.direction = "inactive"
+        if track is None:
+            raise InvalidOfferError("the offer has no audio track the daemon can receive; "
+                                    "offer one sendonly or sendrecv, with Opus")
+        return track
+
+    def _wire(self, peer: Peer) -> None:
+        """Subscribe to the peer connection's state and data channels."""
+        pc = peer.pc
+
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                peer.connected.set()
+            elif state in ("failed", "closed"):
+                peer.transport_gone.set()
+
+        def on_channel(channel: RTCDataChannel) -> None:
+            if channel.label != "events" or peer.channel is not None:
+                return  # other channels are the client's business; one events channel
+            peer.channel = channel
+            channel.on("message", lambda message: self._on_message(peer, message))
+            if channel.readyState == "open":
+                peer.channel_open.set()
+            else:
+                channel.on("open", peer.channel_open.set)
+
+        pc.on("connectionstatechange", on_state)
+        pc.on("datachannel", on_channel)
+
+    def _on_message(self, peer: Peer, message: str | bytes) -> None:
+        if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+            peer.send(error("INVALID_ARGUMENT", "the events channel takes JSON text "
+                            'messages: {"type": "control", "action": ...} or '
+                            '{"type": "end"}'))
+            return
+        try:
+            parsed = parse_client_message(message, binary_audio=False)
+        except InvalidRequestError as exc:
+            # Unlike the WebSocket, the call goes on: the audio does not travel on this
+            # channel, and a bad control message does not make it worthless.
+            peer.send(error("INVALID_ARGUMENT", str(exc)))
+            return
+        if parsed.kind == "end":
+            if self.peers.get(peer.sid) is peer:
+                task = asyncio.create_task(self._finish(peer))
+                peer.tasks.append(task)
+            return
+        apply_control(self.sup, peer.sid, parsed.action)
+
+    async def _finish(self, peer: Peer) -> None:
+        """End of input (DELETE or ``end``): the session's last finals and turn end are
+        delivered, then sessionClosed, then the peer connection closes."""
+        if self.peers.get(peer.sid) is not peer:
+            return
+        del self.peers[peer.sid]  # from now on a DELETE of this id is a 404
+        for task in peer.audio_tasks:
+            task.cancel()
+        with contextlib.suppress(SessionNotFoundError):
+            await self.sup.finish_session(peer.sid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.done.wait(), FINISH_TIMEOUT_S)
+
+    async def _run(self, peer: Peer) -> None:
+        """Deliver the session's events until sessionClosed, then take the peer down."""
+        try:
+            await self._write(peer)
+        finally:
+            self.peers.pop(peer.sid, None)
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(peer.sid, "error")  # only if still open (a bug)
+            me = asyncio.current_task()
+            others = [t for t in peer.tasks if t is not me]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT_S)
+            peer.done.set()
+            log.info("session %s: WebRTC peer closed", peer.sid)
+
+    async def _write(self, peer: Peer) -> None:
+        if peer.expects_channel:
+            # Events wait in the outbox (partials shed first) until the channel opens; a
+            # peer that never connects has its session closed by _watch meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(peer.channel_open.wait(),
+                                       self.config.handshake_timeout + 1.0)
+        peer.send(session_started(peer.sid, OPUS_RATE, TRANSPORT))
+        while (event := await peer.outbox.get()) is not None:
+            shed = peer.outbox.take_shed()
+            if shed is not None:
+                peer.send(events_shed(shed))
+            await self._drained(peer)
+            peer.send(wire(event))
+            if isinstance(event, SessionClosed):
+                return
+
+    async def _drained(self, peer: Peer) -> None:
+        """Wait (bounded) while the channel holds over MAX_CHANNEL_BUFFER unsent bytes;
+        a peer that does not read for WRITE_DEADLINE_S loses its session."""
+        ch = peer.channel
+        deadline = time.monotonic() + WRITE_DEADLINE_S
+        while ch is not None and ch.readyState == "open" \
+                and ch.bufferedAmount > MAX_CHANNEL_BUFFER:
+            if time.monotonic() > deadline:
+                log.warning("session %s: the peer has not read its events for %.0f s; "
+                            "closing", peer.sid, WRITE_DEADLINE_S)
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(peer.sid, "error")
+                peer.channel = None  # nothing more is sent
+                return
+            await asyncio.sleep(0.02)
+
+    async def _watch(self, peer: Peer) -> None:
+        """Close the session as idle when the handshake does not complete in time, or when
+        the ICE/DTLS transport fails or closes later."""
+        try:
+            await asyncio.wait_for(peer.connected.wait(), self.config.handshake_timeout)
+        except TimeoutError:
+            self._idle(peer, f"no ICE/DTLS connection within "
+                             f"{self.config.handshake_timeout:g} s")
+            return
+        await peer.transport_gone.wait()
+        self._idle(peer, f"the peer connection is {peer.pc.connectionState}")
+
+    def _idle(self, peer: Peer, why: str) -> None:
+        if self.peers.get(peer.sid) is not peer:
+            return  # already finishing (DELETE, end) or closed
+        log.info("session %s: %s; closing it as idle", peer.sid, why)
+        with contextlib.suppress(SessionNotFoundError):
+            self.sup.close_session(peer.sid, "idle")
+
+    async def _receive(self, peer: Peer, track: MediaStreamTrack) -> None:
+        """Move decoded frames into the peer's bounded queue as they come; no frame for
+        ``idle_timeout`` seconds (or the remote track ending) closes the session as idle.
+        The first frame may take the handshake's time."""
+        idle = self.config.idle_timeout
+        wait = self.config.handshake_timeout + idle
+        limit = int(self.sup.config.limits.maxSessionDuration / 0.0025) + 1  # 2.5 ms frames
+        for _ in range(limit):
+            try:
+                frame = await asyncio.wait_for(track.recv(), wait)
+            except TimeoutError:
+                self._idle(peer, f"no audio for {wait:g} s")
+                return
+            except MediaStreamError:
+                # The remote stopped its track (RTCP BYE) or the transport closed: its
+                # DELETE may still come, so wait for it as long as for audio.
+                await asyncio.sleep(idle)
+                self._idle(peer, "the peer's audio track ended")
+                return
+            wait = idle
+            if not isinstance(frame, AudioFrame):
+                continue
+            try:
+                peer.frames.put_nowait(frame)
+            except asyncio.QueueFull:
+                message = (f"the peer sent audio {MAX_BUFFERED_FRAMES * 0.02:g} s ahead of "
+                           "what the daemon could take; send live audio at real time")
+                peer.send(error("RESOURCE_EXHAUSTED", message))
+                log.warning("session %s: %s", peer.sid, message)
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(peer.sid, "error")
+                return
+
+    async def _feed(self, peer: Peer) -> None:
+        """Feed queued frames to the session, flow-controlled (:meth:`Supervisor.feed`)."""
+        limit = int(self.sup.config.limits.maxSessionDuration / 0.0025) + 1
+        for _ in range(limit):
+            frame = await peer.frames.get()
+            try:
+                await self.sup.feed(peer.sid, to_mono(frame), sample_rate=frame.sample_rate)
+            except SessionNotFoundError:
+                return
+            except (InvalidAudioError, SessionBackloggedError) as exc:
+                code = ("INVALID_ARGUMENT" if isinstance(exc, InvalidAudioError)
+                        else "RESOURCE_EXHAUSTED")
+                peer.send(error(code, str(exc)))
+                log.warning("session %s: %s", peer.sid, exc)
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(peer.sid, "error")
+                return
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _unavailable(code: str, message: str) -> web.Response:
+    """503 with Retry-After: the refusal is temporary (sessions end, load falls)."""
+    response = _error(503, code, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
