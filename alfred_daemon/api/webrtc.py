@@ -76,6 +76,7 @@ from .webrtc_ice import (
     check_offer,
     filter_candidates,
     gather_on,
+    low_latency_receiver,
 )
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ class WhipApi:
                     and transceiver.receiver.track is not None):
                 track = transceiver.receiver.track
                 transceiver.direction = "recvonly"
+                low_latency_receiver(transceiver.receiver)
             else:
                 transceiver.direction = "inactive"
         if track is None:
