@@ -132,6 +132,8 @@ class Peer:
     transport_gone: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    pump: asyncio.Task[None] | None = None
+    """Moves the session's events into the outbox; done once sessionClosed is in it."""
     audio_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     frames: asyncio.Queue[AudioFrame] = field(
         default_factory=lambda: asyncio.Queue(MAX_BUFFERED_FRAMES))
@@ -264,11 +266,9 @@ class WhipApi:
             raise
         self._wire(peer)
         self.peers[sid] = peer
-        peer.tasks = [
-            asyncio.create_task(fill(peer.outbox, self.sup.events(sid),
-                                     lambda: frame_event_every)),
-            asyncio.create_task(self._watch(peer)),
-        ]
+        peer.pump = asyncio.create_task(fill(peer.outbox, self.sup.events(sid),
+                                             lambda: frame_event_every))
+        peer.tasks = [peer.pump, asyncio.create_task(self._watch(peer))]
         peer.audio_tasks = [asyncio.create_task(self._receive(peer, track)),
                             asyncio.create_task(self._feed(peer))]
         peer.tasks += peer.audio_tasks
@@ -370,12 +370,16 @@ class WhipApi:
             log.info("session %s: WebRTC peer closed", peer.sid)
 
     async def _write(self, peer: Peer) -> None:
-        if peer.expects_channel:
-            # Events wait in the outbox (partials shed first) until the channel opens; a
-            # peer that never connects has its session closed by _watch meanwhile.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(peer.channel_open.wait(),
-                                       self.config.handshake_timeout + 1.0)
+        if peer.expects_channel and peer.pump is not None:
+            # Events wait in the outbox (partials shed first) until the channel opens, or
+            # until the session has ended without it (its events then go nowhere); a peer
+            # that never connects has its session closed by _watch meanwhile.
+            opened = asyncio.create_task(peer.channel_open.wait())
+            try:
+                await asyncio.wait({opened, peer.pump}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=self.config.handshake_timeout + 1.0)
+            finally:
+                opened.cancel()
         peer.send(session_started(peer.sid, OPUS_RATE, TRANSPORT))
         while (event := await peer.outbox.get()) is not None:
             shed = peer.outbox.take_shed()

@@ -82,7 +82,7 @@ class WebRtcConfig:
         for key in ("handshake_timeout", "idle_timeout"):
             value = getattr(self, key)
             if not 0.5 <= value <= 300.0:
-                raise ConfigError(f"webrtc.{key} = {value} is out of range; allowed 0.5 .. 300")
+                raise ConfigError(f"webrtc.{key} = {value:g} is out of range; allowed 0.5 .. 300")
 
     def rtc_ice_servers(self) -> list[RTCIceServer]:
         """The servers as aiortc takes them. Always a list, possibly empty: aiortc's
