@@ -68,6 +68,8 @@ class PcmTrack(MediaStreamTrack):
         self.t0: float | None = None
         """time.monotonic() at which frame 0 was due (None until the sender starts)."""
         self.sent = 0
+        self.late_max_s = 0.0
+        """The most a frame was handed over after its due time (this process's own lag)."""
 
     @property
     def frames(self) -> int:
@@ -90,6 +92,7 @@ class PcmTrack(MediaStreamTrack):
             self.t0 = time.monotonic()
         k = self.sent
         await asyncio.sleep(max(0.0, self.due(k) - time.monotonic()))
+        self.late_max_s = max(self.late_max_s, time.monotonic() - self.due(k))
         chunk = self.pcm[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
         if len(chunk) < FRAME_SAMPLES:
             chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - len(chunk), np.int16)])
