@@ -97,6 +97,9 @@ client that stops reading does."""
 MAX_MESSAGE_CHARS = 1 << 16
 """A control message longer than this is refused unread (they are ~50 characters)."""
 CLOSE_TIMEOUT_S = 5.0
+LINGER_S = 2.0
+"""After sessionClosed, how long the daemon leaves the connection to the peer to close (SCTP
+may still be sending or retransmitting the last messages), before closing it itself."""
 FINISH_TIMEOUT_S = 30.0
 """DELETE waits this long for the last events to go out (finish_session has its own
 drain_grace; this bounds the whole)."""
@@ -130,7 +133,10 @@ class Peer:
     channel_open: asyncio.Event = field(default_factory=asyncio.Event)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     transport_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+    """sessionClosed has been handed to the channel's transport (or there is no channel)."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    """The peer connection is closed and every task of the peer has ended."""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     pump: asyncio.Task[None] | None = None
     """Moves the session's events into the outbox; done once sessionClosed is in it."""
@@ -194,8 +200,7 @@ class WhipApi:
             return _unavailable("unavailable", str(exc))
         try:
             answer = await self._answer(sid, principal.name, sdp,
-                                              offer.has_events_channel,
-                                              cfg.frame_event_every)
+                                        offer.has_events_channel, cfg.frame_event_every)
         except InvalidOfferError as exc:
             with contextlib.suppress(SessionNotFoundError):
                 self.sup.close_session(sid, "error")
@@ -246,6 +251,7 @@ class WhipApi:
         the peer's tasks. InvalidOfferError if aiortc cannot answer it."""
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
         peer = Peer(sid, owner, pc, Outbox(self.outbox_limit), expects_channel)
+        self._wire(peer)  # before anything can connect: no state change or channel missed
         try:
             offer = RTCSessionDescription(sdp=filter_candidates(sdp, self.config.host),
                                           type="offer")
@@ -264,7 +270,6 @@ class WhipApi:
         except BaseException:
             await pc.close()
             raise
-        self._wire(peer)
         self.peers[sid] = peer
         peer.pump = asyncio.create_task(fill(peer.outbox, self.sup.events(sid),
                                              lambda: frame_event_every))
@@ -349,13 +354,20 @@ class WhipApi:
         with contextlib.suppress(SessionNotFoundError):
             await self.sup.finish_session(peer.sid)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(peer.done.wait(), FINISH_TIMEOUT_S)
+            await asyncio.wait_for(peer.delivered.wait(), FINISH_TIMEOUT_S)
 
     async def _run(self, peer: Peer) -> None:
         """Deliver the session's events until sessionClosed, then take the peer down."""
         try:
             await self._write(peer)
+            self.peers.pop(peer.sid, None)  # the session has ended: DELETE is a 404 now
+            await self._flushed(peer)
+            peer.delivered.set()
+            if peer.connected.is_set() and not peer.transport_gone.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(peer.transport_gone.wait(), LINGER_S)
         finally:
+            peer.delivered.set()
             self.peers.pop(peer.sid, None)
             with contextlib.suppress(SessionNotFoundError):
                 self.sup.close_session(peer.sid, "error")  # only if still open (a bug)
@@ -390,6 +402,15 @@ class WhipApi:
             if isinstance(event, SessionClosed):
                 return
 
+    @staticmethod
+    async def _flushed(peer: Peer) -> None:
+        """Wait (bounded) until the channel has handed everything to SCTP."""
+        ch = peer.channel
+        for _ in range(int(LINGER_S / 0.02)):
+            if ch is None or ch.readyState != "open" or ch.bufferedAmount == 0:
+                return
+            await asyncio.sleep(0.02)
+
     async def _drained(self, peer: Peer) -> None:
         """Wait (bounded) while the channel holds over MAX_CHANNEL_BUFFER unsent bytes;
         a peer that does not read for WRITE_DEADLINE_S loses its session."""
@@ -419,7 +440,7 @@ class WhipApi:
         self._idle(peer, f"the peer connection is {peer.pc.connectionState}")
 
     def _idle(self, peer: Peer, why: str) -> None:
-        if self.peers.get(peer.sid) is not peer:
+        if self.peers.get(peer.sid) is not peer or peer.delivered.is_set():
             return  # already finishing (DELETE, end) or closed
         log.info("session %s: %s; closing it as idle", peer.sid, why)
         with contextlib.suppress(SessionNotFoundError):
