@@ -209,7 +209,8 @@ def test_aiortc_peer_streams_speech_and_delete_closes_cleanly(
     out: dict[str, Any] = {}
 
     async def run() -> None:
-        track = PcmTrack(jfk48())
+        # A second of silence first: playback_started must be in before the speech starts.
+        track = PcmTrack(np.concatenate([np.zeros(48_000, np.int16), jfk48()]))
         session = await connect(base(daemon), track, token=TOKEN)
         received: list[Received] = []
         reader = asyncio.create_task(collect(session, received))
@@ -469,11 +470,12 @@ def test_a_burst_of_offers_past_the_limit_is_refused_and_leaks_nothing(
 
     async def run() -> None:
         offer = await loopback_offer()
-        # Warm-up: one peer made and ended, so that lazily created pools are in the
-        # baseline and only what the burst leaves is counted.
+        # Warm-up: one peer made and ended and one gRPC stream, so that lazily created
+        # pools are in the baseline and only what the burst leaves is counted.
         status, headers, _ = await whip_post(daemon, offer)
         assert status == 201
         await http_delete(f"{base(daemon)}{headers['Location']}")
+        await grpc_finals(daemon, REPO / "tests" / "data" / "spk1_snt1.wav")
         await wait_sessions(daemon, 0, 15.0)
         out["threads_before"] = proc.num_threads()
         out["shm_before"] = shm_segments()

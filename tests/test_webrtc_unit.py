@@ -281,3 +281,40 @@ def test_decoded_frames_become_mono_float() -> None:
     one = AudioFrame.from_ndarray((left * 32768).astype(np.int16).reshape(1, -1),
                                   format="s16", layout="mono")
     assert np.allclose(to_mono(one), left, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+QUERY_KEYS = st.one_of(
+    st.sampled_from(["partials", "vad.threshold", "vad.minSilenceMs", "turn.enabled",
+                     "language", "frameEventEvery", "sampleRateHz", "vad", "x.y.z", ""]),
+    st.text(max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(QUERY_KEYS, st.text(max_size=30)), max_size=6))
+def test_any_query_is_a_config_or_one_sentence(query: list[tuple[str, str]]) -> None:
+    try:
+        engine_from(query)
+    except InvalidRequestError as exc:
+        assert str(exc) and "\n" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=400),
+                 st.text(max_size=400).map(lambda t: "v=0\r\nm=audio 9 RTP/AVP 111\r\n" + t),
+                 st.lists(st.sampled_from([
+                     "v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=application 9 x",
+                     "a=rtpmap:111 opus/48000/2", "a=sendonly", "a=recvonly", "a=setup:actpass",
+                     "a=ice-ufrag:abcd", "a=ice-pwd:0123456789012345678901",
+                     "a=fingerprint:sha-256 AB:CD", "a=rtpmap:x", "a=candidate:1", "a=fmtp:111 x",
+                     "c=IN IP4 0.0.0.0", "a=ssrc:1", "a=mid:0"]), max_size=12).map(
+                     lambda lines: "\r\n".join(lines) + "\r\n")))
+def test_any_body_is_an_offer_or_one_sentence(sdp: str) -> None:
+    try:
+        check_offer(sdp)
+    except InvalidOfferError as exc:
+        assert str(exc) and "\n" not in str(exc)

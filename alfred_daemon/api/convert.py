@@ -124,7 +124,12 @@ def session_config_from_query(query: Iterable[tuple[str, str]]) -> pb.SessionCon
             if not last:
                 msg = getattr(msg, fd.name)
         assert fd is not None
-        setattr(msg, fd.name, _query_value(shown, fd, raw))
+        value = _query_value(shown, fd, raw)
+        try:
+            setattr(msg, fd.name, value)
+        except (ValueError, TypeError):  # protobuf's own checks (e.g. text that is not UTF-8)
+            raise InvalidRequestError(f"{shown} = {raw[:MAX_KEY_SHOWN]!r} is not a valid "
+                                      "value") from None
     return cfg
 
 
