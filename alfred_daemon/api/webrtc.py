@@ -106,10 +106,18 @@ drain_grace; this bounds the whole)."""
 
 
 def to_mono(frame: AudioFrame) -> npt.NDArray[np.float32]:
-    """A decoded frame (s16 or float, packed or planar, any channel count) as mono float32
-    in [-1, 1], the channels averaged, as the WAV readers do."""
-    samples: npt.NDArray[Any] = frame.to_ndarray()
+    """A decoded frame as mono float32 in [-1, 1], the channels averaged, as the WAV readers
+    do. Runs on the event loop for every 20 ms of every peer: Opus decodes to packed s16
+    stereo, which is summed straight from the frame's buffer (~10 us for 20 ms here; the
+    general path below costs ~60 us)."""
     channels = len(frame.layout.channels)
+    if frame.format.name == "s16" and channels == 2:
+        pcm = np.frombuffer(memoryview(frame.planes[0]), np.int16, count=frame.samples * 2)
+        out = pcm[0::2].astype(np.float32)
+        out += pcm[1::2]
+        out *= np.float32(1.0 / 65536.0)
+        return out
+    samples: npt.NDArray[Any] = frame.to_ndarray()
     data: npt.NDArray[np.float32]
     if frame.format.is_planar:
         data = samples.astype(np.float32).mean(axis=0)
