@@ -347,7 +347,7 @@ def test_bad_offers_get_their_status_and_a_sentence(daemon: Daemon) -> None:
     status, _, body = out["no_audio"]
     assert status == 400 and "the offer has no audio track" in error_message(body)
     status, _, body = out["bad_param"]
-    assert status == 400 and "vad.threshold = 7 is out of range" in error_message(body)
+    assert status == 400 and "vad.threshold = 7.0 is out of range" in error_message(body)
     status, _, body = out["unknown_param"]
     assert status == 400 and "unknown parameter 'speed'" in error_message(body)
     status, body = out["delete_unknown"]
@@ -407,7 +407,7 @@ def test_a_vanished_peer_is_closed_as_idle_and_grpc_is_undisturbed(daemon: Daemo
             await asyncio.wait_for(proc.wait(), 10.0)
         return sid, time.monotonic()
 
-    async def closed_pc() -> tuple[str, float]:
+    async def closed_pc() -> tuple[str, float, str]:
         """An aiortc peer that closes its peer connection mid-utterance, without DELETE."""
         track = PcmTrack(jfk48())
         session = await connect(base(daemon), track, token=TOKEN)
@@ -421,8 +421,7 @@ def test_a_vanished_peer_is_closed_as_idle_and_grpc_is_undisturbed(daemon: Daemo
             reader.cancel()
             track.stop()
             await session.close()
-        out["closed_pc_delete"] = await http_delete(session.resource)
-        return str(started.message["sessionId"]), time.monotonic()
+        return str(started.message["sessionId"]), time.monotonic(), session.resource
 
     async def gone_within(sid: str, since: float, timeout: float) -> float:
         for _ in range(int(timeout / 0.1) + 1):
@@ -436,9 +435,10 @@ def test_a_vanished_peer_is_closed_as_idle_and_grpc_is_undisturbed(daemon: Daemo
         sid, killed = await killed_cli()
         out["killed_after"] = await gone_within(sid, killed, IDLE_S + 8.0)
         out["killed_sid"] = sid
-        sid2, closed = await closed_pc()
+        sid2, closed, resource = await closed_pc()
         out["closed_after"] = await gone_within(sid2, closed, IDLE_S + 8.0)
         out["closed_sid"] = sid2
+        out["closed_pc_delete"] = await http_delete(resource)
         out["grpc"] = await asyncio.wait_for(grpc, 90.0)
         await wait_sessions(daemon, 0, 15.0)
 
@@ -581,11 +581,12 @@ def test_console_in_headless_chromium(daemon: Daemon, tmp_path: Path) -> None:
                 out["session"] = await page.evaluate("window.alfredConsole.sessionId")
                 out["table"] = [s["transport"] for s in (await pipeline(daemon))["sessions"]
                                 if s["sessionId"] == out["session"]]
-                # The file plays out (lead + speech + tail), then an end of turn after the
-                # last final is on the page.
-                await asyncio.sleep(LEAD_S + 11.0)
-                await wait_js(page, "window.alfredConsole.turns.length > 0 && "
-                                    "window.alfredConsole.finals.length > 0", 30.0)
+                # The speech plays out (its last word at LEAD_S + 11 s), its last final
+                # comes, then an end of turn: the transcript's last line is a turn end.
+                await asyncio.sleep(LEAD_S + 11.0 + 3.0)
+                await wait_js(page, "window.alfredConsole.finals.length > 0 && "
+                                    "document.querySelector('#transcript li:last-child')"
+                                    "?.className === 'turn'", 30.0)
                 await page.click("#bot")  # bot speaking on, then off: both go out
                 await page.click("#bot")
                 out["transcript_text"] = await page.text_content("#transcript")
