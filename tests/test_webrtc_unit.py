@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import re
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from alfred_daemon.api.events_json import (
     session_started,
     wire,
 )
-from alfred_daemon.api.webrtc import OPUS_RATE, to_mono
+from alfred_daemon.api.webrtc import OPUS_RATE, answer_offer, to_mono
 from alfred_daemon.api.webrtc_ice import (
     JITTER_PREFETCH,
     InvalidOfferError,
@@ -152,6 +153,49 @@ def test_gathering_on_loopback_offers_only_loopback_candidates() -> None:
     candidates = [line for line in sdp.splitlines() if line.startswith("a=candidate:")]
     assert candidates, sdp
     assert all(line.split()[4] == "127.0.0.1" for line in candidates), candidates
+
+
+async def answered(offer: str) -> str:
+    """The daemon's answer to ``offer`` (its negotiation alone: no session, no network)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        track = await answer_offer(pc, offer, "127.0.0.1")
+        assert track.kind == "audio"
+        sdp: str = pc.localDescription.sdp
+        return sdp
+    finally:
+        await pc.close()
+
+
+def media_sections(sdp: str) -> list[list[str]]:
+    sections: list[list[str]] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            sections.append([])
+        if sections:
+            sections[-1].append(line)
+    return sections
+
+
+def test_the_answer_takes_opus_on_the_first_audio_track_only() -> None:
+    offer = asyncio.run(aiortc_offer(video=True))
+    # Opus listed after PCMU: the answer still takes Opus, the daemon's one rate.
+    pcmu_first = re.sub(r"(m=audio \S+ \S+) (\d+) (.*)", lambda m: f"{m[1]} {m[3]} {m[2]}",
+                        offer)
+    for sdp in (offer, pcmu_first):
+        answer = asyncio.run(answered(sdp))
+        video, audio, application = media_sections(answer)
+        assert video[0].startswith("m=video") and "a=inactive" in video
+        assert "a=recvonly" in audio
+        assert [line for line in audio if line.startswith("a=rtpmap")] == [
+            line for line in audio if line.startswith("a=rtpmap:") and "opus/48000/2" in line]
+        assert application[0].startswith("m=application")
+        candidates = [line.split()[4] for line in answer.splitlines()
+                      if line.startswith("a=candidate:")]
+        assert candidates and set(candidates) == {"127.0.0.1"}, candidates
+    without_mux = "\r\n".join(line for line in offer.split("\r\n") if line != "a=rtcp-mux")
+    with pytest.raises(InvalidOfferError, match=r"the offer cannot be answered .*RTCP mux"):
+        asyncio.run(answered(without_mux))
 
 
 OFFER_CANDIDATES = """v=0\r

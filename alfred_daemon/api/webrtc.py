@@ -45,6 +45,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -261,20 +262,7 @@ class WhipApi:
         peer = Peer(sid, owner, pc, Outbox(self.outbox_limit), expects_channel)
         self._wire(peer)  # before anything can connect: no state change or channel missed
         try:
-            offer = RTCSessionDescription(sdp=filter_candidates(sdp, self.config.host),
-                                          type="offer")
-            try:
-                await pc.setRemoteDescription(offer)
-            except Exception as exc:
-                # aiortc refuses offers it cannot use with assorted exceptions (ValueError,
-                # OperationError, InvalidAccessError...): all mean a bad offer.
-                why = str(exc).strip() or type(exc).__name__
-                raise InvalidOfferError(f"the offer cannot be answered ({why[:120]})") \
-                    from None
-            track = self._first_audio(pc)
-            if self.config.host:
-                await gather_on(pc, [self.config.host])
-            await pc.setLocalDescription(await pc.createAnswer())
+            track = await answer_offer(pc, sdp, self.config.host)
         except BaseException:
             await pc.close()
             raise
@@ -288,24 +276,6 @@ class WhipApi:
         runner = asyncio.create_task(self._run(peer), name=f"whip-{sid}")
         peer.tasks.append(runner)
         return pc.localDescription.sdp
-
-    @staticmethod
-    def _first_audio(pc: RTCPeerConnection) -> MediaStreamTrack:
-        """The first audio track of the offer; every other media section is answered
-        inactive (nothing would read its frames, which aiortc would queue unbounded)."""
-        track: MediaStreamTrack | None = None
-        for transceiver in pc.getTransceivers():
-            if (track is None and transceiver.kind == "audio"
-                    and transceiver.receiver.track is not None):
-                track = transceiver.receiver.track
-                transceiver.direction = "recvonly"
-                low_latency_receiver(transceiver.receiver)
-            else:
-                transceiver.direction = "inactive"
-        if track is None:
-            raise InvalidOfferError("the offer has no audio track the daemon can receive; "
-                                    "offer one sendonly or sendrecv, with Opus")
-        return track
 
     def _wire(self, peer: Peer) -> None:
         """Subscribe to the peer connection's state and data channels."""
@@ -504,6 +474,48 @@ class WhipApi:
                 with contextlib.suppress(SessionNotFoundError):
                     self.sup.close_session(peer.sid, "error")
                 return
+
+
+async def answer_offer(pc: RTCPeerConnection, sdp: str, host: str) -> MediaStreamTrack:
+    """Apply an offer to ``pc`` and set its answer (host candidates on ``host``); returns
+    the offer's first audio track. InvalidOfferError if aiortc cannot answer it."""
+    # The offer's first audio section lands on this transceiver (aiortc matches by kind),
+    # which takes Opus only: a PCMU-first offer would otherwise negotiate 8 kHz audio
+    # into a 48 kHz session.
+    audio = pc.addTransceiver("audio", direction="recvonly")
+    audio.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
+                               if c.mimeType.lower() == "audio/opus"])
+    offer = RTCSessionDescription(sdp=filter_candidates(sdp, host), type="offer")
+    try:
+        await pc.setRemoteDescription(offer)
+    except Exception as exc:
+        # aiortc refuses offers it cannot use with assorted exceptions (ValueError,
+        # OperationError, InvalidAccessError...): all mean a bad offer.
+        why = str(exc).strip() or type(exc).__name__
+        raise InvalidOfferError(f"the offer cannot be answered ({why[:120]})") from None
+    track = _first_audio(pc)
+    if host:
+        await gather_on(pc, [host])
+    await pc.setLocalDescription(await pc.createAnswer())
+    return track
+
+
+def _first_audio(pc: RTCPeerConnection) -> MediaStreamTrack:
+    """The first audio track of the offer; every other media section is answered inactive
+    (nothing would read its frames, which aiortc would queue unbounded)."""
+    track: MediaStreamTrack | None = None
+    for transceiver in pc.getTransceivers():
+        if (track is None and transceiver.kind == "audio"
+                and transceiver.receiver.track is not None):
+            track = transceiver.receiver.track
+            transceiver.direction = "recvonly"
+            low_latency_receiver(transceiver.receiver)
+        else:
+            transceiver.direction = "inactive"
+    if track is None:
+        raise InvalidOfferError("the offer has no audio track the daemon can receive; "
+                                "offer one sendonly or sendrecv, with Opus")
+    return track
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
