@@ -98,6 +98,11 @@ client that stops reading does."""
 MAX_MESSAGE_CHARS = 1 << 16
 """A control message longer than this is refused unread (they are ~50 characters)."""
 CLOSE_TIMEOUT_S = 5.0
+DRAIN_S = 0.1
+"""On DELETE/end, how long frames still in flight may take to arrive (a live peer's last
+packets are milliseconds behind its request on a LAN)."""
+DRAIN_TIMEOUT_S = 2.0
+"""... and the most the frames received may take to be fed (flow control may hold them)."""
 LINGER_S = 2.0
 """After sessionClosed, how long the daemon leaves the connection to the peer to close (SCTP
 may still be sending or retransmitting the last messages), before closing it itself."""
@@ -327,8 +332,15 @@ class WhipApi:
         if self.peers.get(peer.sid) is not peer:
             return
         del self.peers[peer.sid]  # from now on a DELETE of this id is a 404
-        for task in peer.audio_tasks:
-            task.cancel()
+        # The audio already sent is part of the input: frames still in flight get a moment
+        # to arrive, and every frame received is fed, before the input ends.
+        await asyncio.sleep(DRAIN_S)
+        receiver, feeder = peer.audio_tasks
+        receiver.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.frames.join(), DRAIN_TIMEOUT_S)
+        feeder.cancel()
+        await asyncio.gather(receiver, feeder, return_exceptions=True)
         with contextlib.suppress(SessionNotFoundError):
             await self.sup.finish_session(peer.sid)
         with contextlib.suppress(TimeoutError):
@@ -433,7 +445,8 @@ class WhipApi:
         limit = int(self.sup.config.limits.maxSessionDuration / 0.0025) + 1  # 2.5 ms frames
         for _ in range(limit):
             try:
-                frame = await asyncio.wait_for(track.recv(), wait)
+                async with asyncio.timeout(wait):  # no task per frame, unlike wait_for
+                    frame = await track.recv()
             except TimeoutError:
                 self._idle(peer, f"no audio for {wait:g} s")
                 return
@@ -474,6 +487,8 @@ class WhipApi:
                 with contextlib.suppress(SessionNotFoundError):
                     self.sup.close_session(peer.sid, "error")
                 return
+            finally:
+                peer.frames.task_done()  # DELETE waits for every received frame's feed
 
 
 async def answer_offer(pc: RTCPeerConnection, sdp: str, host: str) -> MediaStreamTrack:
