@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -362,3 +363,26 @@ def test_any_body_is_an_offer_or_one_sentence(sdp: str) -> None:
         check_offer(sdp)
     except InvalidOfferError as exc:
         assert str(exc) and "\n" not in str(exc)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["webrtc", "tests/data/nope.wav"], "nope.wav"),
+    (["webrtc", "README.md"], "README.md"),
+    (["webrtc", "tests/data/jfk.wav", "--url", "ftp://x"], "is not the daemon's HTTP address"),
+    (["webrtc", "tests/data/jfk.wav", "--tail", "-1"], "--tail -1 is out of range"),
+    (["webrtc", "tests/data/jfk.wav", "--url", "http://127.0.0.1:1"],
+     "no daemon answered at http://127.0.0.1:1/whip"),
+])
+def test_webrtc_cli_bad_input_is_exit_2_and_one_sentence(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from alfred_daemon import cli
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alfred-daemon: ") and message in err, err
+    assert "\n" not in err and "Traceback" not in err
