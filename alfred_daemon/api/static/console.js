@@ -179,8 +179,13 @@ async function start() {
       try { onEvent(JSON.parse(e.data)); } catch (err) { logLine(`unreadable message: ${err}`); }
     };
     pc.onconnectionstatechange = () => {
-      if (pc && state.phase === "live") setState(`live: ${pc.connectionState}`);
-      if (pc && pc.connectionState === "connected") setState("live: speak, the daemon listens");
+      if (!pc) return;
+      const st = pc.connectionState;
+      if (st === "connected") setState("live: speak, the daemon listens");
+      else if (st === "failed") {
+        setState("the WebRTC connection failed: can this browser reach the daemon's " +
+                 "webrtc.host? (behind NAT: see the README on TURN)", true);
+      } else if (state.phase === "live") setState(`live: ${st}`);
     };
     await pc.setLocalDescription(await pc.createOffer());
     setState("connecting…");
