@@ -196,33 +196,6 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         return _stream_failed(exc, heard)
 
 
-def _wire_line(message: dict[str, object]) -> str | None:
-    """One event of the browser protocol (WebRTC's events channel) as `stream` prints its
-    events; None for the periodic ones (shown with --json)."""
-    kind = str(message.get("type", "?"))
-    offset = message.get("audioOffsetMs")
-    t = f"[{offset / 1000:7.2f}s]" if isinstance(offset, int | float) else " " * 10
-    text = str(message.get("text", ""))
-    if kind == "partialTranscription":
-        stable = str(message.get("stableText", ""))
-        return f"{t} partial   {stable}|{text[len(stable):]}"
-    if kind == "finalTranscription":
-        ms = message.get("processingMs")
-        return f"{t} final     {text}   ({ms if isinstance(ms, int | float) else 0:.0f} ms)"
-    if kind == "turnEnd":
-        p = message.get("probability")
-        shown = f"{p:.2f}" if isinstance(p, int | float) else "-"
-        return f"{t} turn end  {message.get('reason')} p={shown}: {message.get('transcript', '')}"
-    if kind in ("pipelineHealth", "frameProcessed"):
-        return None
-    if kind == "sessionStarted":
-        return f"{t} session   {message.get('sessionId')} ({message.get('transport')})"
-    if kind in ("sessionClosed", "error"):
-        detail = message.get("reason") or message.get("message")
-        return f"{t} {kind} {detail}"
-    return f"{t} {kind}"
-
-
 def _cmd_webrtc(args: argparse.Namespace) -> int:
     import asyncio
     from urllib.parse import urlsplit
@@ -240,46 +213,17 @@ def _cmd_webrtc(args: argparse.Namespace) -> int:
         audio, rate = load_wav(args.file, RESAMPLER_RATES)
     except EngineError as exc:
         return _fail(exc)
-    from .whip_client import FRAME_S, PcmTrack, WhipError, connect, to_pcm48
+    from .whip_client import PcmTrack, WhipError, human_line, play, to_pcm48
 
-    track = PcmTrack(to_pcm48(audio, rate))
-    params = {"partials": "false"} if args.no_partials else {}
-    closed: dict[str, object] = {}
+    def show(message: dict[str, object]) -> None:
+        line = json.dumps(message) if args.json else human_line(message)
+        if line is not None:
+            print(line, flush=True)
 
     async def run() -> int:
-        session = await connect(args.url, track, params=params,
-                                token=os.environ.get("ALFRED_TOKEN") or None)
-
-        async def show() -> None:
-            async for item in session.events(timeout=30.0):
-                line = json.dumps(item.message) if args.json else _wire_line(item.message)
-                if line is not None:
-                    print(line, flush=True)
-                if item.message.get("type") == "sessionClosed":
-                    closed.update(item.message)
-
-        async def play() -> None:
-            # The file at real-time pace, then --tail seconds of silence (a live source
-            # goes on after the last word, so its final comes as it would mid-call).
-            limit = track.frames * FRAME_S + args.tail + 60.0
-            start = time.monotonic()
-            while not track.audio_sent and time.monotonic() - start < limit:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(args.tail)
-
-        printer = asyncio.create_task(show())
-        player = asyncio.create_task(play())
-        try:
-            await asyncio.wait({printer, player}, return_when=asyncio.FIRST_COMPLETED)
-            if not printer.done():
-                await session.delete()
-                await asyncio.wait_for(printer, 60.0)
-            printer.result()  # a timeout waiting for events surfaces here
-        finally:
-            player.cancel()
-            track.stop()
-            await session.close()
-        reason = closed.get("reason")
+        reason = await play(args.url, PcmTrack(to_pcm48(audio, rate)), show=show,
+                            params={"partials": "false"} if args.no_partials else {},
+                            token=os.environ.get("ALFRED_TOKEN") or None, tail_s=args.tail)
         if reason != "finished":
             print(f"alfred-daemon: the daemon closed the session before the end of the file "
                   f"(reason {reason}); see its log", file=sys.stderr)

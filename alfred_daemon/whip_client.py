@@ -17,7 +17,7 @@ import contextlib
 import fractions
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from yarl import URL
 
+from .api.events_json import SPEC_NAMES
 from .api.webrtc_ice import gather_on, is_loopback
 
 RATE = 48_000
@@ -245,3 +246,80 @@ def to_pcm48(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.int16]
     if rate != RATE:
         audio = np.asarray(soxr.resample(audio, rate, RATE, quality="HQ"), np.float32)
     return (np.clip(audio, -1.0, 1.0 - 1.0 / 32768.0) * 32768.0).astype(np.int16)
+
+
+async def play(base_url: str, track: PcmTrack, *, show: Callable[[dict[str, Any]], None],
+               params: Mapping[str, str] | None = None, token: str | None = None,
+               tail_s: float = 1.0) -> str | None:
+    """``alfred-daemon webrtc``: offer ``track``, show each message of the events channel,
+    play the track's audio at real-time pace and ``tail_s`` of silence, then DELETE and
+    show the session's last events. Returns sessionClosed's reason (None if none came).
+    WhipError if refused; TimeoutError if the daemon goes 30 s without an event."""
+    session = await connect(base_url, track, params=params, token=token)
+    closed: dict[str, Any] = {}
+
+    async def printer() -> None:
+        async for item in session.events(timeout=30.0):
+            show(item.message)
+            if item.message.get("type") == "sessionClosed":
+                closed.update(item.message)
+
+    async def player() -> None:
+        # The file at real-time pace, then silence: a live source goes on after the last
+        # word, so its final comes as it would mid-call.
+        limit = track.frames * FRAME_S + tail_s + 60.0
+        for _ in range(int(limit / 0.05)):
+            if track.audio_sent:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(tail_s)
+
+    reading = asyncio.create_task(printer())
+    playing = asyncio.create_task(player())
+    try:
+        await asyncio.wait({reading, playing}, return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done():
+            await session.delete()
+            await asyncio.wait_for(reading, 60.0)
+        reading.result()  # a timeout waiting for events surfaces here
+    finally:
+        playing.cancel()
+        reading.cancel()
+        track.stop()
+        await session.close()
+    reason = closed.get("reason")
+    return None if reason is None else str(reason)
+
+
+def human_line(message: dict[str, object]) -> str | None:
+    """One event of the browser protocol (WebRTC's events channel) as `stream` prints its
+    events; None for the periodic ones (shown with --json)."""
+    kind = str(message.get("type", "?"))
+    offset = message.get("audioOffsetMs")
+    t = f"[{offset / 1000:7.2f}s]" if isinstance(offset, int | float) else " " * 10
+    text = str(message.get("text", ""))
+    if kind == "partialTranscription":
+        stable = str(message.get("stableText", ""))
+        return f"{t} partial   {stable}|{text[len(stable):]}"
+    if kind == "finalTranscription":
+        ms = message.get("processingMs")
+        return f"{t} final     {text}   ({ms if isinstance(ms, int | float) else 0:.0f} ms)"
+    if kind == "turnEnd":
+        p = message.get("probability")
+        shown = f"{p:.2f}" if isinstance(p, int | float) else "-"
+        return f"{t} turn end  {message.get('reason')} p={shown}: {message.get('transcript', '')}"
+    if kind in ("pipelineHealth", "frameProcessed"):
+        return None
+    if kind == "sessionStarted":
+        return f"{t} session   {message.get('sessionId')} ({message.get('transport')})"
+    if kind == "sessionClosed":
+        return f"{t} session closed ({message.get('reason')})"
+    if kind == "error":
+        return f"{t} error     {message.get('message')}"
+    if kind == "speechEnd":
+        return f"{t} speech ended ({message.get('durationMs')} ms)"
+    # The other events as `stream` names them: speech started, turn resumed, ...
+    return f"{t} {_ENGINE_NAMES.get(kind, kind).replace('_', ' ')}"
+
+
+_ENGINE_NAMES = {spec: engine for engine, spec in SPEC_NAMES.items()}

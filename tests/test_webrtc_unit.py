@@ -25,11 +25,12 @@ from alfred_daemon.api.events_json import (
     session_started,
     wire,
 )
-from alfred_daemon.api.webrtc import OPUS_RATE, answer_offer, to_mono
+from alfred_daemon.api.webrtc import OPUS_RATE, to_mono
 from alfred_daemon.api.webrtc_ice import (
     JITTER_PREFETCH,
     InvalidOfferError,
     WebRtcConfig,
+    answer_offer,
     check_offer,
     filter_candidates,
     gather_on,

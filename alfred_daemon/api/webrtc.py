@@ -40,14 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from aiohttp import web
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
@@ -71,14 +64,7 @@ from .events_json import (
     wire,
 )
 from .outbox import Outbox, fill
-from .webrtc_ice import (
-    InvalidOfferError,
-    WebRtcConfig,
-    check_offer,
-    filter_candidates,
-    gather_on,
-    low_latency_receiver,
-)
+from .webrtc_ice import InvalidOfferError, WebRtcConfig, answer_offer, check_offer
 
 log = logging.getLogger(__name__)
 
@@ -489,48 +475,6 @@ class WhipApi:
                 return
             finally:
                 peer.frames.task_done()  # DELETE waits for every received frame's feed
-
-
-async def answer_offer(pc: RTCPeerConnection, sdp: str, host: str) -> MediaStreamTrack:
-    """Apply an offer to ``pc`` and set its answer (host candidates on ``host``); returns
-    the offer's first audio track. InvalidOfferError if aiortc cannot answer it."""
-    # The offer's first audio section lands on this transceiver (aiortc matches by kind),
-    # which takes Opus only: a PCMU-first offer would otherwise negotiate 8 kHz audio
-    # into a 48 kHz session.
-    audio = pc.addTransceiver("audio", direction="recvonly")
-    audio.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
-                               if c.mimeType.lower() == "audio/opus"])
-    offer = RTCSessionDescription(sdp=filter_candidates(sdp, host), type="offer")
-    try:
-        await pc.setRemoteDescription(offer)
-    except Exception as exc:
-        # aiortc refuses offers it cannot use with assorted exceptions (ValueError,
-        # OperationError, InvalidAccessError...): all mean a bad offer.
-        why = str(exc).strip() or type(exc).__name__
-        raise InvalidOfferError(f"the offer cannot be answered ({why[:120]})") from None
-    track = _first_audio(pc)
-    if host:
-        await gather_on(pc, [host])
-    await pc.setLocalDescription(await pc.createAnswer())
-    return track
-
-
-def _first_audio(pc: RTCPeerConnection) -> MediaStreamTrack:
-    """The first audio track of the offer; every other media section is answered inactive
-    (nothing would read its frames, which aiortc would queue unbounded)."""
-    track: MediaStreamTrack | None = None
-    for transceiver in pc.getTransceivers():
-        if (track is None and transceiver.kind == "audio"
-                and transceiver.receiver.track is not None):
-            track = transceiver.receiver.track
-            transceiver.direction = "recvonly"
-            low_latency_receiver(transceiver.receiver)
-        else:
-            transceiver.direction = "inactive"
-    if track is None:
-        raise InvalidOfferError("the offer has no audio track the daemon can receive; "
-                                "offer one sendonly or sendrecv, with Opus")
-    return track
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -1,5 +1,5 @@
-"""WebRTC plumbing that is not a session: the ``[webrtc]`` config, what an offer must hold,
-where ICE candidates may be, and how long received audio waits.
+"""WebRTC plumbing that is not a session: the ``[webrtc]`` config, what an offer must hold
+and how it is answered, where ICE candidates may be, and how long received audio waits.
 
 **Where candidates are.** aioice (aiortc's ICE) gathers a host candidate on every
 interface address it finds *except loopback*, and aiortc has no setting to choose them.
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine.errors import ConfigError
 
 if TYPE_CHECKING:
-    from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpReceiver
+    from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection, RTCRtpReceiver
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +229,47 @@ def check_offer(sdp: str) -> Offer:
                                 "parameters (a=ice-ufrag, a=ice-pwd, a=fingerprint, "
                                 "a=setup)")
     return Offer(has_events_channel=any(m.kind == "application" for m in desc.media))
+
+
+async def answer_offer(pc: RTCPeerConnection, sdp: str, host: str) -> MediaStreamTrack:
+    """Apply an offer to ``pc`` and set its answer (host candidates on ``host``); returns
+    the offer's first audio track. InvalidOfferError if aiortc cannot answer it."""
+    # The offer's first audio section lands on this transceiver (aiortc matches by kind),
+    # which takes Opus only: a PCMU-first offer would otherwise negotiate 8 kHz audio
+    # into a 48 kHz session.
+    from aiortc import RTCRtpSender, RTCSessionDescription
+
+    audio = pc.addTransceiver("audio", direction="recvonly")
+    audio.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
+                               if c.mimeType.lower() == "audio/opus"])
+    offer = RTCSessionDescription(sdp=filter_candidates(sdp, host), type="offer")
+    try:
+        await pc.setRemoteDescription(offer)
+    except Exception as exc:
+        # aiortc refuses offers it cannot use with assorted exceptions (ValueError,
+        # OperationError, InvalidAccessError...): all mean a bad offer.
+        why = str(exc).strip() or type(exc).__name__
+        raise InvalidOfferError(f"the offer cannot be answered ({why[:120]})") from None
+    track = _first_audio(pc)
+    if host:
+        await gather_on(pc, [host])
+    await pc.setLocalDescription(await pc.createAnswer())
+    return track
+
+
+def _first_audio(pc: RTCPeerConnection) -> MediaStreamTrack:
+    """The first audio track of the offer; every other media section is answered inactive
+    (nothing would read its frames, which aiortc would queue unbounded)."""
+    track: MediaStreamTrack | None = None
+    for transceiver in pc.getTransceivers():
+        if (track is None and transceiver.kind == "audio"
+                and transceiver.receiver.track is not None):
+            track = transceiver.receiver.track
+            transceiver.direction = "recvonly"
+            low_latency_receiver(transceiver.receiver)
+        else:
+            transceiver.direction = "inactive"
+    if track is None:
+        raise InvalidOfferError("the offer has no audio track the daemon can receive; "
+                                "offer one sendonly or sendrecv, with Opus")
+    return track
