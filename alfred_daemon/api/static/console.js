@@ -6,11 +6,13 @@
 // leaves the browser, and the token goes out only as an Authorization header.
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 const auth = token ? { Authorization: `Bearer ${token}` } : {};
-// Page options: ?processing=off turns the browser's echo cancellation, noise suppression
-// and gain control off; every other query parameter is a session parameter for /whip
-// (partials=false, vad.minSilenceMs=300, ...).
+// Page options: ?processing= chooses the browser's voice processing: "echo" (default: echo
+// cancellation only, so the bot's own voice from the speakers is not heard as the user),
+// "all" (plus noise suppression and gain control: Whisper is trained on noisy speech, and
+// their artefacts cost words), "off". Every other query parameter is a session parameter
+// for /whip (partials=false, vad.minSilenceMs=300, ...).
 const pageParams = new URLSearchParams(location.search);
-const processing = pageParams.get("processing") !== "off";
+const processing = pageParams.get("processing") || "echo";
 pageParams.delete("processing");
 
 const $ = (id) => document.getElementById(id);
@@ -122,7 +124,8 @@ function onEvent(ev) {
       break;
     case "pipelineHealth":
       state.health = ev.health;
-      $("health").textContent = `health ${ev.health} · load ${(+ev.load).toFixed(2)} · ${ev.backpressureLevel}`;
+      $("health").textContent = `health ${ev.health} · load ${(+ev.load).toFixed(2)} · ` +
+        `backpressure ${ev.backpressureLevel}`;
       $("lag").textContent = `lag ${Math.round(ev.lagMs)} ms`;
       break;
     case "sessionClosed":
@@ -170,7 +173,9 @@ async function start() {
   setState("asking for the microphone…");
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: {
-      echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing,
+      echoCancellation: processing !== "off",
+      noiseSuppression: processing === "all",
+      autoGainControl: processing === "all",
     } });
     pc = new RTCPeerConnection();
     pc.addTransceiver(stream.getAudioTracks()[0], { direction: "sendonly" });
