@@ -64,8 +64,7 @@ class Monitor:
             "backpressure": st["pipelineState"]["backpressureLevel"],
             "alerts": st["alerts"],
             "resourceOptimization": st["resourceOptimization"],
-            "sessions": [{"id": s["sessionId"], "transport": s["transport"] or "-",
-                          "state": s["state"],
+            "sessions": [{"id": s["sessionId"], "state": s["state"],
                           "durationS": s["durationS"], "worker": s["lastWorker"],
                           "lastEvent": s["lastEvent"], "lagMs": s["lagMs"]}
                          for s in st["sessions"]],
