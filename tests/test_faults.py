@@ -166,15 +166,23 @@ async def _hit(cell: Cell, pid: int) -> None:
         cell.gone_after_s = time.monotonic() - t0
 
 
-async def _watch(sup: Supervisor, cell: Cell, sid: str, timeout: float) -> None:
+async def _wait_busy(sup: Supervisor, stage: str, sid: str,
+                     timeout: float) -> tuple[int, int] | None:
+    """``_busy_worker``, polled until it finds one or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = _busy_worker(sup, cell.stage, sid)
+        found = _busy_worker(sup, stage, sid)
         if found is not None:
-            cell.worker_id = found[1]
-            await _hit(cell, found[0])
-            return
+            return found
         await asyncio.sleep(0.001)
+    return None
+
+
+async def _watch(sup: Supervisor, cell: Cell, sid: str, timeout: float) -> None:
+    found = await _wait_busy(sup, cell.stage, sid, timeout)
+    if found is not None:
+        cell.worker_id = found[1]
+        await _hit(cell, found[0])
 
 
 async def _replacement_ready(sup: Supervisor, cell: Cell, timeout: float) -> None:
@@ -495,11 +503,7 @@ def test_a_job_lane_stuck_in_a_decode_while_its_worker_heartbeats(
             collector = asyncio.create_task(collect(sup, stream))
 
             async def freeze() -> None:
-                found = None
-                deadline = time.monotonic() + 10.0
-                while found is None and time.monotonic() < deadline:
-                    found = _busy_worker(sup, "final", stream.sid)
-                    await asyncio.sleep(0.001)
+                found = await _wait_busy(sup, "final", stream.sid, 10.0)
                 assert found is not None, "no final of the session was seen on a worker"
                 pid, out["worker_id"] = found
                 frozen = FrozenThreads(pid)
