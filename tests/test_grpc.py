@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from alfred_client import AsyncClient, Event, SessionOptions, StreamError
+from alfred_client import AsyncClient, Control, Event, SessionOptions, StreamError, pcm_frames
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2
@@ -174,6 +174,41 @@ def test_python_client_streams_jfk_realtime(daemon: Daemon) -> None:
     for ev in events:
         assert 0 <= ev.audio_offset_ms <= length_ms + 100, (
             f"{ev.type} at {ev.audio_offset_ms} ms; the file is {length_ms:.0f} ms")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_python_client_sends_controls_between_frames(daemon: Daemon) -> None:
+    """Playback started before the speech: the daemon reports the user barging in; a forced
+    end of turn after it ends the turn as "forced". Controls take no audio sequence number,
+    so the frames' sequences stay 1, 2, ... and nothing is lost."""
+    pcm = wav_pcm(JFK)
+    frames: list[bytes | Control] = [Control.playback_started()]
+    frames += pcm_frames(pcm, 16000)
+    frames += [Control.playback_stopped(), Control.force_end_of_turn()]
+
+    async def run() -> list[Event]:
+        async with AsyncClient(daemon.target) as client:
+            got: list[Event] = []
+
+            async def consume() -> None:
+                async for ev in client.stream(frames, 16000):
+                    got.append(ev)
+
+            await asyncio.wait_for(consume(), STREAM_TIMEOUT_S)
+            return got
+
+    events = asyncio.run(run())
+    summary = [f"{ev.type}@{ev.audio_offset_ms}" for ev in events
+               if ev.type != "frame_processed"]
+    kinds = [ev.type for ev in events]
+    assert "interruption" in kinds, summary
+    assert kinds.index("interruption") > kinds.index("speech_started"), summary
+    turns = [ev.data for ev in events if ev.type == "turn_ended"]
+    assert turns and turns[-1]["reason"] in ("model", "silence_fallback", "forced"), turns
+    text = " ".join(ev.data["text"] for ev in events if ev.type == "final_transcription")
+    assert wer(JFK_REFERENCE, text) <= 0.10, text
+    assert events[-1].type == "session_closed", summary
 
 
 # ============================================================================ 2. CLI

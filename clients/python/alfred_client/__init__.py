@@ -42,7 +42,7 @@ from google.protobuf.json_format import MessageToDict
 from ._gen.alfred.v1 import alfred_pb2 as pb
 from ._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 
-__all__ = ["AsyncClient", "Client", "Event", "SessionOptions", "StreamError", "pb"]
+__all__ = ["AsyncClient", "Client", "Control", "Event", "SessionOptions", "StreamError", "pb"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 FRAME_MS = 20
@@ -209,6 +209,58 @@ class SessionOptions:
         return cfg
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A control message to send between audio frames of a stream.
+
+    Put it in the iterable of frames given to ``stream()``: ``Control.playback_started()``
+    when the agent's audio output starts (the daemon then reports barge-in as
+    ``interruption``), ``playback_stopped()`` when it ends, ``force_end_of_turn()``,
+    ``flush()`` (finalise the current utterance now), ``keepalive()``, or
+    ``reconfigure(options)``. Controls are not re-sent after a resume: the daemon keeps the
+    session's state, and a control is an instruction for that moment, not audio to replay.
+    """
+
+    action: int
+    """A ``pb.Control.Action`` value."""
+    options: SessionOptions | None = None
+    """RECONFIGURE only: the new VAD, turn and partial settings."""
+
+    @classmethod
+    def playback_started(cls) -> Control:
+        return cls(pb.Control.PLAYBACK_STARTED)
+
+    @classmethod
+    def playback_stopped(cls) -> Control:
+        return cls(pb.Control.PLAYBACK_STOPPED)
+
+    @classmethod
+    def force_end_of_turn(cls) -> Control:
+        return cls(pb.Control.FORCE_END_OF_TURN)
+
+    @classmethod
+    def flush(cls) -> Control:
+        return cls(pb.Control.FLUSH)
+
+    @classmethod
+    def keepalive(cls) -> Control:
+        return cls(pb.Control.KEEPALIVE)
+
+    @classmethod
+    def reconfigure(cls, options: SessionOptions) -> Control:
+        return cls(pb.Control.RECONFIGURE, options)
+
+    def to_proto(self, sample_rate: int) -> pb.ClientMessage:
+        msg = pb.Control(action=self.action)  # type: ignore[arg-type]
+        if self.options is not None:
+            msg.config.CopyFrom(self.options.to_proto(sample_rate))
+        return pb.ClientMessage(control=msg)
+
+
+Item = bytes | Control
+"""What a stream's source yields: LINEAR16 audio frames, with controls between them."""
+
+
 # ----------------------------------------------------------------------------- audio
 
 
@@ -323,10 +375,11 @@ class AsyncClient:
         async for ev in self.stream(paced(), sample_rate, options=options):
             yield ev
 
-    async def stream(self, frames: AsyncIterable[bytes] | Iterable[bytes], sample_rate: int,
+    async def stream(self, frames: AsyncIterable[Item] | Iterable[Item], sample_rate: int,
                      *, options: SessionOptions | None = None,
                      resume: bool = True) -> AsyncIterator[Event]:
-        """Send ``frames`` (LINEAR16 bytes) and yield the session's events until it closes.
+        """Send ``frames`` (LINEAR16 bytes, with :class:`Control` messages between them) and
+        yield the session's events until it closes.
 
         Each event is yielded once: after a resume the daemon re-sends the events after the
         highest ``event_sequence`` received, and any it sends again is dropped here."""
@@ -346,7 +399,11 @@ class AsyncClient:
             for s, frame in list(replay):  # after a resume: what the daemon may not have
                 if s > confirmed:
                     yield pb.ClientMessage(audio=pb.AudioFrame(sequence=s, pcm=frame))
-            async for frame in source:
+            async for item in source:
+                if isinstance(item, Control):
+                    yield item.to_proto(sample_rate)
+                    continue
+                frame = item
                 seq += 1
                 replay.append((seq, frame))
                 yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=frame))
@@ -384,7 +441,7 @@ class AsyncClient:
                 await asyncio.sleep(0.2)
 
 
-async def _aiter(frames: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
+async def _aiter(frames: AsyncIterable[Item] | Iterable[Item]) -> AsyncIterator[Item]:
     if isinstance(frames, AsyncIterable):
         async for f in frames:
             yield f
@@ -451,14 +508,21 @@ class Client:
 
         return self.stream(paced(), sample_rate, options=options)
 
-    def stream(self, frames: Iterable[bytes], sample_rate: int, *,
+    def stream(self, frames: Iterable[Item], sample_rate: int, *,
                options: SessionOptions | None = None) -> Iterator[Event]:
+        """Send ``frames`` (LINEAR16 bytes, with :class:`Control` messages between them) and
+        yield the session's events until it closes. No resume: see :class:`AsyncClient`."""
         options = options or SessionOptions()
 
         def requests() -> Iterator[pb.ClientMessage]:
             yield pb.ClientMessage(config=options.to_proto(sample_rate))
-            for seq, frame in enumerate(frames, start=1):
-                yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=frame))
+            seq = 0
+            for item in frames:
+                if isinstance(item, Control):
+                    yield item.to_proto(sample_rate)
+                    continue
+                seq += 1
+                yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=item))
 
         try:
             for msg in self._stub.StreamSession(requests(), metadata=self._metadata):
