@@ -196,6 +196,55 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         return _stream_failed(exc, heard)
 
 
+def _cmd_webrtc(args: argparse.Namespace) -> int:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from .engine.audio import RESAMPLER_RATES, load_wav
+    from .engine.errors import EngineError
+
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return _fail(f"--url {args.url!r} is not the daemon's HTTP address; give one like "
+                     "http://127.0.0.1:8015")
+    if not 0.0 <= args.tail <= 60.0:
+        return _fail(f"--tail {args.tail:g} is out of range; give 0 to 60 seconds")
+    try:
+        audio, rate = load_wav(args.file, RESAMPLER_RATES)
+    except EngineError as exc:
+        return _fail(exc)
+    from .whip_client import PcmTrack, WhipError, human_line, play, to_pcm48
+
+    def show(message: dict[str, object]) -> None:
+        line = json.dumps(message) if args.json else human_line(message)
+        if line is not None:
+            print(line, flush=True)
+
+    async def run() -> int:
+        reason = await play(args.url, PcmTrack(to_pcm48(audio, rate)), show=show,
+                            params={"partials": "false"} if args.no_partials else {},
+                            token=os.environ.get("ALFRED_TOKEN") or None, tail_s=args.tail)
+        if reason != "finished":
+            print(f"alfred-daemon: the daemon closed the session before the end of the file "
+                  f"(reason {reason}); see its log", file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except WhipError as exc:
+        if exc.status == 0:
+            return _fail(f"{exc}; start the daemon with `alfred-daemon serve` (or `make run` "
+                         "in a checkout), or point --url at a running one")
+        print(f"alfred-daemon: the daemon refused the offer (HTTP {exc.status}): {exc}",
+              file=sys.stderr)
+        return 2 if 400 <= exc.status < 500 and exc.status != 429 else 1
+    except TimeoutError:
+        print("alfred-daemon: no event from the daemon for 30 s; the WebRTC connection may "
+              "have failed (see the daemon's log)", file=sys.stderr)
+        return 1
+
+
 def _stream_failed(exc: StreamError, heard: bool) -> int:
     """One sentence for a failed ``stream``. Exit 2 when the user has something to fix (start
     the daemon, change the input), 1 when the daemon could not serve a valid request
@@ -281,7 +330,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(serve(cfg.runtime, cfg.grpc, http_config=cfg.http,
                                  pid_file=pid_file, config_path=args.config,
                                  warnings=warnings, auth=auth, tls=tls,
-                                 metrics_public=cfg.security.metrics_public))
+                                 metrics_public=cfg.security.metrics_public,
+                                 webrtc_config=cfg.webrtc))
     except (EngineError, RuntimeDirError, OSError) as exc:
         print(f"alfred-daemon: {exc}", file=sys.stderr)
         return 2
@@ -308,8 +358,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 DESCRIPTION = ("Speech daemon: Silero VAD, faster-whisper and Smart Turn behind a gRPC API. "
-               "`serve` runs it, `stream` sends a WAV file to a running daemon, `transcribe` "
-               "runs the engine over a WAV file without one.")
+               "`serve` runs it, `stream` sends a WAV file to a running daemon (`webrtc` does "
+               "so over WebRTC), `transcribe` runs the engine over a WAV file without one.")
 """Plain text: argparse prints descriptions verbatim, so the module docstring's RST markup
 would show up in ``--help``."""
 
@@ -365,6 +415,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ask the daemon for no partial transcriptions while someone speaks, "
                          "only the final text of each utterance (and the other events)")
     st.set_defaults(func=_cmd_stream)
+
+    wr = sub.add_parser("webrtc", help="stream a WAV file to a running daemon over WebRTC "
+                                       "(WHIP) and print events",
+                        description="Send a WAV file to a running daemon as a WebRTC peer "
+                                    "would (Opus over SRTP, offered with WHIP to /whip), at "
+                                    "real-time pace, and print the events of its `events` data "
+                                    "channel; the session ends with DELETE after the file.",
+                        epilog=OUTPUT_HELP)
+    wr.add_argument("file", type=Path,
+                    help=f"the audio to send: {WAV_FORMATS} at any sample rate (resampled "
+                         "to 48 kHz, Opus's rate, here)")
+    wr.add_argument("--url", default="http://127.0.0.1:8015",
+                    help="the daemon's HTTP address (a bearer token, if the daemon requires "
+                         "one, comes from $ALFRED_TOKEN)")
+    wr.add_argument("--json", action="store_true",
+                    help="print each message of the events channel as it came (the WebSocket "
+                         "bridge's JSON: spec names, camelCase fields)")
+    wr.add_argument("--no-partials", action="store_true",
+                    help="ask for no partial transcriptions, only finals (and other events)")
+    wr.add_argument("--tail", type=float, default=1.0,
+                    help="seconds of silence sent after the file before ending (default 1)")
+    wr.set_defaults(func=_cmd_webrtc)
 
     sv = sub.add_parser("serve", help="run the daemon (supervisor and workers) until SIGTERM")
     sv.add_argument("--config", type=Path, default=None,

@@ -285,14 +285,17 @@ def summarise(system: str, n: int, seconds: float, results: list[SessionResult])
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(*extra: str) -> AsyncIterator[tuple[str, int]]:
+async def running_daemon(*extra: str, http_port: int | None = None,
+                         ) -> AsyncIterator[tuple[str, int]]:
     """``alfred-daemon serve`` on loopback ports with a private runtime dir, up once its
-    gRPC status answers (bounded: 60 s); yields (gRPC target, pid). SIGTERM on exit."""
+    gRPC status answers (bounded: 60 s); yields (gRPC target, pid). SIGTERM on exit.
+    ``http_port``: the HTTP port to serve on (default: any free one), for callers that use
+    the HTTP surface too (benchmarks/webrtc_bench.py)."""
     workdir = Path(tempfile.mkdtemp(prefix="alfred-load-"))
     port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "alfred-daemon"), "serve",
-         "--listen", f"127.0.0.1:{port}", "--http-port", str(free_port()),
+         "--listen", f"127.0.0.1:{port}", "--http-port", str(http_port or free_port()),
          "--runtime-dir", str(workdir / "run"), "--log-level", "warning", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"

@@ -425,7 +425,8 @@ class ScriptedSupervisor:
         self.open: set[str] = set()
 
     def open_session(self, config: EngineConfig | None = None, *, sample_rate: int = RATE,
-                     session_id: str | None = None, owner: str = "") -> str:
+                     session_id: str | None = None, owner: str = "",
+                     transport: str = "") -> str:
         sid = session_id or uuid.uuid4().hex
         self.open.add(sid)
         return sid

@@ -320,3 +320,27 @@ def test_smoke_run_against_a_real_daemon(tmp_path: Path) -> None:
     assert r["cpu_percent"] > 0 and r["pss_mb_peak"] > 100
     text = (tmp_path / "load_bench_realistic.md").read_text()
     assert "| alfred | 2 |" in text and "Host: " in text
+
+
+def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:
+    """webrtc_bench's verdict: WebRTC's p95 minus gRPC's, pooled over rounds, per N."""
+    from webrtc_bench import BOUND_MS, summary
+
+    def row(path: str, n: int, finals: list[float], turns: list[float]) -> dict[str, Any]:
+        return {"system": path, "n": n, "frames_dropped": 0, "client_cpu_percent": 10.0,
+                "errors": [], "raw": {"final_latency": finals, "turn_latency": turns,
+                                      "partial_lag": [100.0]}}
+
+    grpc = [float(v) for v in range(300, 400)]
+    rows = [row("grpc", 1, grpc[:50], grpc[:50]), row("grpc", 1, grpc[50:], grpc[50:]),
+            row("webrtc", 1, [v + 30 for v in grpc], [v + 30 for v in grpc]),
+            row("grpc", 4, grpc, grpc), row("webrtc", 4, [v + 90 for v in grpc], grpc)]
+    verdicts, text = summary(rows, [1, 4])
+    assert [v["n"] for v in verdicts] == [1, 4]
+    assert verdicts[0]["added_p95_ms"]["final"] == pytest.approx(30.0)
+    assert verdicts[0]["within_bound"]
+    assert verdicts[1]["added_p95_ms"]["final"] == pytest.approx(90.0)
+    assert verdicts[1]["added_p95_ms"]["final"] > BOUND_MS
+    assert verdicts[1]["added_p95_ms"]["turn"] == pytest.approx(0.0)
+    assert not verdicts[1]["within_bound"]
+    assert "OVER the 60 ms bound" in text and "| 4 | webrtc |" in text

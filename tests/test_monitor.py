@@ -176,7 +176,7 @@ def test_session_ids_render_as_text_never_as_html(tmp_path: Path) -> None:
         assert seen["dialogs"] == []
         assert seen["injected"] == 0
         assert sorted(seen["cells"]) == sorted(sid[:12] for sid in XSS_IDS)
-        assert seen["cells_per_row"] == [6] * len(XSS_IDS)
+        assert seen["cells_per_row"] == [7] * len(XSS_IDS)
 
 
 def test_with_tokens_the_monitor_takes_its_token_from_the_fragment(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ the same things with the same sentences.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,102 @@ def _wire_value(fd: FieldDescriptor, value: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_FLOAT:
         return float(str(np.float32(value)))
     return value
+
+
+NOT_FROM_QUERY = {
+    "encoding": "the audio is Opus, decoded by the daemon",
+    "sample_rate_hz": "the audio is Opus, decoded by the daemon at 48 kHz",
+    "channels": "the audio is Opus, decoded by the daemon and mixed to mono",
+    "resume_token": "a WebRTC session is not resumable; make a new offer",
+    "last_event_sequence": "a WebRTC session is not resumable; make a new offer",
+}
+"""SessionConfig fields a WebRTC client cannot set, and why (the sentence of the 400)."""
+
+MAX_KEY_SHOWN = 64
+"""A client's parameter name is quoted in an error up to this many characters."""
+
+_INT_TYPES = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64,
+              FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
+              FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64}
+_INT32_RANGE = (-(1 << 31), (1 << 31) - 1)
+
+
+def _field_named(msg: Any, name: str) -> FieldDescriptor | None:
+    """A field of ``msg`` by its proto name (``min_speech_ms``) or JSON name
+    (``minSpeechMs``), as the WebSocket's JSON config accepts both."""
+    for fd in msg.DESCRIPTOR.fields:
+        if name in (fd.name, fd.json_name):
+            return fd  # type: ignore[no-any-return]
+    return None
+
+
+def _query_value(key: str, fd: FieldDescriptor, raw: str) -> Any:
+    """One query parameter's text as the value of the proto field it names."""
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        if raw.lower() in ("true", "1"):
+            return True
+        if raw.lower() in ("false", "0"):
+            return False
+        raise InvalidRequestError(f"{key} must be true or false, not {raw[:MAX_KEY_SHOWN]!r}")
+    if fd.type in _INT_TYPES:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidRequestError(
+                f"{key} must be a whole number, not {raw[:MAX_KEY_SHOWN]!r}") from None
+        if not _INT32_RANGE[0] <= value <= _INT32_RANGE[1]:
+            raise InvalidRequestError(f"{key} = {raw[:MAX_KEY_SHOWN]} is out of range")
+        return value
+    if fd.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise InvalidRequestError(f"{key} must be a number, not {raw[:MAX_KEY_SHOWN]!r}")
+        return number
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return raw
+    raise InvalidRequestError(f"{key} cannot be set as a query parameter")
+
+
+def session_config_from_query(query: Iterable[tuple[str, str]]) -> pb.SessionConfig:
+    """The SessionConfig a WHIP offer's query string describes: the gRPC SessionConfig's
+    fields by proto or JSON name, nested ones with a dot (``partials=false``,
+    ``vad.minSilenceMs=300``, ``turn.enabled=false``, ``frameEventEvery=1``). Names and
+    types are checked here, ranges by :func:`engine_config`, so WebRTC refuses what gRPC
+    and the WebSocket refuse, with the same sentences."""
+    cfg = pb.SessionConfig()
+    seen: set[str] = set()
+    for key, raw in query:
+        shown = key if len(key) <= MAX_KEY_SHOWN else key[:MAX_KEY_SHOWN] + "..."
+        if key in seen:
+            raise InvalidRequestError(f"parameter {shown!r} is given twice")
+        seen.add(key)
+        parts = key.split(".")
+        msg: Any = cfg
+        fd: FieldDescriptor | None = None
+        for depth, part in enumerate(parts):
+            fd = _field_named(msg, part) if depth < 2 else None
+            last = depth == len(parts) - 1
+            if fd is None or (fd.message_type is not None) == last:
+                allowed = sorted(f.json_name for f in cfg.DESCRIPTOR.fields
+                                 if f.name not in NOT_FROM_QUERY)
+                raise InvalidRequestError(
+                    f"unknown parameter {shown!r}; allowed: {', '.join(allowed)} (vad.* and "
+                    "turn.* take the fields of VadParams and TurnParams)")
+            if depth == 0 and fd.name in NOT_FROM_QUERY:
+                raise InvalidRequestError(f"{shown} cannot be set: {NOT_FROM_QUERY[fd.name]}")
+            if not last:
+                msg = getattr(msg, fd.name)
+        assert fd is not None
+        value = _query_value(shown, fd, raw)
+        try:
+            setattr(msg, fd.name, value)
+        except (ValueError, TypeError):  # protobuf's own checks (e.g. text that is not UTF-8)
+            raise InvalidRequestError(f"{shown} = {raw[:MAX_KEY_SHOWN]!r} is not a valid "
+                                      "value") from None
+    return cfg
 
 
 def engine_config(cfg: pb.SessionConfig, base: EngineConfig) -> EngineConfig:

@@ -414,7 +414,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         try:
             sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
-                                        owner=self.auth.owner(principal))
+                                        owner=self.auth.owner(principal), transport="grpc")
         except AdmissionError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise

@@ -12,6 +12,8 @@ Endpoints (paths and JSON field names are the product spec's):
 * ``POST /process_frame`` -- multipart ``session_id`` + ``audio`` (one frame) for clients
   that cannot stream; answers the events produced once that frame is analysed.
 * ``GET /ws`` -- the browser protocol (:mod:`.ws_bridge`).
+* ``POST /whip``, ``DELETE /whip/{id}`` -- WebRTC ingest (:mod:`.webrtc`), unless
+  ``webrtc.enabled`` is false; ``GET /console`` -- the voice console that uses it.
 * ``GET /monitor`` -- the live dashboard (:mod:`.monitor`).
 * ``GET /healthz`` -- liveness (the event loop answers; 503 once health is failed);
   ``GET /readyz`` -- readiness (running with workers up; 503 while starting or draining).
@@ -47,11 +49,15 @@ from ..runtime.errors import (
 from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
 from .auth import ANONYMOUS, UNAUTHENTICATED, Authenticator, Principal
+from .console import Console
+from .events_json import wire
 from .monitor import Monitor
 from .outbox import Outbox, fill
 from .tls import TlsFiles
 from .web_security import OriginPolicy, add_security_headers
-from .ws_bridge import WsBridge, wire
+from .webrtc import RETRY_AFTER_S, WhipApi
+from .webrtc_ice import WebRtcConfig
+from .ws_bridge import WsBridge
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,13 @@ class HttpConfig:
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _retry_later(code: str, message: str) -> web.Response:
+    """503 with Retry-After, as WHIP answers it: an admission refusal is temporary."""
+    response = _error(503, code, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 MAX_PATH_SHOWN = 100
@@ -208,7 +221,8 @@ class _SupervisorCollector(Collector):
 class HttpApi:
     def __init__(self, sup: Supervisor, config: HttpConfig | None = None, *,
                  warnings: list[str] | None = None, auth: Authenticator | None = None,
-                 metrics_public: bool = True, tls: TlsFiles | None = None) -> None:
+                 metrics_public: bool = True, tls: TlsFiles | None = None,
+                 webrtc: WebRtcConfig | None = None) -> None:
         self.sup = sup
         self.config = config or HttpConfig()
         self.auth = auth or Authenticator()
@@ -234,6 +248,9 @@ class HttpApi:
         sup.on_observation(self._observe)
         self.ws = WsBridge(sup, auth=self.auth)
         self.monitor = Monitor(sup)
+        webrtc = webrtc or WebRtcConfig()
+        self.whip = WhipApi(sup, webrtc, self.auth) if webrtc.enabled else None
+        self.console = Console()
         self._frame_sessions: dict[str, Outbox] = {}
         self._frame_owners: dict[str, str] = {}
         self._pumps: set[asyncio.Task[None]] = set()
@@ -242,9 +259,11 @@ class HttpApi:
         self.port = 0
 
     OPEN_PATHS = frozenset({"/healthz", "/readyz", "/monitor", "/monitor/monitor.js",
-                            "/monitor/monitor.css", "/ws"})
-    """Served without a token: probes, the monitor's static page (its data needs one), and
-    the WebSocket, which authenticates by header or by its first message."""
+                            "/monitor/monitor.css", "/ws", "/console", "/console/console.js",
+                            "/console/console.css"})
+    """Served without a token: probes, the monitor's and the console's static pages (their
+    data and WHIP need one), and the WebSocket, which authenticates by header or by its
+    first message."""
 
     @web.middleware
     async def _authenticate(self, request: web.Request,
@@ -287,6 +306,14 @@ class HttpApi:
             web.get("/monitor/history", self.monitor.history_json),
             web.get("/monitor/stream", self.monitor.stream),
         ])
+        if self.whip is not None:
+            app.add_routes([
+                web.post("/whip", self.whip.post),
+                web.delete("/whip/{session_id}", self.whip.delete),
+                web.get("/console", self.console.page),
+                web.get("/console/console.js", self.console.script),
+                web.get("/console/console.css", self.console.style),
+            ])
         return app
 
     async def start(self) -> None:
@@ -304,6 +331,8 @@ class HttpApi:
 
     async def stop(self) -> None:
         await self.monitor.stop()
+        if self.whip is not None:
+            await self.whip.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -420,7 +449,7 @@ class HttpApi:
                 engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
                 sid = self.sup.open_session(
                     engine, sample_rate=rate,
-                    owner=self.auth.owner(principal))
+                    owner=self.auth.owner(principal), transport="http")
                 self._frame_owners[sid] = principal.name
                 outbox = Outbox(limit=1000)
                 self._frame_sessions[sid] = outbox
@@ -431,9 +460,9 @@ class HttpApi:
         except InvalidAudioError as exc:
             return _error(400, "invalid_audio", str(exc))
         except AdmissionError as exc:
-            return _error(503, exc.reason, str(exc))
+            return _retry_later(exc.reason, str(exc))
         except DaemonUnavailableError as exc:
-            return _error(503, "unavailable", str(exc))
+            return _retry_later("unavailable", str(exc))
         except SessionBackloggedError as exc:
             return _error(429, "backlogged", str(exc))
         except SessionNotFoundError as exc:

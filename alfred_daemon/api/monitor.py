@@ -64,7 +64,8 @@ class Monitor:
             "backpressure": st["pipelineState"]["backpressureLevel"],
             "alerts": st["alerts"],
             "resourceOptimization": st["resourceOptimization"],
-            "sessions": [{"id": s["sessionId"], "state": s["state"],
+            "sessions": [{"id": s["sessionId"], "transport": s["transport"] or "-",
+                          "state": s["state"],
                           "durationS": s["durationS"], "worker": s["lastWorker"],
                           "lastEvent": s["lastEvent"], "lagMs": s["lagMs"]}
                          for s in st["sessions"]],

@@ -9,6 +9,9 @@ Client -> daemon:
      "playback_stopped" | "force_end_of_turn" | "flush" | "keepalive"}`` and
      ``{"type": "end"}`` (end of input: the remaining events follow, then the socket closes).
 
+The JSON messages both ways are :mod:`.events_json`'s, which the WebRTC data channel
+(:mod:`.webrtc`) uses too: the two transports send exactly the same names and fields.
+
 Daemon -> client: JSON text messages ``{"type": <spec name>, "audioOffsetMs": ...,
 "processingMs": ..., <fields in camelCase>}`` with the product spec's event names:
 ``sessionStarted``, ``frameProcessed``, ``speechStart``, ``speechEnd``,
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -32,7 +34,7 @@ from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from google.protobuf.json_format import ParseDict, ParseError
 
 from ..engine.errors import InvalidAudioError
-from ..engine.events import Event, SessionClosed
+from ..engine.events import SessionClosed
 from ..runtime.errors import (
     AdmissionError,
     DaemonUnavailableError,
@@ -42,19 +44,19 @@ from ..runtime.errors import (
 from ..runtime.supervisor import Supervisor
 from .auth import UNAUTHENTICATED, Authenticator
 from .convert import MAX_FRAME_BYTES, InvalidRequestError, engine_config
+from .events_json import (
+    apply_control,
+    error,
+    events_shed,
+    parse_client_message,
+    parse_json,
+    session_started,
+    wire,
+)
 from .outbox import Outbox, fill
 
 log = logging.getLogger(__name__)
 
-SPEC_NAMES = {
-    "frame_processed": "frameProcessed", "speech_started": "speechStart",
-    "speech_ended": "speechEnd", "partial_transcription": "partialTranscription",
-    "final_transcription": "finalTranscription", "turn_ended": "turnEnd",
-    "turn_resumed": "turnResumed", "interruption": "interruption",
-    "pipeline_health": "pipelineHealth", "backpressure_triggered": "backpressureTriggered",
-    "backpressure_recovered": "backpressureRecovered", "frames_dropped": "framesDropped",
-    "worker_recovered": "workerRecovered", "session_closed": "sessionClosed",
-}
 TOO_BIG = f"message over the {MAX_FRAME_BYTES} byte (1 MiB) limit; send 20-100 ms frames"
 
 READ_LIMIT = 2 * MAX_FRAME_BYTES
@@ -83,35 +85,9 @@ class _Socket(web.WebSocketResponse):
                     drain: bool = True) -> bool:
         if code == WSCloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send_json({"type": "error", "code": "INVALID_ARGUMENT",
-                                      "message": TOO_BIG})
+                await self.send_json(error("INVALID_ARGUMENT", TOO_BIG))
             message = close_reason(TOO_BIG)
         return await super().close(code=code, message=message, drain=drain)
-
-
-CONTROLS = {"playback_started", "playback_stopped", "force_end_of_turn", "flush", "keepalive"}
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(w.title() for w in rest)
-
-
-def wire(event: Event) -> dict[str, Any]:
-    """An engine/runtime event as the browser protocol's JSON object."""
-    body = event.to_dict()
-    kind = body.pop("type")
-    return {"type": SPEC_NAMES.get(kind, camel(kind)),
-            **{camel(k): v for k, v in body.items()}}
-
-
-def _json(text: str) -> Any:
-    """A client's JSON message, or None if it is not JSON (nested too deeply for the parser
-    counts as not JSON: RecursionError is not a JSONDecodeError)."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
 
 
 def session_config(message: dict[str, Any]) -> pb.SessionConfig:
@@ -149,7 +125,7 @@ class WsBridge:
                              "binary audio)", 1008)
             return ws
         try:
-            msg = _json(first.data)
+            msg = parse_json(first.data)
             if not isinstance(msg, dict) or msg.get("type") != "config":
                 raise InvalidRequestError('the first message must be {"type": "config", ...}')
             # A browser cannot set headers on a WebSocket: it may send the token as the
@@ -171,7 +147,8 @@ class WsBridge:
                 cfg.sample_rate_hz = 16_000
             engine = engine_config(cfg, self.sup.config.engine)
             sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
-                                        owner=self.auth.owner(principal))
+                                        owner=self.auth.owner(principal),
+                                        transport="websocket")
         except (InvalidRequestError, InvalidAudioError) as exc:
             await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
             return ws
@@ -181,8 +158,7 @@ class WsBridge:
         except DaemonUnavailableError as exc:
             await self._fail(ws, "UNAVAILABLE", str(exc), 1013)
             return ws
-        await ws.send_json({"type": "sessionStarted", "sessionId": sid,
-                            "sampleRate": cfg.sample_rate_hz})
+        await ws.send_json(session_started(sid, cfg.sample_rate_hz, "websocket"))
         outbox = Outbox(self.outbox_limit)
         every = cfg.frame_event_every
         pump = asyncio.create_task(fill(outbox, self.sup.events(sid), lambda: every))
@@ -227,42 +203,23 @@ class WsBridge:
                 if len(msg.data) > MAX_FRAME_BYTES:
                     await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
                     return False
-                body = _json(msg.data)
-                kind = body.get("type") if isinstance(body, dict) else None
-                action = body.get("action") if isinstance(body, dict) else None
-                if kind == "end":
+                try:
+                    message = parse_client_message(msg.data)
+                except InvalidRequestError as exc:
+                    await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
+                    return False
+                if message.kind == "end":
                     return True
-                if kind == "control" and isinstance(action, str) and action in CONTROLS:
-                    self._control(sid, action)
-                    continue
-                await self._fail(ws, "INVALID_ARGUMENT",
-                                 f"unexpected message {msg.data[:80]!r}: send binary audio, "
-                                 'a {"type": "control", "action": ...} or {"type": "end"}',
-                                 1008)
-                return False
+                apply_control(self.sup, sid, message.action)
             else:
                 return False
         return False
-
-    def _control(self, sid: str, action: str) -> None:
-        with contextlib.suppress(SessionNotFoundError):
-            if action == "playback_started":
-                self.sup.set_playback(sid, True)
-            elif action == "playback_stopped":
-                self.sup.set_playback(sid, False)
-            elif action == "force_end_of_turn":
-                self.sup.force_end_of_turn(sid)
-            elif action == "flush":
-                self.sup.flush(sid)
-            else:
-                self.sup.touch(sid)
 
     async def _write(self, ws: web.WebSocketResponse, outbox: Outbox) -> None:
         while (event := await outbox.get()) is not None:
             shed = outbox.take_shed()
             if shed is not None:
-                await ws.send_json({"type": "eventsShed", "partials": shed.partials,
-                                    "frameEvents": shed.frame_events, "other": shed.other})
+                await ws.send_json(events_shed(shed))
             await asyncio.wait_for(ws.send_json(wire(event)), 10.0)
             if isinstance(event, SessionClosed):
                 return
@@ -270,5 +227,5 @@ class WsBridge:
     @staticmethod
     async def _fail(ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.send_json(error(code, message))
             await ws.close(code=close, message=close_reason(message))

@@ -6,7 +6,7 @@ of defaults and one place each is range-checked)::
     [processor] [coordination] [limits] [alerts] [workers] [models]   runtime
     [engine] [engine.vad] [engine.stt] [engine.turn]                  per-session defaults
     [runtime]   runtime_dir, shm_prefix, ring_seconds, drain_grace, ...
-    [grpc] [http] [logging] [security]
+    [grpc] [http] [webrtc] [logging] [security]
 
 Errors name the key and what is allowed (``processor.max_batch_size = 0 is out of range;
 allowed 1 .. 256``, ``unknown key limits.maxMemoryMB; allowed: ...``). Environment variables
@@ -33,6 +33,7 @@ from typing import Any
 
 from ..api.grpc_server import GrpcConfig
 from ..api.http_server import HttpConfig
+from ..api.webrtc_ice import WebRtcConfig
 from ..engine.config import EngineConfig, SttConfig, TurnConfig, VadConfig
 from ..engine.errors import ConfigError
 from ..engine.models import ModelsConfig
@@ -66,6 +67,7 @@ class DaemonConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
@@ -152,7 +154,8 @@ def _build(cls: type[Any], table: Mapping[str, Any], prefix: str) -> Any:
 
 def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
     """Validate a parsed TOML document into a DaemonConfig (or raise ConfigError)."""
-    known = {*_RUNTIME_SECTIONS, "engine", "runtime", "grpc", "http", "logging", "security"}
+    known = {*_RUNTIME_SECTIONS, "engine", "runtime", "grpc", "http", "webrtc", "logging",
+             "security"}
     for section in doc:
         if section not in known:
             raise ConfigError(f"unknown section [{_shown(section)}]; allowed: "
@@ -183,6 +186,7 @@ def from_mapping(doc: Mapping[str, Any]) -> DaemonConfig:
         runtime=RuntimeConfig(**runtime_kwargs),
         grpc=_build(GrpcConfig, doc.get("grpc", {}), "grpc"),
         http=_build(HttpConfig, doc.get("http", {}), "http"),
+        webrtc=_build(WebRtcConfig, doc.get("webrtc", {}), "webrtc"),
         logging=_build(LoggingConfig, doc.get("logging", {}), "logging"),
         security=_build(SecurityConfig, doc.get("security", {}), "security"),
     )
@@ -252,6 +256,7 @@ def to_mapping(cfg: DaemonConfig) -> dict[str, Any]:
     out["runtime"] = {k: getattr(rt, k) for k in _RUNTIME_SCALARS}
     out["grpc"] = plain(cfg.grpc)
     out["http"] = plain(cfg.http)
+    out["webrtc"] = plain(cfg.webrtc)
     out["logging"] = plain(cfg.logging)
     out["security"] = plain(cfg.security)
     return out

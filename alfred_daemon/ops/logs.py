@@ -154,6 +154,10 @@ def setup_logging(level: str = "info", fmt: str = "text", file: Path | None = No
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())
+    # aioice and aiortc log every ICE check and state change at INFO (dozens of lines per
+    # WebRTC peer); the daemon logs each peer's life itself, theirs shows at debug.
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel("DEBUG" if level == "debug" else "WARNING")
     journald = bool(os.environ.get("JOURNAL_STREAM"))
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(journald))

@@ -21,6 +21,7 @@ from ..api.auth import Authenticator
 from ..api.grpc_server import GrpcApi, GrpcConfig
 from ..api.http_server import HttpApi, HttpConfig
 from ..api.tls import TlsFiles
+from ..api.webrtc_ice import WebRtcConfig
 from ..runtime.config import RuntimeConfig
 from ..runtime.health import Health
 from ..runtime.supervisor import Supervisor
@@ -102,12 +103,13 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 http_config: HttpConfig | None = None, pid_file: Path | None = None,
                 config_path: Path | None = None, warnings: list[str] | None = None,
                 auth: Authenticator | None = None, metrics_public: bool = True,
-                tls: TlsFiles | None = None) -> int:
+                tls: TlsFiles | None = None, webrtc_config: WebRtcConfig | None = None) -> int:
     """Start the supervisor, the gRPC server and the HTTP ops surface, call ``on_ready`` once
     they run, then wait for signals. A ``None`` config leaves that server out (tests,
     embedding). ``warnings`` (an insecure exposure) are logged and listed in the status.
     ``auth``: who may use the daemon (default: anyone); ``tls``: the listeners' certificates
-    (default: plaintext). Tokens and certificates are re-read on SIGHUP."""
+    (default: plaintext); ``webrtc_config``: WHIP ingest on the HTTP server (default: on,
+    loopback). Tokens and certificates are re-read on SIGHUP."""
     loop = asyncio.get_running_loop()
     signals = SignalQueue(loop)  # before start: a SIGTERM during start-up is not lost
     notifier = Notifier()
@@ -115,7 +117,8 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
     auth = auth or Authenticator()
     api = GrpcApi(sup, grpc_config, auth=auth, tls=tls) if grpc_config is not None else None
     http = (HttpApi(sup, http_config, warnings=warnings, auth=auth, tls=tls,
-                    metrics_public=metrics_public) if http_config is not None else None)
+                    metrics_public=metrics_public, webrtc=webrtc_config)
+            if http_config is not None else None)
     for warning in warnings or []:
         log.warning("%s", warning)
     watchdog: asyncio.Task[None] | None = None

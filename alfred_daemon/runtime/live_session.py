@@ -42,6 +42,8 @@ class LiveSession:
     events: asyncio.Queue[Event | None]
     owner: str = ""
     """Name of the token that opened the session ("" without tokens)."""
+    transport: str = ""
+    """How its audio arrives: grpc, websocket, http (process_frame) or webrtc."""
     created: float = field(default_factory=time.monotonic)
     created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
@@ -153,6 +155,7 @@ class LiveSession:
         return {
             "sessionId": self.session_id,
             "tokenName": self.owner,
+            "transport": self.transport,
             "state": "closing" if self.closing else "active",
             "durationS": round(now - self.created, 3),
             "audioS": round(self.ring.write_seq * WINDOW / SAMPLE_RATE, 3),

@@ -448,10 +448,12 @@ class Supervisor:
 
     def open_session(self, config: EngineConfig | None = None, *,
                      sample_rate: int = SAMPLE_RATE, session_id: str | None = None,
-                     owner: str = "") -> str:
+                     owner: str = "", transport: str = "") -> str:
         """Admit a session; returns its id. Raises AdmissionError with the reason, or
         DaemonUnavailableError while starting/draining. ``owner``: the name of the token
-        it was opened with (counted by :meth:`sessions_of`, shown in its status)."""
+        it was opened with (counted by :meth:`sessions_of`, shown in its status);
+        ``transport``: how its audio arrives (``grpc``, ``websocket``, ``http``,
+        ``webrtc``), shown in its status and the monitor's session table."""
         cfg = self.config
         if self.state != DaemonState.RUNNING:
             raise DaemonUnavailableError(f"daemon is {self.state}; not accepting sessions")
@@ -487,14 +489,15 @@ class Supervisor:
             key=key, session_id=sid, core=core, base_config=base, ring=ring,
             sample_rate=sample_rate,
             resampler=StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None,
-            events=asyncio.Queue(), owner=owner,
+            events=asyncio.Queue(), owner=owner, transport=transport,
         )
         self._sessions[sid] = s
         self._by_key[key] = s
         self.counters.sessions_opened += 1
         self._publish_state()
-        log.info("session %s opened (%d Hz, %d active%s)", sid, sample_rate,
-                 len(self._sessions), f", token {owner}" if owner else "")
+        log.info("session %s opened (%d Hz%s, %d active%s)", sid, sample_rate,
+                 f", {transport}" if transport else "", len(self._sessions),
+                 f", token {owner}" if owner else "")
         return sid
 
     def sessions_of(self, owner: str) -> int:

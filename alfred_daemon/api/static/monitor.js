@@ -70,7 +70,8 @@ function render(snap) {
   // Every server-supplied string goes in as text: session ids come from clients.
   body.replaceChildren(...snap.sessions.map((s) => {
     const row = document.createElement("tr");
-    for (const text of [String(s.id).slice(0, 12), s.state, `${(+s.durationS).toFixed(1)} s`,
+    for (const text of [String(s.id).slice(0, 12), s.transport, s.state,
+                        `${(+s.durationS).toFixed(1)} s`,
                         s.worker ?? "-", s.lastEvent || "-", `${(+s.lagMs).toFixed(0)} ms`]) {
       const cell = document.createElement("td");
       cell.textContent = String(text);
@@ -85,6 +86,8 @@ function render(snap) {
 // leaves the browser, and the token goes out only as an Authorization header.
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 const auth = token ? { Authorization: `Bearer ${token}` } : {};
+// The voice console takes its token the same way: the link carries the fragment along.
+document.getElementById("console-link").href = `/console${location.hash}`;
 const banner = (text) => { document.getElementById("banner").textContent = text; };
 
 // Server-Sent Events read with fetch (EventSource cannot send a header); reconnects.

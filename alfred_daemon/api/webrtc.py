@@ -1,0 +1,488 @@
+"""WebRTC ingest over WHIP (RFC 9725): live Opus audio in, the browser protocol's events out.
+
+* ``POST /whip`` -- body: an ``application/sdp`` offer with an audio track (Opus) and,
+  normally, a data channel labelled ``events``; query: session parameters, the fields of
+  gRPC's SessionConfig (``?partials=false&vad.minSilenceMs=300``, :mod:`.convert`).
+  Answers ``201 Created`` with the SDP answer and ``Location: /whip/<session id>``. Bad
+  offer or parameters: 400; a body that is not ``application/sdp``: 415; the session
+  limit or overload: 503 with ``Retry-After``; a token over its own limit: 429.
+* ``DELETE /whip/<id>`` -- ends the session: its last finals and turn end go out on the
+  data channel, then ``sessionClosed``, then the peer connection closes (200). An id
+  that is not open (already ended, never existed, another token's): 404.
+
+The ``events`` channel carries exactly the WebSocket bridge's messages
+(:mod:`.events_json`: ``sessionStarted`` first, then one JSON object per event, ``sessionClosed``
+last) and takes its control messages (``{"type": "control", "action": ...}``,
+``{"type": "end"}``). An offer without an application section gets a session whose events
+go nowhere (the monitor and ``/session/{id}/status`` still show it): GStreamer's whipsink
+sends such offers.
+
+**Off the hot path.** aiortc runs on the daemon's event loop, which gRPC and the other
+transports share, so each peer's work there is kept small and bounded: Opus is decoded in
+aiortc's per-receiver thread; the loop converts each 20 ms frame to mono float32 (a few
+microseconds) and hands it to :meth:`Supervisor.feed`, flow-controlled like every
+transport; decoded frames wait in a bounded queue, so a peer that sends faster than real
+time is cut off with an error instead of growing memory. A peer that never completes its
+handshake (``webrtc.handshake_timeout``), whose ICE transport fails or closes, or that
+sends no audio for ``webrtc.idle_timeout`` seconds has its session closed as ``idle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from ..engine.errors import InvalidAudioError
+from ..engine.events import SessionClosed
+from ..runtime.errors import (
+    AdmissionError,
+    DaemonUnavailableError,
+    SessionBackloggedError,
+    SessionNotFoundError,
+)
+from ..runtime.supervisor import Supervisor
+from .auth import Authenticator, Principal
+from .convert import InvalidRequestError, engine_config, session_config_from_query
+from .events_json import (
+    apply_control,
+    error,
+    events_shed,
+    parse_client_message,
+    session_started,
+    wire,
+)
+from .outbox import Outbox, fill
+from .webrtc_ice import InvalidOfferError, WebRtcConfig, answer_offer, check_offer
+
+log = logging.getLogger(__name__)
+
+OPUS_RATE = 48_000
+"""The rate Opus is decoded at (RFC 7587), so the rate of every WebRTC session."""
+TRANSPORT = "webrtc"
+RETRY_AFTER_S = 2
+"""Seconds a refused client is told to wait (503): sessions end every few seconds."""
+MAX_BUFFERED_FRAMES = 500
+"""Decoded frames (20 ms each: 10 s) that may wait for :meth:`Supervisor.feed`. A live
+peer never gets near it; one that sends faster than real time fills it and is cut off."""
+MAX_CHANNEL_BUFFER = 1 << 20
+"""Bytes queued on the data channel beyond which the writer waits for the peer to read."""
+WRITE_DEADLINE_S = 10.0
+"""A peer whose data channel does not drain for this long loses its session, as a gRPC
+client that stops reading does."""
+MAX_MESSAGE_CHARS = 1 << 16
+"""A control message longer than this is refused unread (they are ~50 characters)."""
+CLOSE_TIMEOUT_S = 5.0
+DRAIN_S = 0.1
+"""On DELETE/end, how long frames still in flight may take to arrive (a live peer's last
+packets are milliseconds behind its request on a LAN)."""
+DRAIN_TIMEOUT_S = 2.0
+"""... and the most the frames received may take to be fed (flow control may hold them)."""
+LINGER_S = 2.0
+"""After sessionClosed, how long the daemon leaves the connection to the peer to close (SCTP
+may still be sending or retransmitting the last messages), before closing it itself."""
+FINISH_TIMEOUT_S = 30.0
+"""DELETE waits this long for the last events to go out (finish_session has its own
+drain_grace; this bounds the whole)."""
+
+
+def to_mono(frame: AudioFrame) -> npt.NDArray[np.float32]:
+    """A decoded frame as mono float32 in [-1, 1], the channels averaged, as the WAV readers
+    do. Runs on the event loop for every 20 ms of every peer: Opus decodes to packed s16
+    stereo, which is summed straight from the frame's buffer (~10 us for 20 ms here; the
+    general path below costs ~60 us)."""
+    channels = len(frame.layout.channels)
+    if frame.format.name == "s16" and channels == 2:
+        pcm = np.frombuffer(memoryview(frame.planes[0]), np.int16, count=frame.samples * 2)
+        out = pcm[0::2].astype(np.float32)
+        out += pcm[1::2]
+        out *= np.float32(1.0 / 65536.0)
+        return out
+    samples: npt.NDArray[Any] = frame.to_ndarray()
+    data: npt.NDArray[np.float32]
+    if frame.format.is_planar:
+        data = samples.astype(np.float32).mean(axis=0)
+    else:
+        data = samples.reshape(-1, channels).astype(np.float32).mean(axis=1)
+    if samples.dtype == np.int16:
+        data /= np.float32(32768.0)
+    return data
+
+
+@dataclass(eq=False)
+class Peer:
+    """One WHIP resource: a peer connection feeding one supervisor session."""
+
+    sid: str
+    owner: str
+    pc: RTCPeerConnection
+    outbox: Outbox
+    expects_channel: bool
+    channel: RTCDataChannel | None = None
+    channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    transport_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+    """sessionClosed has been handed to the channel's transport (or there is no channel)."""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    """The peer connection is closed and every task of the peer has ended."""
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    pump: asyncio.Task[None] | None = None
+    """Moves the session's events into the outbox; done once sessionClosed is in it."""
+    audio_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    frames: asyncio.Queue[AudioFrame] = field(
+        default_factory=lambda: asyncio.Queue(MAX_BUFFERED_FRAMES))
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Queue one JSON message on the events channel if it is open; False if not."""
+        ch = self.channel
+        if ch is None or ch.readyState != "open":
+            return False
+        try:
+            ch.send(json.dumps(message))
+        except Exception:  # the SCTP association went away under us: nothing to tell
+            return False
+        return True
+
+
+class WhipApi:
+    """The WHIP endpoints and every open peer (keyed by session id)."""
+
+    def __init__(self, sup: Supervisor, config: WebRtcConfig, auth: Authenticator,
+                 outbox_limit: int = 256) -> None:
+        self.sup = sup
+        self.config = config
+        self.auth = auth
+        self.outbox_limit = outbox_limit
+        self.peers: dict[str, Peer] = {}
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def post(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/sdp":
+            return _error(415, "unsupported_media_type",
+                          "send the SDP offer as Content-Type: application/sdp")
+        raw = await request.read()
+        try:
+            sdp = raw.decode()
+        except UnicodeDecodeError:
+            return _error(400, "invalid_offer", "the SDP offer is not UTF-8 text")
+        principal: Principal = request["principal"]
+        try:
+            cfg = session_config_from_query(request.query.items())
+            cfg.sample_rate_hz = OPUS_RATE
+            engine = engine_config(cfg, self.sup.config.engine)
+            offer = check_offer(sdp)
+        except (InvalidRequestError, InvalidOfferError) as exc:
+            return _error(400, "invalid_offer" if isinstance(exc, InvalidOfferError)
+                          else "invalid_parameter", str(exc))
+        over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
+        if over is not None:
+            return _error(429, "session_limit", over)
+        try:
+            sid = self.sup.open_session(engine, sample_rate=OPUS_RATE,
+                                        owner=self.auth.owner(principal),
+                                        transport=TRANSPORT)
+        except AdmissionError as exc:
+            return _unavailable(exc.reason, str(exc))
+        except DaemonUnavailableError as exc:
+            return _unavailable("unavailable", str(exc))
+        try:
+            answer = await self._answer(sid, principal.name, sdp,
+                                        offer.has_events_channel, cfg.frame_event_every)
+        except InvalidOfferError as exc:
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(sid, "error")
+            return _error(400, "invalid_offer", str(exc))
+        except BaseException:
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(sid, "error")
+            raise
+        headers = {"Location": f"/whip/{sid}", "Content-Type": "application/sdp"}
+        response = web.Response(status=201, text=answer, headers=headers)
+        for link in self.config.link_headers():
+            response.headers.add("Link", link)
+        log.info("session %s: WebRTC peer answered (%s events channel)", sid,
+                 "with" if offer.has_events_channel else "without")
+        return response
+
+    async def delete(self, request: web.Request) -> web.Response:
+        sid = request.match_info["session_id"]
+        principal: Principal = request["principal"]
+        peer = self.peers.get(sid)
+        if peer is None or peer.owner != principal.name:
+            shown = sid if len(sid) <= 64 else sid[:64] + "..."
+            return _error(404, "session_not_found",
+                          f"no open WebRTC session {shown!r}: it has ended (DELETE, end, "
+                          "idle or shutdown) or never existed")
+        await self._finish(peer)
+        return web.Response(status=200)
+
+    async def stop(self) -> None:
+        """Close every peer (the daemon stops): their sessions close as ``shutdown``."""
+        peers = list(self.peers.values())
+        for peer in peers:
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(peer.sid, "shutdown")
+        if peers:
+            await asyncio.wait([asyncio.create_task(p.done.wait()) for p in peers],
+                               timeout=CLOSE_TIMEOUT_S)
+        for peer in peers:
+            for task in peer.tasks:
+                task.cancel()
+        await asyncio.gather(*(t for p in peers for t in p.tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------------ a peer
+
+    async def _answer(self, sid: str, owner: str, sdp: str, expects_channel: bool,
+                      frame_event_every: int) -> str:
+        """Apply the offer, answer it (host candidates on the configured address) and start
+        the peer's tasks. InvalidOfferError if aiortc cannot answer it."""
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
+        peer = Peer(sid, owner, pc, Outbox(self.outbox_limit), expects_channel)
+        self._wire(peer)  # before anything can connect: no state change or channel missed
+        try:
+            track = await answer_offer(pc, sdp, self.config.host)
+        except BaseException:
+            await pc.close()
+            raise
+        self.peers[sid] = peer
+        peer.pump = asyncio.create_task(fill(peer.outbox, self.sup.events(sid),
+                                             lambda: frame_event_every))
+        peer.tasks = [peer.pump, asyncio.create_task(self._watch(peer))]
+        peer.audio_tasks = [asyncio.create_task(self._receive(peer, track)),
+                            asyncio.create_task(self._feed(peer))]
+        peer.tasks += peer.audio_tasks
+        runner = asyncio.create_task(self._run(peer), name=f"whip-{sid}")
+        peer.tasks.append(runner)
+        return pc.localDescription.sdp
+
+    def _wire(self, peer: Peer) -> None:
+        """Subscribe to the peer connection's state and data channels."""
+        pc = peer.pc
+
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                peer.connected.set()
+            elif state in ("failed", "closed"):
+                peer.transport_gone.set()
+
+        def on_channel(channel: RTCDataChannel) -> None:
+            if channel.label != "events" or peer.channel is not None:
+                return  # other channels are the client's business; one events channel
+            peer.channel = channel
+            channel.on("message", lambda message: self._on_message(peer, message))
+            if channel.readyState == "open":
+                peer.channel_open.set()
+            else:
+                channel.on("open", peer.channel_open.set)
+
+        pc.on("connectionstatechange", on_state)
+        pc.on("datachannel", on_channel)
+
+    def _on_message(self, peer: Peer, message: str | bytes) -> None:
+        if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+            peer.send(error("INVALID_ARGUMENT", "the events channel takes JSON text "
+                            'messages: {"type": "control", "action": ...} or '
+                            '{"type": "end"}'))
+            return
+        try:
+            parsed = parse_client_message(message, binary_audio=False)
+        except InvalidRequestError as exc:
+            # Unlike the WebSocket, the call goes on: the audio does not travel on this
+            # channel, and a bad control message does not make it worthless.
+            peer.send(error("INVALID_ARGUMENT", str(exc)))
+            return
+        if parsed.kind == "end":
+            if self.peers.get(peer.sid) is peer:
+                task = asyncio.create_task(self._finish(peer))
+                peer.tasks.append(task)
+            return
+        apply_control(self.sup, peer.sid, parsed.action)
+
+    async def _finish(self, peer: Peer) -> None:
+        """End of input (DELETE or ``end``): the session's last finals and turn end are
+        delivered, then sessionClosed, then the peer connection closes."""
+        if self.peers.get(peer.sid) is not peer:
+            return
+        del self.peers[peer.sid]  # from now on a DELETE of this id is a 404
+        # The audio already sent is part of the input: frames still in flight get a moment
+        # to arrive, and every frame received is fed, before the input ends.
+        await asyncio.sleep(DRAIN_S)
+        receiver, feeder = peer.audio_tasks
+        receiver.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.frames.join(), DRAIN_TIMEOUT_S)
+        feeder.cancel()
+        await asyncio.gather(receiver, feeder, return_exceptions=True)
+        with contextlib.suppress(SessionNotFoundError):
+            await self.sup.finish_session(peer.sid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.delivered.wait(), FINISH_TIMEOUT_S)
+
+    async def _run(self, peer: Peer) -> None:
+        """Deliver the session's events until sessionClosed, then take the peer down."""
+        try:
+            await self._write(peer)
+            self.peers.pop(peer.sid, None)  # the session has ended: DELETE is a 404 now
+            await self._flushed(peer)
+            peer.delivered.set()
+            if peer.connected.is_set() and not peer.transport_gone.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(peer.transport_gone.wait(), LINGER_S)
+        finally:
+            peer.delivered.set()
+            self.peers.pop(peer.sid, None)
+            with contextlib.suppress(SessionNotFoundError):
+                self.sup.close_session(peer.sid, "error")  # only if still open (a bug)
+            me = asyncio.current_task()
+            others = [t for t in peer.tasks if t is not me]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT_S)
+            peer.done.set()
+            log.info("session %s: WebRTC peer closed", peer.sid)
+
+    async def _write(self, peer: Peer) -> None:
+        if peer.expects_channel and peer.pump is not None:
+            # Events wait in the outbox (partials shed first) until the channel opens, or
+            # until the session has ended without it (its events then go nowhere); a peer
+            # that never connects has its session closed by _watch meanwhile.
+            opened = asyncio.create_task(peer.channel_open.wait())
+            try:
+                await asyncio.wait({opened, peer.pump}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=self.config.handshake_timeout + 1.0)
+            finally:
+                opened.cancel()
+        peer.send(session_started(peer.sid, OPUS_RATE, TRANSPORT))
+        while (event := await peer.outbox.get()) is not None:
+            shed = peer.outbox.take_shed()
+            if shed is not None:
+                peer.send(events_shed(shed))
+            await self._drained(peer)
+            peer.send(wire(event))
+            if isinstance(event, SessionClosed):
+                return
+
+    @staticmethod
+    async def _flushed(peer: Peer) -> None:
+        """Wait (bounded) until the channel has handed everything to SCTP."""
+        ch = peer.channel
+        for _ in range(int(LINGER_S / 0.02)):
+            if ch is None or ch.readyState != "open" or ch.bufferedAmount == 0:
+                return
+            await asyncio.sleep(0.02)
+
+    async def _drained(self, peer: Peer) -> None:
+        """Wait (bounded) while the channel holds over MAX_CHANNEL_BUFFER unsent bytes;
+        a peer that does not read for WRITE_DEADLINE_S loses its session."""
+        ch = peer.channel
+        deadline = time.monotonic() + WRITE_DEADLINE_S
+        while ch is not None and ch.readyState == "open" \
+                and ch.bufferedAmount > MAX_CHANNEL_BUFFER:
+            if time.monotonic() > deadline:
+                log.warning("session %s: the peer has not read its events for %.0f s; "
+                            "closing", peer.sid, WRITE_DEADLINE_S)
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(peer.sid, "error")
+                peer.channel = None  # nothing more is sent
+                return
+            await asyncio.sleep(0.02)
+
+    async def _watch(self, peer: Peer) -> None:
+        """Close the session as idle when the handshake does not complete in time, or when
+        the ICE/DTLS transport fails or closes later."""
+        try:
+            await asyncio.wait_for(peer.connected.wait(), self.config.handshake_timeout)
+        except TimeoutError:
+            self._idle(peer, f"no ICE/DTLS connection within "
+                             f"{self.config.handshake_timeout:g} s")
+            return
+        await peer.transport_gone.wait()
+        self._idle(peer, f"the peer connection is {peer.pc.connectionState}")
+
+    def _idle(self, peer: Peer, why: str) -> None:
+        if self.peers.get(peer.sid) is not peer or peer.delivered.is_set():
+            return  # already finishing (DELETE, end) or closed
+        log.info("session %s: %s; closing it as idle", peer.sid, why)
+        with contextlib.suppress(SessionNotFoundError):
+            self.sup.close_session(peer.sid, "idle")
+
+    async def _receive(self, peer: Peer, track: MediaStreamTrack) -> None:
+        """Move decoded frames into the peer's bounded queue as they come; no frame for
+        ``idle_timeout`` seconds (or the remote track ending) closes the session as idle.
+        The first frame may take the handshake's time."""
+        idle = self.config.idle_timeout
+        wait = self.config.handshake_timeout + idle
+        limit = int(self.sup.config.limits.maxSessionDuration / 0.0025) + 1  # 2.5 ms frames
+        for _ in range(limit):
+            try:
+                async with asyncio.timeout(wait):  # no task per frame, unlike wait_for
+                    frame = await track.recv()
+            except TimeoutError:
+                self._idle(peer, f"no audio for {wait:g} s")
+                return
+            except MediaStreamError:
+                # The remote stopped its track (RTCP BYE) or the transport closed: its
+                # DELETE may still come, so wait for it as long as for audio.
+                await asyncio.sleep(idle)
+                self._idle(peer, "the peer's audio track ended")
+                return
+            wait = idle
+            if not isinstance(frame, AudioFrame):
+                continue
+            try:
+                peer.frames.put_nowait(frame)
+            except asyncio.QueueFull:
+                message = (f"the peer sent audio {MAX_BUFFERED_FRAMES * 0.02:g} s ahead of "
+                           "what the daemon could take; send live audio at real time")
+                peer.send(error("RESOURCE_EXHAUSTED", message))
+                log.warning("session %s: %s", peer.sid, message)
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(peer.sid, "error")
+                return
+
+    async def _feed(self, peer: Peer) -> None:
+        """Feed queued frames to the session, flow-controlled (:meth:`Supervisor.feed`)."""
+        limit = int(self.sup.config.limits.maxSessionDuration / 0.0025) + 1
+        for _ in range(limit):
+            frame = await peer.frames.get()
+            try:
+                await self.sup.feed(peer.sid, to_mono(frame), sample_rate=frame.sample_rate)
+            except SessionNotFoundError:
+                return
+            except (InvalidAudioError, SessionBackloggedError) as exc:
+                code = ("INVALID_ARGUMENT" if isinstance(exc, InvalidAudioError)
+                        else "RESOURCE_EXHAUSTED")
+                peer.send(error(code, str(exc)))
+                log.warning("session %s: %s", peer.sid, exc)
+                with contextlib.suppress(SessionNotFoundError):
+                    self.sup.close_session(peer.sid, "error")
+                return
+            finally:
+                peer.frames.task_done()  # DELETE waits for every received frame's feed
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _unavailable(code: str, message: str) -> web.Response:
+    """503 with Retry-After: the refusal is temporary (sessions end, load falls)."""
+    response = _error(503, code, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response

@@ -1,0 +1,269 @@
+"""What WebRTC costs in latency: final and end-of-turn latency over WebRTC (WHIP, Opus) vs
+gRPC (LINEAR16) for the same audio, at N concurrent sessions.
+
+For each N (default 1 and 4) and each path, a fresh ``alfred-daemon serve``
+(``load_bench.running_daemon``) gets N sessions; session i streams
+``loadgen.make_script(1000 + i, S, profile)`` (the load benchmark's realistic profile by
+default: real speech of every length, pauses, a noise floor) in 20 ms frames at real-time
+pace, then ``load_bench.TAIL_S`` of its tail, then ends (gRPC: half-close; WebRTC: DELETE).
+The gRPC sessions are ``load_bench.run_session`` itself; the WebRTC ones
+(:func:`run_webrtc_session`) are an aiortc peer (``alfred_daemon.whip_client``) whose
+track hands frame k to the Opus encoder at ``t0 + k x 20 ms``, and they are measured the
+same way, from each frame's due time on the client's clock, with the same per-window
+events on (``frameEventEvery=1``) so both daemons do the same work:
+
+* final latency: arrival of the final minus the due time of its utterance's last speech
+  frame (``loadgen.speech_ends``, measured on the clean clip);
+* end-of-turn latency: turns Smart Turn ended (``reason model``), from the same frame;
+* partial lag: arrival minus the due time of the last frame the partial covers.
+
+WebRTC's figures include everything the transport adds: the Opus encode, SRTP, the
+daemon's jitter buffer (one frame, ``api/webrtc_ice.py``), the decode and the 48 -> 16 kHz
+resampling. The issue's bound: WebRTC adds at most 60 ms to the p95 of both. Rounds
+alternate the order of the two paths, so a drift of the machine hits both alike.
+
+``python benchmarks/webrtc_bench.py [--sessions 1,4] [--seconds 40] [--rounds 1]``
+writes ``benchmarks/results/webrtc_bench.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load_bench import (
+    TAIL_S,
+    SessionResult,
+    TreeSampler,
+    free_port,
+    last_frame,
+    run_session,
+    running_daemon,
+    summarise,
+)
+from load_report import host_info, host_line
+from loadgen import FRAME_S, PROFILES, RATE, REPO, Script, make_script
+
+from alfred_daemon.whip_client import PcmTrack, WhipError, connect, to_pcm48
+
+BOUND_MS = 60.0
+"""WebRTC may add at most this to the p95 final and end-of-turn latency (the issue)."""
+PATHS = ("grpc", "webrtc")
+
+
+async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) -> None:
+    """One session over WebRTC, timed as ``load_bench.run_session`` times gRPC's."""
+    frames = script.frames
+    tail = [script.tail_frame(k) for k in range(round(TAIL_S / FRAME_S))]
+    audio = np.frombuffer(b"".join(frames + tail), "<i2").astype(np.float32) / 32768.0
+    track = PcmTrack(to_pcm48(audio, RATE))
+    try:
+        session = await connect(base_url, track, params={"frameEventEvery": "1"})
+    except WhipError as exc:
+        res.errors.append(f"offer: {exc}")
+        return
+
+    def due(k: int) -> float:
+        return track.due(k)
+
+    async def finish() -> None:
+        # The script and its tail at real-time pace (the track paces itself), then the
+        # status read load_bench does, then DELETE: the last events follow on the channel.
+        limit = len(frames) * FRAME_S + TAIL_S + 60.0
+        for _ in range(int(limit / 0.05)):
+            if track.audio_sent:
+                break
+            await asyncio.sleep(0.05)
+        res.frames_sent = len(frames)
+        await asyncio.sleep(0.3)
+        sid = session_id.get("id")
+        try:
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"{base_url}/session/{sid}/status") as resp:
+                status = await resp.json()
+            res.unaccounted = (status["windowsWritten"] - status["windowsAnalysed"]
+                               - status["windowsDropped"] - status["windowsQueued"])
+        except Exception as exc:  # the figure is then missing, which the report shows
+            res.errors.append(f"status: {exc}")
+        await session.delete()
+
+    session_id: dict[str, str] = {}
+    last_end: int | None = None
+    ender = asyncio.create_task(finish())
+    try:
+        async for item in session.events(timeout=30.0):
+            m, now = item.message, item.at
+            kind = m.get("type")
+            offset = float(m.get("audioOffsetMs", 0))
+            if kind == "sessionStarted":
+                session_id["id"] = str(m["sessionId"])
+            elif kind == "frameProcessed":
+                res.frame_rtt.append((now - due(last_frame(offset))) * 1000)
+            elif kind == "partialTranscription":
+                res.partial_lag.append((now - due(last_frame(offset))) * 1000)
+            elif kind == "finalTranscription":
+                last_end = script.utterance_end_for(last_frame(offset))
+                if last_end is None:
+                    res.unmatched_finals += 1
+                else:
+                    res.final_latency.append((now - due(last_end)) * 1000)
+                    res.final_speech_ms.append(script.speech_ms_for(last_end))
+            elif kind == "turnEnd":
+                if last_end is None:
+                    res.unmatched_turns += 1
+                    continue
+                latency = (now - due(last_end)) * 1000
+                if m.get("reason") == "model":
+                    res.turn_latency.append(latency)
+                    res.turn_speech_ms.append(script.speech_ms_for(last_end))
+                elif m.get("reason") == "silence_fallback":
+                    res.fallback_turn_latency.append(latency)
+            elif kind == "framesDropped":
+                res.frames_dropped += int(m.get("frames", 0))
+            elif kind == "error":
+                res.errors.append(str(m.get("message")))
+            elif kind == "sessionClosed" and m.get("reason") != "finished":
+                res.errors.append(f"session closed: {m.get('reason')}")
+    except TimeoutError:
+        res.errors.append("no event for 30 s")
+    finally:
+        ender.cancel()
+        await asyncio.gather(ender, return_exceptions=True)
+        res.send_lag_ms_max = track.late_max_s * 1000
+        track.stop()
+        await session.close()
+
+
+async def run_path(path: str, n: int, seconds: float, profile: str) -> dict[str, Any]:
+    """N sessions of ``path`` on a fresh daemon; load_bench's row for them."""
+    http_port = free_port()
+    async with running_daemon(http_port=http_port) as (target, pid):
+        sampler = TreeSampler(pid)
+        scripts = [make_script(1000 + i, seconds, profile) for i in range(n)]
+        results = [SessionResult() for _ in range(n)]
+        me = psutil.Process()
+        me.cpu_percent(None)
+        sampler.start()
+        base_url = f"http://127.0.0.1:{http_port}"
+        sessions = (run_session(target, s, r) if path == "grpc"
+                    else run_webrtc_session(base_url, s, r)
+                    for s, r in zip(scripts, results, strict=True))
+        await asyncio.wait_for(asyncio.gather(*sessions), timeout=seconds + 90)
+        row = summarise(path, n, seconds, results)
+        row["cpu_percent"] = sampler.stop()
+        row["client_cpu_percent"] = me.cpu_percent(None)
+        row["pss_mb_peak"] = max(sampler.pss_mb, default=None)
+    return row
+
+
+def pooled(rows: list[dict[str, Any]], path: str, n: int, metric: str) -> dict[str, Any]:
+    """p50/p95 of ``metric`` over every round of (path, N)."""
+    values = [v for r in rows if r["system"] == path and r["n"] == n
+              for v in r["raw"][metric]]
+    if not values:
+        return {"p50": None, "p95": None, "count": 0}
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+            "count": len(values)}
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, Any]], str]:
+    table = ["| N | path | final p50 / p95 | end of turn p50 / p95 | partial lag p95 | "
+             "frames dropped | client CPU % | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    verdicts: list[dict[str, Any]] = []
+    for n in ns:
+        figures: dict[str, dict[str, Any]] = {}
+        for path in PATHS:
+            mine = [r for r in rows if r["system"] == path and r["n"] == n]
+            if not mine:
+                continue
+            fin = pooled(rows, path, n, "final_latency")
+            turn = pooled(rows, path, n, "turn_latency")
+            lag = pooled(rows, path, n, "partial_lag")
+            figures[path] = {"final": fin, "turn": turn}
+            table.append(
+                f"| {n} | {path} | {fmt(fin['p50'])} / {fmt(fin['p95'])} "
+                f"| {fmt(turn['p50'])} / {fmt(turn['p95'])} | {fmt(lag['p95'])} "
+                f"| {sum(r['frames_dropped'] for r in mine)} "
+                f"| {np.mean([r['client_cpu_percent'] for r in mine]):.0f} "
+                f"| {sum(len(r['errors']) for r in mine)} |")
+        if len(figures) == 2:
+            added = {m: (None if figures["webrtc"][m]["p95"] is None
+                         or figures["grpc"][m]["p95"] is None
+                         else figures["webrtc"][m]["p95"] - figures["grpc"][m]["p95"])
+                     for m in ("final", "turn")}
+            verdicts.append({"n": n, "added_p95_ms": added,
+                             "within_bound": all(v is not None and v <= BOUND_MS
+                                                 for v in added.values())})
+    lines = [*table, ""]
+    for v in verdicts:
+        a = v["added_p95_ms"]
+        lines.append(f"* N = {v['n']}: WebRTC adds {fmt(a['final'])} ms to the p95 final and "
+                     f"{fmt(a['turn'])} ms to the p95 end of turn "
+                     f"({'within' if v['within_bound'] else 'OVER'} the {BOUND_MS:.0f} ms "
+                     "bound).")
+    return verdicts, "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--sessions", default="1,4", help="N, comma-separated")
+    ap.add_argument("--seconds", type=float, default=40.0, help="streaming time per run")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs of each (path, N); odd rounds run gRPC first, even WebRTC")
+    ap.add_argument("--profile", default="realistic", choices=PROFILES)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args()
+    if not 1 <= args.rounds <= 10 or not 5.0 <= args.seconds <= 600.0:
+        ap.error("--rounds is 1 to 10 and --seconds 5 to 600")
+    ns = [int(x) for x in args.sessions.split(",")]
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    host = host_info()
+    print(host_line(host), flush=True)
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    for rnd in range(args.rounds):
+        for n in ns:
+            for path in (PATHS if rnd % 2 == 0 else PATHS[::-1]):
+                t = time.monotonic()
+                row = asyncio.run(run_path(path, n, args.seconds, args.profile))
+                row["round"] = rnd + 1
+                row["wall_s"] = round(time.monotonic() - t, 1)
+                rows.append(row)
+                print(f"round {rnd + 1} N={n} {path}: final p95 "
+                      f"{fmt(row['final_latency']['p95'])} ms, end of turn p95 "
+                      f"{fmt(row['turn_latency']['p95'])} ms, errors {row['errors'][:3]}",
+                      flush=True)
+    verdicts, text = summary(rows, ns)
+    meta = {"profile": args.profile, "seconds": args.seconds, "rounds": args.rounds,
+            "bound_ms": BOUND_MS, "host": host,
+            "wall_s": round(time.monotonic() - started, 1), "verdicts": verdicts}
+    stem = args.out / "webrtc_bench"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    report = (f"# WebRTC vs gRPC latency ({args.profile} profile, {args.seconds:.0f} s per "
+              f"run, {args.rounds} round(s), {meta['wall_s'] / 60:.1f} min)\n\n"
+              f"{host_line(host)}\n\nLatencies in ms from each frame's due time on the "
+              "client (method: benchmarks/webrtc_bench.py). Fresh daemon per run.\n\n" + text)
+    stem.with_suffix(".md").write_text(report)
+    print(report, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
