@@ -387,3 +387,20 @@ def test_webrtc_cli_bad_input_is_exit_2_and_one_sentence(
     err = capsys.readouterr().err.strip()
     assert err.startswith("alfred-daemon: ") and message in err, err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_the_answer_asks_for_64_kbits_mono_opus_with_fec() -> None:
+    from alfred_daemon.api.webrtc_ice import with_opus_params
+
+    offer_like = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+                  "a=fmtp:111 minptime=10;useinbandfec=0\r\na=rtpmap:0 PCMU/8000\r\n"
+                  "a=fmtp:0 x=1\r\n")
+    out = with_opus_params(offer_like)
+    assert ("a=fmtp:111 minptime=10;useinbandfec=1;maxaveragebitrate=64000;stereo=0"
+            in out.split("\r\n")), out
+    assert "a=fmtp:0 x=1" in out.split("\r\n"), out  # other codecs untouched
+    # No fmtp line for Opus at all: one is added right after its rtpmap.
+    bare = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 OPUS/48000/2\r\na=ssrc:1\r\n"
+    lines = with_opus_params(bare).split("\r\n")
+    assert lines[3] == "a=fmtp:96 maxaveragebitrate=64000;useinbandfec=1;stereo=0", lines
+    assert with_opus_params(with_opus_params(bare)) == with_opus_params(bare)

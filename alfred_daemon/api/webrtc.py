@@ -64,7 +64,13 @@ from .events_json import (
     wire,
 )
 from .outbox import Outbox, fill
-from .webrtc_ice import InvalidOfferError, WebRtcConfig, answer_offer, check_offer
+from .webrtc_ice import (
+    InvalidOfferError,
+    WebRtcConfig,
+    answer_offer,
+    check_offer,
+    with_opus_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +272,7 @@ class WhipApi:
         peer.tasks += peer.audio_tasks
         runner = asyncio.create_task(self._run(peer), name=f"whip-{sid}")
         peer.tasks.append(runner)
-        return pc.localDescription.sdp
+        return with_opus_params(pc.localDescription.sdp)
 
     def _wire(self, peer: Peer) -> None:
         """Subscribe to the peer connection's state and data channels."""
