@@ -1,0 +1,110 @@
+"""Runs inside .venv-livekit (LiveKit Agents + alfred-client[livekit]), for
+tests/test_livekit_plugin.py: feeds WAV files and silences as 10 ms ``rtc.AudioFrame``s at
+real-time pace into ``alfred_client.livekit.STT().stream()`` against a live daemon and
+prints one JSON document: the LiveKit ``SpeechEvent``s in the order the stream yielded them,
+the daemon's own events (the STT's ``event_hook``), ``STT.recognize`` over the same audio
+and what the example agent builds.
+
+    python livekit_driver.py TARGET EXAMPLE.py ITEM...   (ITEM: a .wav path or silence
+                                                          seconds, e.g. 4.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import time
+import wave
+from typing import Any
+
+from alfred_client import Event
+from alfred_client.livekit import STT
+from livekit import rtc
+
+RATE = 16_000
+FRAME_SAMPLES = RATE // 100
+"""10 ms frames, what a LiveKit room's audio stream delivers."""
+DRAIN_TIMEOUT_S = 30.0
+
+
+def load_audio(items: list[str]) -> bytes:
+    pcm = bytearray()
+    for item in items:
+        if item.endswith(".wav"):
+            with wave.open(item, "rb") as wf:
+                assert (wf.getframerate(), wf.getnchannels(), wf.getsampwidth()) == (RATE, 1, 2)
+                pcm += wf.readframes(wf.getnframes())
+        else:
+            pcm += bytes(2 * int(float(item) * RATE))
+    return bytes(pcm)
+
+
+async def example_summary(path: str) -> dict[str, Any]:
+    """Import the example agent and build its session (no LiveKit server, no keys; in a
+    running event loop, as a LiveKit job does)."""
+    spec = importlib.util.spec_from_file_location("livekit_agent_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    session = module.build_session("127.0.0.1:1")
+    return {"stt": type(session.stt).__module__ + "." + type(session.stt).__name__,
+            "turn_detection": session.turn_detection, "vad": session.vad is not None}
+
+
+async def run(target: str, pcm: bytes) -> dict[str, Any]:
+    t0 = time.monotonic()
+    daemon: list[dict[str, Any]] = []
+
+    def hook(ev: Event) -> None:
+        daemon.append({"t": round(time.monotonic() - t0, 3), **ev.to_dict()})
+
+    plugin = STT(target, event_hook=hook)
+    stream = plugin.stream()
+    events: list[dict[str, Any]] = []
+
+    async def feed() -> None:
+        frames = [pcm[i : i + 2 * FRAME_SAMPLES] for i in range(0, len(pcm), 2 * FRAME_SAMPLES)]
+        start = time.monotonic()
+        for k, chunk in enumerate(frames):
+            stream.push_frame(rtc.AudioFrame(chunk, RATE, 1, len(chunk) // 2))
+            await asyncio.sleep(max(0.0, start + (k + 1) * 0.01 - time.monotonic()))
+        stream.end_input()
+
+    async def consume() -> None:
+        async for ev in stream:
+            alt = ev.alternatives[0] if ev.alternatives else None
+            events.append({
+                "t": round(time.monotonic() - t0, 3), "type": ev.type.value,
+                "text": alt.text if alt else None,
+                "start_time": alt.start_time if alt else None,
+                "end_time": alt.end_time if alt else None,
+                "language": str(alt.language) if alt else None,
+                "speech_start_time": ev.speech_start_time,
+                "speech_end_time": ev.speech_end_time, "created_at": ev.created_at,
+                "request_id": ev.request_id})
+
+    feeder = asyncio.create_task(feed())
+    await asyncio.wait_for(consume(), len(pcm) / 2 / RATE + DRAIN_TIMEOUT_S)
+    await feeder
+    await stream.aclose()
+
+    # STT.recognize (non-streaming) over the same audio in one buffer.
+    streamed, daemon[:] = list(daemon), []
+    frame = rtc.AudioFrame(pcm, RATE, 1, len(pcm) // 2)
+    batch = await plugin.recognize(frame)
+    await plugin.aclose()
+    return {"events": events, "daemon": streamed, "recognize_daemon": daemon,
+            "recognize": {"type": batch.type.value, "text": batch.alternatives[0].text}}
+
+
+def main() -> None:
+    target, example, *items = sys.argv[1:]
+    out = asyncio.run(run(target, load_audio(items)))
+    out["example"] = asyncio.run(example_summary(example))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
