@@ -19,9 +19,10 @@ import time
 import wave
 from typing import Any
 
-from alfred_client import Event
+from alfred_client import Event, SessionOptions
 from alfred_client.livekit import STT
 from livekit import rtc
+from livekit.agents import APIConnectOptions, APIError, stt
 
 RATE = 16_000
 FRAME_SAMPLES = RATE // 100
@@ -99,9 +100,45 @@ async def run(target: str, pcm: bytes) -> dict[str, Any]:
             "recognize": {"type": batch.type.value, "text": batch.alternatives[0].text}}
 
 
+async def error_cases(target: str) -> dict[str, Any]:
+    """What LiveKit's retry makes of the plugin's errors (``max_retry=2``): a daemon that
+    cannot be reached is retried, a session config the daemon refuses is not."""
+    out: dict[str, Any] = {}
+    cases = (("unreachable", "127.0.0.1:1", SessionOptions()),
+             ("refused", target, SessionOptions(vad_threshold=0.01)))
+    for name, where, options in cases:
+        plugin = STT(where, options=options)
+        errors: list[dict[str, Any]] = []
+
+        def on_error(err: stt.STTError, errors: list[dict[str, Any]] = errors) -> None:
+            errors.append({"error": type(err.error).__name__, "recoverable": err.recoverable,
+                           "status_code": getattr(err.error, "status_code", None)})
+
+        plugin.on("error", on_error)
+        stream = plugin.stream(conn_options=APIConnectOptions(
+            max_retry=2, retry_interval=0.1, timeout=5.0))
+        stream.push_frame(rtc.AudioFrame(bytes(2 * FRAME_SAMPLES), RATE, 1, FRAME_SAMPLES))
+        stream.end_input()
+        raised = None
+        try:
+            await asyncio.wait_for(_drain(stream), DRAIN_TIMEOUT_S)
+        except APIError as exc:
+            raised = type(exc).__name__
+        await stream.aclose()
+        await plugin.aclose()
+        out[name] = {"errors": errors, "raised": raised}
+    return out
+
+
+async def _drain(stream: stt.RecognizeStream) -> None:
+    async for _ in stream:
+        pass
+
+
 def main() -> None:
     target, example, *items = sys.argv[1:]
     out = asyncio.run(run(target, load_audio(items)))
+    out["errors"] = asyncio.run(error_cases(target))
     out["example"] = asyncio.run(example_summary(example))
     print(json.dumps(out))
 

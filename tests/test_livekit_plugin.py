@@ -186,3 +186,16 @@ def test_start_and_end_times(run: dict[str, Any]) -> None:
 def test_example_agent_builds(run: dict[str, Any]) -> None:
     assert run["example"] == {"stt": "alfred_client.livekit.stt.STT",
                               "turn_detection": "stt", "vad": False}
+
+
+def test_errors_drive_livekits_retry(run: dict[str, Any]) -> None:
+    """An unreachable daemon is a retryable APIConnectionError: LiveKit tries max_retry (2)
+    more times, then gives up. A config the daemon refuses (INVALID_ARGUMENT) is a 400
+    APIStatusError: no retry, it would be refused again."""
+    unreachable, refused = run["errors"]["unreachable"], run["errors"]["refused"]
+    assert unreachable["raised"] == "APIConnectionError", unreachable
+    assert [e["recoverable"] for e in unreachable["errors"]] == [True, True, False], unreachable
+    assert all(e["error"] == "APIConnectionError" for e in unreachable["errors"]), unreachable
+    assert refused["raised"] == "APIStatusError", refused
+    assert refused["errors"] == [{"error": "APIStatusError", "recoverable": False,
+                                  "status_code": 400}], refused
