@@ -5,8 +5,9 @@ prints one JSON document: the LiveKit ``SpeechEvent``s in the order the stream y
 the daemon's own events (the STT's ``event_hook``), ``STT.recognize`` over the same audio
 and what the example agent builds.
 
-    python livekit_driver.py TARGET EXAMPLE.py ITEM...   (ITEM: a .wav path or silence
-                                                          seconds, e.g. 4.0)
+    python livekit_driver.py TARGET EXAMPLE.py IDLE_WAIT_S ITEM...
+        (ITEM: a .wav path or seconds of silence, e.g. 4.0; the first .wav and its silence
+        also make the reopen case, with IDLE_WAIT_S of no audio first)
 """
 
 from __future__ import annotations
@@ -66,11 +67,7 @@ async def run(target: str, pcm: bytes) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
 
     async def feed() -> None:
-        frames = [pcm[i : i + 2 * FRAME_SAMPLES] for i in range(0, len(pcm), 2 * FRAME_SAMPLES)]
-        start = time.monotonic()
-        for k, chunk in enumerate(frames):
-            stream.push_frame(rtc.AudioFrame(chunk, RATE, 1, len(chunk) // 2))
-            await asyncio.sleep(max(0.0, start + (k + 1) * 0.01 - time.monotonic()))
+        await _push(stream, pcm)
         stream.end_input()
 
     async def consume() -> None:
@@ -100,6 +97,48 @@ async def run(target: str, pcm: bytes) -> dict[str, Any]:
             "recognize": {"type": batch.type.value, "text": batch.alternatives[0].text}}
 
 
+async def _push(stream: stt.RecognizeStream, pcm: bytes) -> None:
+    """``pcm`` as 10 ms frames at real-time pace."""
+    frames = [pcm[i : i + 2 * FRAME_SAMPLES] for i in range(0, len(pcm), 2 * FRAME_SAMPLES)]
+    start = time.monotonic()
+    for k, chunk in enumerate(frames):
+        stream.push_frame(rtc.AudioFrame(chunk, RATE, 1, len(chunk) // 2))
+        await asyncio.sleep(max(0.0, start + (k + 1) * 0.01 - time.monotonic()))
+
+
+async def reopen_case(target: str, pcm: bytes, idle_wait_s: float) -> dict[str, Any]:
+    """A stream that gets no audio for ``idle_wait_s`` (no session may be opened: the daemon
+    would close it), then 0.5 s of silence (a session, which the daemon closes as idle),
+    then ``pcm``: a new session must carry it."""
+    daemon: list[dict[str, Any]] = []
+    plugin = STT(target, event_hook=lambda ev: daemon.append(ev.to_dict()))
+    stream = plugin.stream()
+    events: list[dict[str, Any]] = []
+
+    async def consume() -> None:
+        async for ev in stream:
+            alt = ev.alternatives[0] if ev.alternatives else None
+            events.append({"type": ev.type.value, "text": alt.text if alt else None,
+                           "request_id": ev.request_id})
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(idle_wait_s)
+    sessions_before_audio = sum(ev["type"] == "session_started" for ev in daemon)
+    await _push(stream, bytes(2 * RATE // 2))
+    for _ in range(int(DRAIN_TIMEOUT_S / 0.1)):
+        if any(ev["type"] == "session_closed" for ev in daemon):
+            break
+        await asyncio.sleep(0.1)
+    await _push(stream, pcm)
+    stream.end_input()
+    await asyncio.wait_for(consumer, DRAIN_TIMEOUT_S)
+    await stream.aclose()
+    await plugin.aclose()
+    return {"sessions_before_audio": sessions_before_audio, "events": events,
+            "closed": [ev["reason"] for ev in daemon if ev["type"] == "session_closed"],
+            "started": sum(ev["type"] == "session_started" for ev in daemon)}
+
+
 async def error_cases(target: str) -> dict[str, Any]:
     """What LiveKit's retry makes of the plugin's errors (``max_retry=2``): a daemon that
     cannot be reached is retried, a session config the daemon refuses is not."""
@@ -117,13 +156,24 @@ async def error_cases(target: str) -> dict[str, Any]:
         plugin.on("error", on_error)
         stream = plugin.stream(conn_options=APIConnectOptions(
             max_retry=2, retry_interval=0.1, timeout=5.0))
-        stream.push_frame(rtc.AudioFrame(bytes(2 * FRAME_SAMPLES), RATE, 1, FRAME_SAMPLES))
-        stream.end_input()
+
+        async def feed(stream: stt.RecognizeStream = stream) -> None:
+            """Silence, as a room sends it, until the stream gives up (bounded: 10 s)."""
+            silence = rtc.AudioFrame(bytes(2 * FRAME_SAMPLES), RATE, 1, FRAME_SAMPLES)
+            for _ in range(1000):
+                try:
+                    stream.push_frame(silence)
+                except RuntimeError:  # the stream has closed
+                    return
+                await asyncio.sleep(0.01)
+
+        feeder = asyncio.create_task(feed())
         raised = None
         try:
             await asyncio.wait_for(_drain(stream), DRAIN_TIMEOUT_S)
         except APIError as exc:
             raised = type(exc).__name__
+        feeder.cancel()
         await stream.aclose()
         await plugin.aclose()
         out[name] = {"errors": errors, "raised": raised}
@@ -136,8 +186,9 @@ async def _drain(stream: stt.RecognizeStream) -> None:
 
 
 def main() -> None:
-    target, example, *items = sys.argv[1:]
+    target, example, idle_wait, *items = sys.argv[1:]
     out = asyncio.run(run(target, load_audio(items)))
+    out["reopen"] = asyncio.run(reopen_case(target, load_audio(items[:2]), float(idle_wait)))
     out["errors"] = asyncio.run(error_cases(target))
     out["example"] = asyncio.run(example_summary(example))
     print(json.dumps(out))

@@ -48,9 +48,17 @@ the daemon waits 200 ms of silence (Smart Turn) up to 3 s (fallback) and sends t
 after the turn's final, whose decode took 2-3.7 s on this shared, loaded 2-core machine."""
 
 
+FIRST_AUDIO_TIMEOUT_S = 5.0
+"""The daemon's ``limits.firstAudioTimeout`` (default): a session without a second of audio
+by then is closed as idle. The module's daemon sweeps every 0.5 s (default 30 s) so the
+reopen case sees that within a second."""
+DAEMON_ENV = {**STEADY_LADDER_ENV, "ALFRED__LIMITS__CLEANUPINTERVAL": "0.5",
+              "ALFRED__LIMITS__FIRSTAUDIOTIMEOUT": str(FIRST_AUDIO_TIMEOUT_S)}
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with running_daemon(tmp_path_factory.mktemp("livekit"), env=STEADY_LADDER_ENV) as d:
+    with running_daemon(tmp_path_factory.mktemp("livekit"), env=DAEMON_ENV) as d:
         yield d
 
 
@@ -77,9 +85,9 @@ def test_installed_plugin_is_this_tree() -> None:
 def run(daemon: Daemon) -> dict[str, Any]:
     _installed_client()
     done = subprocess.run(
-        [str(PYTHON), str(DRIVER), daemon.target, str(EXAMPLE), str(JFK), str(GAP_S),
-         str(TIMIT), str(GAP_S)],
-        capture_output=True, text=True, timeout=180, check=False,
+        [str(PYTHON), str(DRIVER), daemon.target, str(EXAMPLE), str(FIRST_AUDIO_TIMEOUT_S + 1),
+         str(JFK), str(GAP_S), str(TIMIT), str(GAP_S)],
+        capture_output=True, text=True, timeout=240, check=False,
         cwd=VENV)  # not the repo: import the installed client only
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Traceback" not in done.stderr, done.stderr[-4000:]
@@ -199,3 +207,16 @@ def test_errors_drive_livekits_retry(run: dict[str, Any]) -> None:
     assert refused["raised"] == "APIStatusError", refused
     assert refused["errors"] == [{"error": "APIStatusError", "recoverable": False,
                                   "status_code": 400}], refused
+
+
+def test_session_opens_at_first_audio_and_reopens(run: dict[str, Any]) -> None:
+    """No daemon session while LiveKit's stream has no audio (the daemon would close it
+    after firstAudioTimeout); one the daemon closes while the stream goes on (idle) is
+    followed by another at the next frame, which carries the speech to its turn end."""
+    reopen = run["reopen"]
+    assert reopen["sessions_before_audio"] == 0, reopen
+    assert reopen["started"] == 2 and reopen["closed"][0] == "idle", reopen
+    turns = _turns(reopen["events"])
+    assert len(turns) >= 1, reopen["events"]
+    finals = " ".join(f for turn in turns for f in _finals(turn))
+    assert wer(JFK_REFERENCE, finals) <= WER_BOUND, finals

@@ -10,6 +10,8 @@ Event mapping (daemon -> LiveKit), per stream:
 ``turn_ended``          ``END_OF_SPEECH`` (after the turn's last final: the daemon never
                         sends it earlier), then ``RECOGNITION_USAGE``
 ``turn_resumed``        nothing: the turn LiveKit sees never closed
+``session_closed``      the end of the stream once LiveKit ended the input; before that,
+                        a new session at the next audio frame (see :class:`SpeechStream`)
 ======================  =============================================================
 
 So with ``turn_detection="stt"`` the daemon's Smart Turn decides when the user's turn ends.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -198,12 +201,18 @@ class STT(stt.STT[None]):
 
 
 class SpeechStream(stt.RecognizeStream):
-    """One daemon session: the frames pushed to it go out in 20 ms LINEAR16 chunks, the
-    daemon's events come back as ``SpeechEvent``s (see the module's table).
+    """Daemon sessions for a LiveKit STT stream: the frames pushed to it go out in 20 ms
+    LINEAR16 chunks, the daemon's events come back as ``SpeechEvent``s (see the module's
+    table).
 
-    A broken gRPC stream is resumed by the client with the session's resume token (no audio
-    lost); when that fails, the error is mapped by :func:`api_error` and LiveKit's retry
-    opens a new session (``_run`` again, offsets from 0 again, anchored anew).
+    A session is opened at the first audio frame, not when LiveKit creates the stream (an
+    agent's stream can wait long for a participant to publish audio, and the daemon closes a
+    session that has not had a second of audio within ``limits.firstAudioTimeout``, 5 s).
+    If the daemon closes a session while LiveKit still has audio to send (``idle`` after a
+    long pause in the frames, ``max_duration``), the next frame opens another one. A broken
+    gRPC stream is resumed by the client with the session's resume token (no audio lost);
+    when that fails, the error is mapped by :func:`api_error` and LiveKit's retry calls
+    ``_run`` again.
     """
 
     def __init__(self, *, stt: STT, conn_options: APIConnectOptions, options: SessionOptions,
@@ -216,7 +225,10 @@ class SpeechStream(stt.RecognizeStream):
         self._language = LanguageCode(options.language)
         self._session_id = ""
         self._anchor: float | None = None
-        """Wall-clock time of the session's audio offset 0."""
+        """Wall-clock time of the current session's audio offset 0."""
+        self._run_anchor: float | None = None
+        """The first session's anchor in this ``_run``: SpeechData times count from it."""
+        self._input_done = False
         self._in_turn = False
         self._last_speech_end_ms = 0
         self._utterance_start_ms: dict[int, int] = {}
@@ -225,7 +237,7 @@ class SpeechStream(stt.RecognizeStream):
 
     @property
     def session_id(self) -> str:
-        """The daemon session of the current attempt ("" before it started)."""
+        """The current daemon session ("" before the first audio frame)."""
         return self._session_id
 
     def send_control(self, control: Control) -> None:
@@ -234,11 +246,38 @@ class SpeechStream(stt.RecognizeStream):
         self._controls.append(control)
 
     async def _run(self) -> None:
+        self._run_anchor = None
+        self._input_done = False
+        for _ in itertools.count():
+            first = await self._first_frame()
+            if first is None:
+                return
+            await self._session(first)
+            if self._input_done:
+                return
+            logger.info("alfred-daemon closed session %s while audio goes on; the next "
+                        "frame opens another", self._session_id)
+
+    async def _first_frame(self) -> rtc.AudioFrame | None:
+        """The next audio frame (a flush before any audio has nothing to flush); None once
+        the input has ended."""
+        for _ in itertools.count():
+            try:
+                item = await self._input_ch.recv()
+            except utils.aio.ChanClosed:
+                self._input_done = True
+                return None
+            if isinstance(item, rtc.AudioFrame):
+                return item
+        return None  # unreachable: the loop ends by returning
+
+    async def _session(self, first: rtc.AudioFrame) -> None:
         self._anchor = None
         self._in_turn = False
+        self._last_speech_end_ms = 0
         self._utterance_start_ms.clear()
         try:
-            async for ev in self._alfred.client().stream(self._items(), self._rate,
+            async for ev in self._alfred.client().stream(self._items(first), self._rate,
                                                          options=self._options):
                 if self._alfred._event_hook is not None:
                     self._alfred._event_hook(ev)
@@ -246,19 +285,21 @@ class SpeechStream(stt.RecognizeStream):
         except StreamError as exc:
             raise api_error(exc) from exc
 
-    async def _items(self) -> AsyncIterator[bytes | Control]:
-        """The input channel as 20 ms chunks (the client's unit of resume), controls between
-        them; a LiveKit flush (``end_input``) sends what is buffered and a daemon FLUSH."""
+    async def _items(self, first: rtc.AudioFrame) -> AsyncIterator[bytes | Control]:
+        """``first`` and the input channel as 20 ms chunks (the client's unit of resume),
+        controls between them; a LiveKit flush (``end_input``) sends what is buffered and a
+        daemon FLUSH."""
         chunk = self._rate * FRAME_MS // 1000 * 2
         buf = bytearray()
-        async for item in self._input_ch:
+        # The frame just arrived holds the audio up to now: offset 0 is its start.
+        self._anchor = time.time() - first.duration
+        if self._run_anchor is None:
+            self._run_anchor = self.start_time = self._anchor
+        item: rtc.AudioFrame | stt.RecognizeStream._FlushSentinel = first
+        for _ in itertools.count():
             while self._controls:
                 yield self._controls.pop(0)
             if isinstance(item, rtc.AudioFrame):
-                if self._anchor is None:
-                    # The frame just arrived holds the audio up to now: offset 0 is its start.
-                    self._anchor = time.time() - item.duration
-                    self.start_time = self._anchor
                 buf += _mono_pcm(item)
                 self._sent_s += item.duration
                 while len(buf) >= chunk:
@@ -269,6 +310,11 @@ class SpeechStream(stt.RecognizeStream):
                     yield bytes(buf)
                     buf.clear()
                 yield Control.flush()
+            try:
+                item = await self._input_ch.recv()
+            except utils.aio.ChanClosed:
+                self._input_done = True
+                break
         if buf:
             yield bytes(buf)
 
@@ -276,7 +322,8 @@ class SpeechStream(stt.RecognizeStream):
         return None if self._anchor is None else self._anchor + offset_ms / 1000.0
 
     def _seconds(self, offset_ms: int) -> float:
-        return self.start_time_offset + offset_ms / 1000.0
+        since_run = (self._anchor or 0.0) - (self._run_anchor or 0.0)
+        return self.start_time_offset + since_run + offset_ms / 1000.0
 
     def _send(self, kind: stt.SpeechEventType, *, text: str | None = None, start_ms: int = 0,
               end_ms: int = 0, speech_start_time: float | None = None,
