@@ -1,9 +1,10 @@
 """Runs inside .venv-livekit (LiveKit Agents + alfred-client[livekit]), for
 tests/test_livekit_plugin.py: feeds WAV files and silences as 10 ms ``rtc.AudioFrame``s at
-real-time pace into ``alfred_client.livekit.STT().stream()`` against a live daemon and
-prints one JSON document: the LiveKit ``SpeechEvent``s in the order the stream yielded them,
-the daemon's own events (the STT's ``event_hook``), ``STT.recognize`` over the same audio
-and what the example agent builds.
+real-time pace (at 48 kHz, a room's rate) into ``alfred_client.livekit.STT().stream()``
+against a live daemon and prints one JSON document: the LiveKit ``SpeechEvent``s in the
+order the stream yielded them, the daemon's own events (the STT's ``event_hook``),
+``STT.recognize`` over the same audio, the reopen and error cases, and what the example
+agent builds.
 
     python livekit_driver.py TARGET EXAMPLE.py IDLE_WAIT_S ITEM...
         (ITEM: a .wav path or seconds of silence, e.g. 4.0; the first .wav and its silence
@@ -26,8 +27,10 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, stt
 
 RATE = 16_000
+ROOM_RATE = 48_000
+"""What a LiveKit room's audio stream delivers (the STT resamples it to 16 kHz)."""
 FRAME_SAMPLES = RATE // 100
-"""10 ms frames, what a LiveKit room's audio stream delivers."""
+"""10 ms frames, as a room delivers them."""
 DRAIN_TIMEOUT_S = 30.0
 
 
@@ -67,7 +70,7 @@ async def run(target: str, pcm: bytes) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
 
     async def feed() -> None:
-        await _push(stream, pcm)
+        await _push(stream, to_room_rate(pcm), ROOM_RATE)
         stream.end_input()
 
     async def consume() -> None:
@@ -97,12 +100,21 @@ async def run(target: str, pcm: bytes) -> dict[str, Any]:
             "recognize": {"type": batch.type.value, "text": batch.alternatives[0].text}}
 
 
-async def _push(stream: stt.RecognizeStream, pcm: bytes) -> None:
+def to_room_rate(pcm: bytes) -> bytes:
+    """16 kHz PCM at 48 kHz (LiveKit's own resampler), as a room would carry it."""
+    resampler = rtc.AudioResampler(RATE, ROOM_RATE, quality=rtc.AudioResamplerQuality.HIGH)
+    frames = [*resampler.push(rtc.AudioFrame(pcm, RATE, 1, len(pcm) // 2)),
+              *resampler.flush()]
+    return b"".join(bytes(f.data) for f in frames)
+
+
+async def _push(stream: stt.RecognizeStream, pcm: bytes, rate: int = RATE) -> None:
     """``pcm`` as 10 ms frames at real-time pace."""
-    frames = [pcm[i : i + 2 * FRAME_SAMPLES] for i in range(0, len(pcm), 2 * FRAME_SAMPLES)]
+    step = 2 * rate // 100
+    frames = [pcm[i : i + step] for i in range(0, len(pcm), step)]
     start = time.monotonic()
     for k, chunk in enumerate(frames):
-        stream.push_frame(rtc.AudioFrame(chunk, RATE, 1, len(chunk) // 2))
+        stream.push_frame(rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2))
         await asyncio.sleep(max(0.0, start + (k + 1) * 0.01 - time.monotonic()))
 
 

@@ -3,9 +3,10 @@
 LiveKit Agents lives in its own virtualenv, ``.venv-livekit`` (``make setup`` builds it from
 clients/python/requirements-livekit.txt and installs clients/python[livekit] from source
 into it), as a LiveKit user has it. ``tests/livekit_driver.py`` runs there: it pushes
-jfk.wav, 4 s of silence, a TIMIT sentence and 4 s of silence as 10 ms ``rtc.AudioFrame``s at
-real-time pace into ``STT().stream()`` and prints the ``SpeechEvent``s it yielded and the
-daemon events behind them. The daemon runs in this environment (``running_daemon``).
+jfk.wav, 4 s of silence, a TIMIT sentence and 4 s of silence as 10 ms ``rtc.AudioFrame``s
+at real-time pace, at 48 kHz as a room carries them, into ``STT().stream()`` and prints the
+``SpeechEvent``s it yielded and the daemon events behind them. The daemon runs in this
+environment (``running_daemon``).
 
 What it shows: LiveKit sees START_OF_SPEECH, interims and finals, END_OF_SPEECH for each
 turn, in that order; END_OF_SPEECH comes exactly when the daemon said ``turn_ended`` --
