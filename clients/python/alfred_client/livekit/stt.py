@@ -272,7 +272,11 @@ class SpeechStream(stt.RecognizeStream):
         return None  # unreachable: the loop ends by returning
 
     async def _session(self, first: rtc.AudioFrame) -> None:
-        self._anchor = None
+        # ``first`` was just taken from the input: it holds the audio up to now, so the
+        # session's offset 0 is its start (set before the call, whose set-up takes time).
+        self._anchor = time.time() - first.duration
+        if self._run_anchor is None:
+            self._run_anchor = self.start_time = self._anchor
         self._in_turn = False
         self._last_speech_end_ms = 0
         self._utterance_start_ms.clear()
@@ -291,10 +295,6 @@ class SpeechStream(stt.RecognizeStream):
         daemon FLUSH."""
         chunk = self._rate * FRAME_MS // 1000 * 2
         buf = bytearray()
-        # The frame just arrived holds the audio up to now: offset 0 is its start.
-        self._anchor = time.time() - first.duration
-        if self._run_anchor is None:
-            self._run_anchor = self.start_time = self._anchor
         item: rtc.AudioFrame | stt.RecognizeStream._FlushSentinel = first
         for _ in itertools.count():
             while self._controls:
