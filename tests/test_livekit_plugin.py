@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, SHARED_AUDIO
+from .conftest import REPO
 from .grpc_helpers import JFK, JFK_REFERENCE, STEADY_LADDER_ENV, Daemon, running_daemon, wer
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ DRIVER = REPO / "tests" / "livekit_driver.py"
 EXAMPLE = REPO / "clients" / "python" / "examples" / "livekit_agent.py"
 CLIENT = REPO / "clients" / "python" / "alfred_client"
 
-TIMIT = SHARED_AUDIO / "long" / "deepspeech_LDC93S1.wav"
+TIMIT = REPO / "tests" / "data" / "long" / "deepspeech_LDC93S1.wav"
 TIMIT_REFERENCE = "She had your dark suit in greasy wash water all year."
 GAP_S = 4.0
 """Silence after each file: past the daemon's 3 s fallback, so each file ends a turn."""

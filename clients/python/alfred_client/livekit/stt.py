@@ -1,4 +1,4 @@
-"""The LiveKit Agents ``stt.STT`` backed by one alfred-daemon gRPC session per stream.
+"""The LiveKit Agents ``stt.STT`` backed by alfred-daemon: a gRPC session per LiveKit stream.
 
 Event mapping (daemon -> LiveKit), per stream:
 
