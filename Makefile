@@ -72,6 +72,43 @@ $(PIPECAT_STAMP): benchmarks/requirements-pipecat.txt
 	$(PIPECAT_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-pipecat.txt
 	touch $@
 
+# LiveKit Agents in a virtualenv of its own, as a LiveKit user has it: the pinned
+# clients/python/requirements-livekit.txt, then the client with its [livekit] extra installed
+# from a copy of clients/python (pip builds in the source tree; the copy keeps build/ out of
+# the repo). Rebuilt when the client's sources change. tests/test_livekit_plugin.py runs the
+# plugin there against a live daemon; `make typecheck` type-checks it there (livekit is not
+# in .venv, so the main mypy run excludes alfred_client/livekit).
+LIVEKIT_VENV  := .venv-livekit
+LIVEKIT_STAMP := $(LIVEKIT_VENV)/.installed
+LIVEKIT_REQS  := clients/python/requirements-livekit.txt
+LIVEKIT_SRC   := clients/python/pyproject.toml $(shell find clients/python/alfred_client \
+                 -name '*.py' -o -name '*.pyi' -o -name py.typed)
+LIVEKIT_MYPY  := clients/python/alfred_client/livekit clients/python/examples/livekit_agent.py \
+                 tests/livekit_driver.py
+
+.PHONY: livekit-env typecheck-livekit
+setup: $(LIVEKIT_STAMP)
+typecheck: typecheck-livekit
+
+livekit-env: $(LIVEKIT_STAMP)
+
+$(LIVEKIT_STAMP): $(LIVEKIT_REQS) $(LIVEKIT_SRC)
+	$(PYTHON) -m venv $(LIVEKIT_VENV)
+	$(LIVEKIT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LIVEKIT_VENV)/bin/python -m pip install --quiet -r $(LIVEKIT_REQS)
+	rm -rf $(LIVEKIT_VENV)/alfred-client-src
+	cp -r clients/python $(LIVEKIT_VENV)/alfred-client-src
+	$(LIVEKIT_VENV)/bin/python -m pip install --quiet -c $(LIVEKIT_REQS) \
+		'$(LIVEKIT_VENV)/alfred-client-src[livekit]'
+	rm -rf $(LIVEKIT_VENV)/alfred-client-src
+	touch $@
+
+# mypy --strict with .venv-livekit's packages, on the sources in the tree (MYPYPATH puts them
+# before the installed copy).
+typecheck-livekit: $(LIVEKIT_STAMP)
+	MYPYPATH=clients/python $(LIVEKIT_VENV)/bin/mypy --strict --python-version 3.11 \
+		--config-file= --cache-dir .mypy_cache/livekit $(LIVEKIT_MYPY)
+
 # Re-resolve every Python dependency (daemon, dev tools, benchmark plot) from pyproject.toml
 # in a scratch venv and pin the result in requirements.lock, which `make setup` and CI
 # install from. Run it to take new releases on purpose; commit the lock with the change.
@@ -86,4 +123,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) $(PIPECAT_VENV) .venv-lock .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PIPECAT_VENV) $(LIVEKIT_VENV) .venv-lock .mypy_cache .pytest_cache .ruff_cache
