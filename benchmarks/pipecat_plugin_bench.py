@@ -19,7 +19,9 @@ Per clip (= one user turn: each clip is followed by ``--gap`` s of the noise flo
 
 * end-of-turn latency: from the clip's speech end (measured on the clean audio, not by
   either VAD) to the arrival at the LLM stub of the ``LLMContextFrame`` carrying the user
-  turn -- the moment an agent would start answering, transcript included;
+  turn complete with its transcript -- the first one handed over once the aggregator held
+  the clip's last final (one handed over before is a ``stale_turn``: the agent would answer
+  without the last words), the moment an agent starts answering the whole turn;
 * final-transcript latency: from the speech end to the arrival at the user aggregator of
   the last ``TranscriptionFrame`` of the clip;
 * WER of the turn text(s) against the clip's transcript; turns handed over before the
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -104,15 +107,20 @@ def per_clip(result: dict[str, Any], refs: dict[str, str]) -> list[dict[str, Any
         start, end, stop = clip["start_s"], clip["speech_end_s"], clip["end_s"]
         turns = [(t, x) for t, x in result["turns"] if start < t <= stop]
         finals = [(t, x) for t, x in result["finals"] if start < t <= stop]
-        late_turns = [t for t, _ in turns if t >= end]
         late_finals = [t for t, _ in finals if t >= end]
+        # The turn is complete with its transcript once the aggregator holds the clip's
+        # last final: a turn handed over after the speech end but before that final is
+        # stale (its text lacks the last words), and the one after it completes the clip.
+        complete_from = late_finals[-1] if late_finals else end
+        complete = [t for t, _ in turns if t >= complete_from]
         text = " ".join(x for _, x in turns)
         out.append({
             "file": clip["file"], "speech_s": round(end - start, 3), "text": text,
-            "turns": len(turns), "early_turns": len(turns) - len(late_turns),
+            "turns": len(turns), "early_turns": sum(1 for t, _ in turns if t < end),
+            "stale_turns": sum(1 for t, _ in turns if end <= t < complete_from),
             "finals": len(finals),
             "interims": sum(1 for t, _ in result["interims"] if start < t <= stop),
-            "turn_latency_ms": (late_turns[0] - end) * 1000.0 if late_turns else None,
+            "turn_latency_ms": (complete[0] - end) * 1000.0 if complete else None,
             "final_latency_ms": (late_finals[-1] - end) * 1000.0 if late_finals else None,
             "wer": wer(refs[Path(clip["file"]).name], text),
         })
@@ -132,6 +140,7 @@ def summary(clips: list[dict[str, Any]], refs: dict[str, str]) -> dict[str, Any]
     return {"end_of_turn_ms": percentiles(turn), "final_ms": percentiles(final),
             "turns_missing": sum(c["turn_latency_ms"] is None for c in clips),
             "early_turns": sum(c["early_turns"] for c in clips),
+            "stale_turns": sum(c["stale_turns"] for c in clips),
             "wer": wer(ref, " ".join(c["text"] for c in clips))}
 
 
@@ -143,8 +152,6 @@ def host() -> dict[str, Any]:
             if line.startswith("model name") and not cpu:
                 cpu = line.split(":", 1)[1].strip()
             vnni += line.startswith("flags") and " avx512_vnni" in line
-    import os
-
     return {"cpu": cpu, "avx512_vnni_count": vnni, "cores": len(os.sched_getaffinity(0)),
             "load_avg_1m_at_start": os.getloadavg()[0]}
 
@@ -162,8 +169,8 @@ def report(doc: dict[str, Any]) -> str:
         "the clean audio). `python benchmarks/pipecat_plugin_bench.py`.",
         "",
         "| pipeline | end of turn p50 | p95 | max | final p50 | p95 | max | missing turns "
-        "| early turns | WER |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| early turns | stale turns | WER |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, label in (("alfred", "(A) AlfredSTTService + alfred turn strategies"),
                         ("local", "(B) Silero + WhisperSTTService + LocalSmartTurnV3")):
@@ -175,15 +182,34 @@ def report(doc: dict[str, Any]) -> str:
 
         lines.append(f"| {label} | {ms(t['p50'])} | {ms(t['p95'])} | {ms(t['max'])} | "
                      f"{ms(f['p50'])} | {ms(f['p95'])} | {ms(f['max'])} | "
-                     f"{s['turns_missing']} | {s['early_turns']} | {100 * s['wer']:.1f} % |")
-    lines += ["", "Per clip (end of turn / final, ms):", "",
+                     f"{s['turns_missing']} | {s['early_turns']} | {s['stale_turns']} | "
+                     f"{100 * s['wer']:.1f} % |")
+    lines += ["", "Conditions of each run (the host is shared: other test suites ran meanwhile):",
+              ""]
+    for name in ("alfred", "local"):
+        raw = doc["systems"][name]["raw"]
+        lag = raw.get("daemon_lag_ms") or []
+        lines.append(f"* {name}: the runner's frame pushes were up to "
+                     f"{raw['push_lag_max_ms']:.0f} ms late (event loop starved)"
+                     + (f"; daemon lag behind real time up to {max(lag):.0f} ms" if lag else "")
+                     + (f"; 1-min load average {raw['load_avg_1m']:.2f} at its end"
+                        if "load_avg_1m" in raw else ""))
+    reasons = [t["reason"] for t in doc["systems"]["alfred"]["raw"]["daemon_turns"]]
+    lines += ["* the daemon's turn ends: " + ", ".join(
+        f"{reasons.count(r)} {r}" for r in sorted(set(reasons))),
+        "", "A turn (or final) that arrives after the next clip has started is counted in "
+        "that clip's window: a system lagging more than the gap loses the turn for its clip "
+        "('-') and shifts text into the next one (per-clip WER, not the total).",
+        "", "Per clip (end of turn / final, ms):", "",
               "| clip | speech s | alfred | local |", "| --- | --- | --- | --- |"]
     a, b = doc["systems"]["alfred"]["clips"], doc["systems"]["local"]["clips"]
     for ca, cb in zip(a, b, strict=True):
         def cell(c: dict[str, Any]) -> str:
             t, f = c["turn_latency_ms"], c["final_latency_ms"]
+            notes = [f"{c[k]} {k.split('_')[0]}" for k in ("early_turns", "stale_turns")
+                     if c[k]]
             return (f"{'-' if t is None else round(t)} / {'-' if f is None else round(f)}"
-                    + (f" ({c['early_turns']} early)" if c["early_turns"] else ""))
+                    + (f" ({', '.join(notes)})" if notes else ""))
         lines.append(f"| {ca['file']} | {ca['speech_s']:.1f} | {cell(ca)} | {cell(cb)} |")
     return "\n".join(lines) + "\n"
 
@@ -196,19 +222,31 @@ def main() -> int:
     ap.add_argument("--pipecat-python", type=Path, default=REPO / ".venv-pipecat/bin/python")
     ap.add_argument("--gap", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/pipecat_plugin_bench")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite OUT.md from OUT.json, without running anything")
     args = ap.parse_args()
+    refs = references()
+    doc: dict[str, Any]
+    if args.report_only:  # the figures again from the raw records (e.g. a changed metric)
+        doc = json.loads(args.out.with_suffix(".json").read_text())
+        for s in doc["systems"].values():
+            s["clips"] = per_clip(s["raw"], refs)
+            s["summary"] = summary(s["clips"], refs)
+        args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        args.out.with_suffix(".md").write_text(report(doc))
+        return 0
     if not args.pipecat_python.is_file():
         raise SystemExit(f"{args.pipecat_python} missing: `make setup` builds .venv-pipecat")
     clips = [DATA / c for c in BENCH_CLIPS]
-    refs = references()
-    doc: dict[str, Any] = {"host": host(), "gap_s": args.gap, "clips": BENCH_CLIPS,
-                           "systems": {}}
+    doc = {"host": host(), "gap_s": args.gap, "clips": BENCH_CLIPS, "systems": {}}
     with tempfile.TemporaryDirectory(prefix="pipecat-plugin-bench-") as tmp, \
             running_daemon(Path(tmp), workers=2, env=STEADY_LADDER_ENV) as daemon:
         result = run_pipeline(args.pipecat_python, "alfred", clips, target=daemon.target,
                               gap=args.gap)
+        result["load_avg_1m"] = os.getloadavg()[0]
         doc["systems"]["alfred"] = {"raw": result, "clips": per_clip(result, refs)}
     result = run_pipeline(args.pipecat_python, "local", clips, gap=args.gap)
+    result["load_avg_1m"] = os.getloadavg()[0]
     doc["systems"]["local"] = {"raw": result, "clips": per_clip(result, refs)}
     for s in doc["systems"].values():
         s["summary"] = summary(s["clips"], refs)

@@ -90,6 +90,8 @@ class Record:
     interruptions: list[float] = field(default_factory=list)
     daemon_interruptions: list[float] = field(default_factory=list)
     daemon_turns: list[dict[str, Any]] = field(default_factory=list)
+    daemon_lag_ms: list[float] = field(default_factory=list)
+    """The session's lag behind real time, from the daemon's pipeline_health events."""
     bot_started: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -175,7 +177,12 @@ def alfred_stt_and_params(target: str, record: Record) -> tuple[Any, Any]:
                                     "probability": turn.probability,
                                     "transcript": turn.transcript})
 
+    async def on_daemon_event(_stt: Any, event: Any) -> None:
+        if event.type == "pipeline_health":
+            record.daemon_lag_ms.append(float(event.data.get("lag_ms", 0.0)))
+
     stt.add_event_handler("on_interruption", on_interruption)
+    stt.add_event_handler("on_daemon_event", on_daemon_event)
     stt.add_event_handler("on_turn_ended", on_turn_ended)
     return stt, LLMUserAggregatorParams(user_turn_strategies=stt.user_turn_strategies())
 
