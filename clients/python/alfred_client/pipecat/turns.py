@@ -22,6 +22,10 @@ user_turn_strategies`) and keep a reference to it, because two decisions need it
 * whether a turn that Pipecat ended on its own (the aggregator's ``user_turn_stop_timeout``
   watchdog, the end of the session) is still open in the daemon: then the daemon is told
   to end it too (``FORCE_END_OF_TURN``), so both sides agree on where the next turn starts.
+
+That watchdog (5 s by default) is only 2 s above the daemon's 3 s silence fallback: a daemon
+running seconds behind real time (an overloaded host) lets it end turns first. Raise
+``LLMUserAggregatorParams(user_turn_stop_timeout=...)`` if the daemon may lag.
 """
 
 from __future__ import annotations
