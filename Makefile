@@ -10,8 +10,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PIPECAT_VENV := .venv-pipecat
 PIPECAT_STAMP := $(PIPECAT_VENV)/.installed
+PIPECAT_TYPED := clients/python/alfred_client/pipecat/__init__.py \
+	clients/python/alfred_client/pipecat/stt.py clients/python/alfred_client/pipecat/turns.py \
+	benchmarks/pipecat_plugin_runner.py clients/python/examples/pipecat_bot.py
 
-.PHONY: run demo setup test lint typecheck unit bench bench-load lock clean
+.PHONY: run demo setup test lint typecheck unit bench bench-load bench-pipecat lock clean
 
 # The daemon in the foreground (Ctrl-C drains and stops it): gRPC 127.0.0.1:50051,
 # HTTP ops and the live monitor at http://127.0.0.1:8015/monitor.
@@ -22,7 +25,8 @@ run: setup
 demo: setup
 	$(BIN)/alfred-daemon transcribe --realtime $(SAMPLE)
 
-setup: $(STAMP)
+# The daemon's venv, and Pipecat's (tests/test_pipecat_plugin.py runs the Pipecat plugin there).
+setup: $(STAMP) $(PIPECAT_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock clients/node/package-lock.json
 	@# Debian's chromium, for the dashboard test (driven by Playwright, no browser download);
@@ -45,8 +49,11 @@ $(STAMP): pyproject.toml requirements.lock clients/node/package-lock.json
 lint: setup
 	$(BIN)/ruff check .
 
+# alfred_client.pipecat and its runner are checked where Pipecat is installed: the main run
+# excludes them (pyproject.toml), since Pipecat's classes would only be Any there.
 typecheck: setup
 	$(BIN)/mypy
+	$(PIPECAT_VENV)/bin/mypy --config-file pyproject.toml $(PIPECAT_TYPED)
 
 unit: setup
 	$(BIN)/pytest -q
@@ -65,11 +72,21 @@ bench-load: setup $(PIPECAT_STAMP)
 	$(BIN)/python benchmarks/load_bench.py --profiles $(PROFILES) \
 		--pipecat-python $(PIPECAT_VENV)/bin/python
 
-# Pipecat in a virtualenv of its own: it caps protobuf below what the daemon needs.
-$(PIPECAT_STAMP): benchmarks/requirements-pipecat.txt
+# A Pipecat pipeline on the daemon's plugin vs on Pipecat's local models (a few minutes):
+# benchmarks/results/pipecat_plugin_bench.{json,md}.
+bench-pipecat: setup
+	$(BIN)/python benchmarks/pipecat_plugin_bench.py --pipecat-python $(PIPECAT_VENV)/bin/python
+
+# Pipecat in a virtualenv of its own: it caps protobuf below what the daemon needs. The
+# client goes in from this tree, editable, with its pipecat extra (alfred_client.pipecat);
+# mypy and the stubs at the main venv's pinned versions type-check it there.
+$(PIPECAT_STAMP): benchmarks/requirements-pipecat.txt clients/python/pyproject.toml
 	$(PYTHON) -m venv $(PIPECAT_VENV)
 	$(PIPECAT_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(PIPECAT_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-pipecat.txt
+	$(PIPECAT_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-pipecat.txt \
+		-e 'clients/python[pipecat]'
+	$(PIPECAT_VENV)/bin/python -m pip install --quiet -c requirements.lock \
+		mypy types-grpcio types-protobuf
 	touch $@
 
 # LiveKit Agents in a virtualenv of its own, as a LiveKit user has it: the pinned
