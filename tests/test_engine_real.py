@@ -33,6 +33,7 @@ from alfred_daemon.engine.events import (
 from alfred_daemon.engine.int8_check import Int8Kernels
 from alfred_daemon.engine.jobs import Models
 from alfred_daemon.engine.session import Session
+from alfred_daemon.engine.stt import ONEDNN_CACHE
 from alfred_daemon.engine.text import norm_text
 from alfred_daemon.engine.turn import SmartTurn, prepare_waveform
 from alfred_daemon.engine.vad import WINDOW, VadState
@@ -374,3 +375,11 @@ def test_hot_path_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_loading_whisper_bounds_onednn_primitive_cache(models: Models) -> None:
+    """oneDNN's default cache keeps a primitive per GEMM shape, and every window length is
+    one: a worker's memory then grows with the variety of windows it decoded
+    (benchmarks/stt_memory_bench.py). The engine sets the bound before the first decode."""
+    assert os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == ONEDNN_CACHE

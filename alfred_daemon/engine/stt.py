@@ -39,6 +39,7 @@ import importlib.util
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -62,6 +63,12 @@ HOP = 160
 """Samples per log-mel frame."""
 FRAME_SAMPLES = 2 * HOP
 """Samples per encoder frame (the encoder downsamples by 2): the unit of alignment."""
+ONEDNN_CACHE = "8"
+"""Primitives CTranslate2's oneDNN backend keeps (its default is 1024). oneDNN caches one
+per GEMM shape with its buffers, and every encoder window length is a new shape: with the
+default, a worker decoding real speech grew from 141 to 201 MB of anonymous memory over
+240 decodes of varied windows and kept growing; with 4 it stayed at 122-140 MB, for the
+same CPU time per decode (benchmarks/README.md, "Worker memory")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +206,8 @@ class WhisperTranscriber:
         compute_type: str = "int8",
         language: str = "en",
     ) -> None:
+        # Read by oneDNN when it creates its cache, on the first decode: set before it.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
         import ctranslate2
         import tokenizers
 
