@@ -31,7 +31,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -55,8 +55,10 @@ from .monitor import Monitor
 from .outbox import Outbox, fill
 from .tls import TlsFiles
 from .web_security import OriginPolicy, add_security_headers
-from .webrtc import RETRY_AFTER_S, WhipApi
-from .webrtc_ice import WebRtcConfig
+from .webrtc_ice import RETRY_AFTER_S, WebRtcConfig
+
+if TYPE_CHECKING:
+    from .webrtc import WhipApi
 from .ws_bridge import WsBridge
 
 log = logging.getLogger(__name__)
@@ -218,6 +220,36 @@ class _SupervisorCollector(Collector):
         yield memory
 
 
+class _LazyWhip:
+    """The WHIP endpoints, with the WebRTC stack imported at the first request.
+
+    aiortc and PyAV bring ~35 MB of libraries (codecs, DTLS) into the daemon's process: a
+    daemon whose clients all speak gRPC or WebSocket should not carry them. The first offer
+    pays the import (about a second) instead.
+    """
+
+    def __init__(self, sup: Supervisor, config: WebRtcConfig, auth: Authenticator) -> None:
+        self._args = (sup, config, auth)
+        self.api: WhipApi | None = None
+
+    def _api(self) -> WhipApi:
+        if self.api is None:
+            from .webrtc import WhipApi
+
+            self.api = WhipApi(*self._args)
+        return self.api
+
+    async def post(self, request: web.Request) -> web.Response:
+        return await self._api().post(request)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        return await self._api().delete(request)
+
+    async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+
+
 class HttpApi:
     def __init__(self, sup: Supervisor, config: HttpConfig | None = None, *,
                  warnings: list[str] | None = None, auth: Authenticator | None = None,
@@ -249,7 +281,7 @@ class HttpApi:
         self.ws = WsBridge(sup, auth=self.auth)
         self.monitor = Monitor(sup)
         webrtc = webrtc or WebRtcConfig()
-        self.whip = WhipApi(sup, webrtc, self.auth) if webrtc.enabled else None
+        self.whip = _LazyWhip(sup, webrtc, self.auth) if webrtc.enabled else None
         self.console = Console()
         self._frame_sessions: dict[str, Outbox] = {}
         self._frame_owners: dict[str, str] = {}

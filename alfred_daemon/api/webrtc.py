@@ -65,6 +65,7 @@ from .events_json import (
 )
 from .outbox import Outbox, fill
 from .webrtc_ice import (
+    RETRY_AFTER_S,
     InvalidOfferError,
     WebRtcConfig,
     answer_offer,
@@ -77,8 +78,6 @@ log = logging.getLogger(__name__)
 OPUS_RATE = 48_000
 """The rate Opus is decoded at (RFC 7587), so the rate of every WebRTC session."""
 TRANSPORT = "webrtc"
-RETRY_AFTER_S = 2
-"""Seconds a refused client is told to wait (503): sessions end every few seconds."""
 MAX_BUFFERED_FRAMES = 500
 """Decoded frames (20 ms each: 10 s) that may wait for :meth:`Supervisor.feed`. A live
 peer never gets near it; one that sends faster than real time fills it and is cut off."""

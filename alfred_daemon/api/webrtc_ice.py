@@ -231,6 +231,8 @@ def check_offer(sdp: str) -> Offer:
     return Offer(has_events_channel=any(m.kind == "application" for m in desc.media))
 
 
+RETRY_AFTER_S = 2
+"""Seconds a refused client is told to wait (503): sessions end every few seconds."""
 OPUS_ANSWER_PARAMS = {"maxaveragebitrate": "64000", "useinbandfec": "1", "stereo": "0"}
 """Opus parameters the answer asks the sender for. Browsers encode a microphone at about
 32 kbit/s by default, and Whisper hears that: in the console test, words such as "ask"
