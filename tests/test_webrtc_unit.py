@@ -404,3 +404,16 @@ def test_the_answer_asks_for_64_kbits_mono_opus_with_fec() -> None:
     lines = with_opus_params(bare).split("\r\n")
     assert lines[3] == "a=fmtp:96 maxaveragebitrate=64000;useinbandfec=1;stereo=0", lines
     assert with_opus_params(with_opus_params(bare)) == with_opus_params(bare)
+
+
+def test_the_daemon_starts_without_the_webrtc_stack() -> None:
+    """aiortc and PyAV (~35 MB of codec and DTLS libraries) load at the first WHIP offer,
+    not with the daemon's modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alfred_daemon.ops.serve, alfred_daemon.api.http_server; "
+            "print(sorted(m for m in ('aiortc', 'av') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout
