@@ -46,9 +46,9 @@ def test_the_config_has_the_rules_the_scale_out_relies_on(tmp_path: Path) -> Non
                  f"stats socket {tmp_path / 's.sock'}"):
         assert rule in text, rule
     # gRPC servers: h2c traffic, HTTP/1 health check on the daemon's HTTP port, the agent.
-    assert ("server d2 127.0.0.1:50062 proto h2 check inter 1000ms fall 2 rise 1 agent-check "
-            "agent-inter 500ms port 8022 check-proto h1 agent-port 8032") in text
-    assert "server d1 127.0.0.1:8021 check" in text and "cookie d1" in text
+    assert ("server d2 127.0.0.1:50062 proto h2 weight 100 check inter 1000ms fall 2 rise 1 "
+            "agent-check agent-inter 500ms port 8022 check-proto h1 agent-port 8032") in text
+    assert "server d1 127.0.0.1:8021 weight 100 check" in text and "cookie d1" in text
     path = tmp_path / "h.cfg"
     path.write_text(text)
     done = subprocess.run([haproxy(), "-c", "-f", str(path)], capture_output=True, text=True,

@@ -65,7 +65,9 @@ def render(backends: Sequence[Backend], *, bind_host: str = "127.0.0.1",
         raise ConfigError(f"daemon names must be distinct; got {', '.join(names)}")
     stats = (f"    stats socket {stats_socket} mode 600 level admin\n"
              if stats_socket else "")
-    server_opts = (f"check inter {check_inter_ms}ms fall 2 rise 1 "
+    # weight 100: the agent's percentages scale the configured weight (of 1 by default,
+    # where every figure under 100% would round to 0).
+    server_opts = (f"weight 100 check inter {check_inter_ms}ms fall 2 rise 1 "
                    f"agent-check agent-inter {agent_inter_ms}ms")
     grpc_servers = "".join(
         f"    server {b.name} {b.host}:{b.grpc_port} proto h2 {server_opts} "
