@@ -31,11 +31,12 @@ setup: $(STAMP) $(PIPECAT_STAMP)
 $(STAMP): pyproject.toml requirements.lock clients/node/package-lock.json
 	@# Debian's chromium, for the dashboard test (driven by Playwright, no browser download);
 	@# qemu-user, whose emulated AVX2-only CPU tests the Smart Turn int8 check on any host;
-	@# openssl, whose CLI makes the TLS tests' certificates.
+	@# openssl, whose CLI makes the TLS tests' certificates; haproxy, the balancer in
+	@# front of several daemons (deploy/haproxy, deploy/local-cluster.sh, test_scale_out).
 	command -v chromium >/dev/null && command -v qemu-x86_64 >/dev/null \
-		&& command -v openssl >/dev/null || { \
+		&& command -v openssl >/dev/null && command -v haproxy >/dev/null || { \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q \
-		--no-install-recommends chromium qemu-user openssl; }
+		--no-install-recommends chromium qemu-user openssl haproxy; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c requirements.lock pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'

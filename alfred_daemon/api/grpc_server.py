@@ -69,6 +69,18 @@ TAKEOVER_TIMEOUT_S = 5.0
 """How long a resume waits for the stream still attached to its session to let go."""
 
 
+DAEMON_ID_HEADER = "alfred-daemon-id"
+"""Metadata naming the daemon that holds a session (``runtime.daemon_id``): sent back on
+every stream, and by a resuming client, so that a balancer routes the resume here."""
+
+
+def new_resume_token(daemon_id: str) -> str:
+    """A fresh resume token: ``<daemon_id>.<random>`` when the daemon has an id (the random
+    part is URL-safe base64, which has no '.'), the bare random part otherwise, as before."""
+    token = secrets.token_urlsafe(24)
+    return f"{daemon_id}.{token}" if daemon_id else token
+
+
 MESSAGE_OVERHEAD_BYTES = 1024
 """Room above a largest audio frame for the rest of its ClientMessage (tags, lengths,
 sequence, capture_time): a few dozen bytes, rounded up generously."""
@@ -322,6 +334,10 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                                 "the first message must be a SessionConfig (config first, "
                                 "then audio)")
         attached = await self._attach(first.config, context, principal)
+        if self.sup.config.daemon_id:
+            # In the response headers, where a balancer can learn which daemon has it.
+            await context.send_initial_metadata(
+                ((DAEMON_ID_HEADER, self.sup.config.daemon_id),))
         resumed = bool(first.config.resume_token)
         # A resume that names the last event it got is re-sent the rest; one that does not
         # (a client predating last_event_sequence) just continues with the outbox.
@@ -425,7 +441,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         attached = _Attached(
-            session_id=sid, token=secrets.token_urlsafe(24), owner=principal.name,
+            session_id=sid, token=new_resume_token(self.sup.config.daemon_id),
+            owner=principal.name,
             sample_rate=cfg.sample_rate_hz, config=effective_config(cfg, engine),
             outbox=Outbox(self.config.outbox_limit), frame_event_every=cfg.frame_event_every,
             stream_active=True,

@@ -15,6 +15,7 @@ Endpoints (paths and JSON field names are the product spec's):
 * ``POST /whip``, ``DELETE /whip/{id}`` -- WebRTC ingest (:mod:`.webrtc`), unless
   ``webrtc.enabled`` is false; ``GET /console`` -- the voice console that uses it.
 * ``GET /monitor`` -- the live dashboard (:mod:`.monitor`).
+* ``POST /drain`` -- start the drain SIGTERM starts (:mod:`.drain`), when ``serve`` runs it.
 * ``GET /healthz`` -- liveness (the event loop answers; 503 once health is failed);
   ``GET /readyz`` -- readiness (running with workers up; 503 while starting or draining).
 
@@ -50,6 +51,7 @@ from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
 from .auth import ANONYMOUS, UNAUTHENTICATED, Authenticator, Principal
 from .console import Console
+from .drain import DrainEndpoint
 from .events_json import wire
 from .monitor import Monitor
 from .outbox import Outbox, fill
@@ -77,6 +79,9 @@ class HttpConfig:
     allowed_origins: tuple[str, ...] = ()
     """Web origins (``https://console.example``) besides the daemon's own whose pages may
     POST and open WebSockets here (:mod:`.web_security`); ``"*"`` allows any."""
+    agent_check_host: str = "127.0.0.1"
+    agent_check_port: int | None = None
+    """HAProxy ``agent-check`` responder's TCP port (:mod:`..ops.agent_check`); unset: off."""
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -254,7 +259,8 @@ class HttpApi:
     def __init__(self, sup: Supervisor, config: HttpConfig | None = None, *,
                  warnings: list[str] | None = None, auth: Authenticator | None = None,
                  metrics_public: bool = True, tls: TlsFiles | None = None,
-                 webrtc: WebRtcConfig | None = None) -> None:
+                 webrtc: WebRtcConfig | None = None,
+                 drain: Callable[[], None] | None = None) -> None:
         self.sup = sup
         self.config = config or HttpConfig()
         self.auth = auth or Authenticator()
@@ -283,6 +289,7 @@ class HttpApi:
         webrtc = webrtc or WebRtcConfig()
         self.whip = _LazyWhip(sup, webrtc, self.auth) if webrtc.enabled else None
         self.console = Console()
+        self.drain = DrainEndpoint(sup, drain) if drain is not None else None
         self._frame_sessions: dict[str, Outbox] = {}
         self._frame_owners: dict[str, str] = {}
         self._pumps: set[asyncio.Task[None]] = set()
@@ -322,6 +329,8 @@ class HttpApi:
                               middlewares=[_json_errors, policy.middleware(),
                                            self._authenticate])
         app.on_response_prepare.append(add_security_headers)
+        if self.sup.config.daemon_id:
+            app.on_response_prepare.append(self._daemon_id_header)
         app.add_routes([
             web.get("/pipeline/status", self.pipeline_status),
             web.get("/metrics", self.metrics),
@@ -338,6 +347,8 @@ class HttpApi:
             web.get("/monitor/history", self.monitor.history_json),
             web.get("/monitor/stream", self.monitor.stream),
         ])
+        if self.drain is not None:
+            app.add_routes([web.post("/drain", self.drain.post)])
         if self.whip is not None:
             app.add_routes([
                 web.post("/whip", self.whip.post),
@@ -347,6 +358,12 @@ class HttpApi:
                 web.get("/console/console.css", self.console.style),
             ])
         return app
+
+    async def _daemon_id_header(self, request: web.Request,
+                                response: web.StreamResponse) -> None:
+        """``alfred-daemon-id`` on every answer: a balancer learns which daemon holds a
+        session from it, and a client sends it back to be routed there again."""
+        response.headers["alfred-daemon-id"] = self.sup.config.daemon_id
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

@@ -5,7 +5,7 @@ of defaults and one place each is range-checked)::
 
     [processor] [coordination] [limits] [alerts] [workers] [models]   runtime
     [engine] [engine.vad] [engine.stt] [engine.turn]                  per-session defaults
-    [runtime]   runtime_dir, shm_prefix, ring_seconds, drain_grace, ...
+    [runtime]   runtime_dir, shm_prefix, ring_seconds, drain_grace, daemon_id, ...
     [grpc] [http] [webrtc] [logging] [security]
 
 Errors name the key and what is allowed (``processor.max_batch_size = 0 is out of range;
@@ -80,7 +80,7 @@ _ENGINE_SECTIONS: dict[str, type[Any]] = {"vad": VadConfig, "stt": SttConfig,
                                           "turn": TurnConfig}
 _RUNTIME_SCALARS = ("runtime_dir", "shm_prefix", "ring_seconds", "max_lag_ms",
                     "health_event_interval", "drain_grace", "job_cost_multiplier",
-                    "vad_cost_ms_per_window")
+                    "vad_cost_ms_per_window", "daemon_id")
 LIVE = frozenset({"processor.max_concurrent_sessions", "processor.frame_queue_size",
                   "processor.max_batch_size", "processor.batch_processing",
                   "processor.processing_timeout", "processor.reserved_job_lanes",

@@ -1,6 +1,7 @@
 """``alfred-daemon serve``: run the daemon until a signal says stop.
 
-SIGTERM / SIGINT: STOPPING=1 to systemd, gRPC health NOT_SERVING and new streams refused,
+SIGTERM / SIGINT / ``POST /drain``: STOPPING=1 to systemd, gRPC health NOT_SERVING, new
+streams refused, the agent check ``drain``,
 drain (open utterances get their finals and turn decisions within ``drain_grace``), stop the
 workers, unlink every shared-memory segment, exit 0. SIGHUP: RELOADING=1 ... READY=1; nothing
 in this configuration can change live yet, so it is logged (the config-file issue adds what
@@ -25,7 +26,7 @@ from ..api.webrtc_ice import WebRtcConfig
 from ..runtime.config import RuntimeConfig
 from ..runtime.health import Health
 from ..runtime.supervisor import Supervisor
-from . import pidfile
+from . import agent_check, pidfile
 from .signals import SignalQueue
 from .systemd import Notifier
 
@@ -117,8 +118,14 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
     auth = auth or Authenticator()
     api = GrpcApi(sup, grpc_config, auth=auth, tls=tls) if grpc_config is not None else None
     http = (HttpApi(sup, http_config, warnings=warnings, auth=auth, tls=tls,
-                    metrics_public=metrics_public, webrtc=webrtc_config)
+                    metrics_public=metrics_public, webrtc=webrtc_config,
+                    drain=lambda: signals.inject(signal.SIGTERM))
             if http_config is not None else None)
+    draining = False
+    agent = (agent_check.for_supervisor(sup, http_config.agent_check_host,
+                                        http_config.agent_check_port, lambda: draining)
+             if http_config is not None and http_config.agent_check_port is not None
+             else None)
     for warning in warnings or []:
         log.warning("%s", warning)
     watchdog: asyncio.Task[None] | None = None
@@ -130,6 +137,8 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
             await api.start()
         if http is not None:
             await http.start()
+        if agent is not None:
+            await agent.start()
         if pid_file is not None:
             pidfile.write(pid_file)
         if on_ready is not None:
@@ -150,6 +159,7 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 notifier.ready(status_line(sup))
                 continue
             log.info("%s: draining", sig.name)
+            draining = True  # the agent check answers "drain" from here on
             notifier.stopping(f"draining {len(sup.session_ids())} sessions")
             if api is not None:
                 await api.begin_shutdown()  # health NOT_SERVING, new streams UNAVAILABLE
@@ -166,6 +176,8 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
             await api.stop()
         if http is not None:
             await http.stop()
+        if agent is not None:
+            await agent.stop()
         if pid_file is not None:
             pidfile.remove(pid_file)
         notifier.close()

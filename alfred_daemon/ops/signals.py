@@ -21,6 +21,11 @@ class SignalQueue:
         for sig in HANDLED:
             loop.add_signal_handler(sig, self._queue.put_nowait, sig)
 
+    def inject(self, sig: signal.Signals) -> None:
+        """Act as if ``sig`` had arrived (``POST /drain`` takes SIGTERM's path this way, so
+        the two drains cannot differ)."""
+        self._queue.put_nowait(sig)
+
     async def get(self) -> signal.Signals:
         return await self._queue.get()
 

@@ -9,6 +9,7 @@ message names the key and the allowed range.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ from ..engine.errors import ConfigError
 from ..engine.models import ModelsConfig
 from .backpressure import BackpressureConfig
 from .health import AlertThresholds
+
+DAEMON_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
+"""What ``daemon_id`` may be: no '.', which separates it from the rest of a resume token."""
 
 
 def usable_cores() -> list[int]:
@@ -168,6 +172,11 @@ class RuntimeConfig:
     to simulate a slower machine. Never set it in production."""
     vad_cost_ms_per_window: float = 0.0
     """Test knob: extra milliseconds of VAD lane time per window (a slower CPU)."""
+    daemon_id: str = ""
+    """This daemon's name among several behind a load balancer (e.g. the pod name). When
+    set, resume tokens start with ``<daemon_id>.``, gRPC streams and HTTP responses carry
+    ``alfred-daemon-id`` so the balancer can route a resume back here, and the agent check
+    names it; empty (one daemon) leaves tokens as they were."""
 
     def __post_init__(self) -> None:
         check_range("ring_seconds", self.ring_seconds, 30, 600)
@@ -176,5 +185,8 @@ class RuntimeConfig:
         check_range("drain_grace", self.drain_grace, 0, 600)
         check_range("job_cost_multiplier", self.job_cost_multiplier, 1.0, 100.0)
         check_range("vad_cost_ms_per_window", self.vad_cost_ms_per_window, 0.0, 1000.0)
+        if self.daemon_id and not DAEMON_ID_RE.fullmatch(self.daemon_id):
+            raise ConfigError(f"daemon_id = {self.daemon_id[:80]!r} must be 1-63 letters, "
+                              "digits, '-' or '_' (it goes into tokens and HTTP headers)")
         if not self.shm_prefix.replace("_", "").isalnum():
             raise ConfigError(f"shm_prefix = {self.shm_prefix!r} must be alphanumeric")

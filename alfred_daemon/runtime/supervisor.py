@@ -639,7 +639,7 @@ class Supervisor:
             config, workers=keep.workers, models=keep.models, runtime_dir=keep.runtime_dir,
             shm_prefix=keep.shm_prefix, ring_seconds=keep.ring_seconds,
             job_cost_multiplier=keep.job_cost_multiplier,
-            vad_cost_ms_per_window=keep.vad_cost_ms_per_window)
+            vad_cost_ms_per_window=keep.vad_cost_ms_per_window, daemon_id=keep.daemon_id)
         self.ladder.config = config.coordination
         self.monitor.thresholds = config.alerts
         log.info("runtime config applied")

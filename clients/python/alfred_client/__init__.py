@@ -309,6 +309,21 @@ def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
+DAEMON_ID_HEADER = "alfred-daemon-id"
+
+
+def routing_metadata(metadata: tuple[tuple[str, str], ...] | None,
+                     resume_token: str) -> tuple[tuple[str, str], ...] | None:
+    """``metadata`` plus ``alfred-daemon-id`` when resuming with a token a daemon with an id
+    issued (``<daemon_id>.<random>``): a load balancer in front of several daemons routes
+    the resume to the one that holds the session on it. Tokens without an id (one daemon)
+    add nothing."""
+    daemon_id, dot, _ = resume_token.partition(".")
+    if not dot or not daemon_id:
+        return metadata
+    return (*(metadata or ()), (DAEMON_ID_HEADER, daemon_id))
+
+
 class AsyncClient:
     """``token``: the daemon's bearer token, if it requires one (``security.tokens_file``).
     ``tls_ca``: PEM CA to verify a TLS daemon with (``tls_cert``/``tls_key``: a client
@@ -410,7 +425,8 @@ class AsyncClient:
 
         token = ""
         while True:
-            call = self._stub.StreamSession(requests(token, highest), metadata=self._metadata)
+            call = self._stub.StreamSession(requests(token, highest),
+                                            metadata=routing_metadata(self._metadata, token))
             first = _FirstStatus(call)
             try:
                 async for msg in call:
