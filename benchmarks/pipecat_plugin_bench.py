@@ -237,6 +237,9 @@ def main() -> int:
         return 0
     if not args.pipecat_python.is_file():
         raise SystemExit(f"{args.pipecat_python} missing: `make setup` builds .venv-pipecat")
+    # The runner starts in another directory; absolute(), not resolve(): the venv's python
+    # is a symlink whose target is not the venv.
+    args.pipecat_python = args.pipecat_python.absolute()
     clips = [DATA / c for c in BENCH_CLIPS]
     doc = {"host": host(), "gap_s": args.gap, "clips": BENCH_CLIPS, "systems": {}}
     with tempfile.TemporaryDirectory(prefix="pipecat-plugin-bench-") as tmp, \
