@@ -26,7 +26,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,43 +91,46 @@ LIVE = frozenset({"processor.max_concurrent_sessions", "processor.frame_queue_si
 """What SIGHUP applies without a restart (a section name covers all its keys)."""
 
 
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+"""Scalar types a config value may have: the test it must pass, and what to call it.
+(``bool`` is an ``int`` to Python; ``true`` is no integer to a config file.)"""
+
+
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """``value`` converted to ``hint`` (int -> float, list -> tuple), or ConfigError."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        return _check_union(key, value, typing.get_args(hint))
     if origin is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} = {value!r} must be a list of strings")
         return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} = {value!r} must be true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} = {value!r} must be an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} = {value!r} must be a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} = {value!r} must be a string")
-        return value
+    if hint in _SCALARS:
+        ok, what = _SCALARS[hint]
+        if not ok(value):
+            raise ConfigError(f"{key} = {value!r} must be {what}")
+        return float(value) if hint is float else value
     return value
+
+
+def _check_union(key: str, value: Any, args: tuple[Any, ...]) -> Any:
+    """The first member of ``args`` that ``value`` fits; else the first member's error."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _check_type(key, value, arg)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
 
 
 def _shown(key: str) -> str:
