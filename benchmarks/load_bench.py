@@ -115,6 +115,14 @@ class SessionResult:
     frame_rtt: list[float] = field(default_factory=list)
     frames_sent: int = 0
     frames_dropped: int = 0
+    frame_events_shed: int = 0
+    """Per-window events the daemon's outbox shed because the client read too slowly
+    (``events_shed``)."""
+    paused_ms: float = 0.0
+    """Audio the daemon analysed at ``pause_processing``, which turns per-window events
+    off (from a ``backpressure_triggered`` to it until the next backpressure event or the
+    end). Each window has its frame event, was shed, or falls in such a stretch."""
+    pause_stretches: int = 0
     unmatched_finals: int = 0
     unmatched_turns: int = 0
     unaccounted: int | None = None
@@ -153,6 +161,7 @@ async def run_session(target: str, script: Script, res: SessionResult) -> None:
         except Exception as exc:  # the figure is then missing, which the report shows
             res.errors.append(f"status: {exc}")
 
+    paused_at: float | None = None
     last_end: int | None = None
     """Speech end of the latest utterance, None if its final could not be attributed: a
     turn is timed from its *last* utterance or not at all (never from an older one)."""
@@ -185,6 +194,18 @@ async def run_session(target: str, script: Script, res: SessionResult) -> None:
                         res.fallback_turn_latency.append(latency)
                 elif ev.type == "frames_dropped":
                     res.frames_dropped += int(ev.data.get("frames", 0))
+                elif ev.type == "events_shed":
+                    res.frame_events_shed += int(ev.data.get("frame_events", 0))
+                elif ev.type in ("backpressure_triggered", "backpressure_recovered"):
+                    if paused_at is not None:
+                        res.paused_ms += ev.audio_offset_ms - paused_at
+                        paused_at = None
+                    if ev.data.get("action") == "pause_processing":
+                        paused_at = ev.audio_offset_ms
+                        res.pause_stretches += 1
+                elif ev.type == "session_closed" and paused_at is not None:
+                    res.paused_ms += ev.audio_offset_ms - paused_at
+                    paused_at = None
         except StreamError as exc:
             res.errors.append(str(exc))
 
@@ -265,6 +286,9 @@ def summarise(system: str, n: int, seconds: float, results: list[SessionResult])
         row[k] = percentiles(vals)
     row["frames_sent"] = sum(r.frames_sent for r in results)
     row["frames_dropped"] = sum(r.frames_dropped for r in results)
+    row["frame_events_shed"] = sum(r.frame_events_shed for r in results)
+    row["paused_ms"] = round(sum(r.paused_ms for r in results))
+    row["pause_stretches"] = sum(r.pause_stretches for r in results)
     row["frames_unaccounted"] = (sum(r.unaccounted for r in results if r.unaccounted is not None)
                                  if all(r.unaccounted is not None for r in results) else None)
     row["send_lag_ms_max"] = max((r.send_lag_ms_max for r in results), default=0.0)

@@ -312,7 +312,11 @@ def test_smoke_run_against_a_real_daemon(tmp_path: Path) -> None:
     assert r["final_latency"]["count"] >= 1
     assert (r["turn_latency"]["count"] + r["fallback_turn_latency"]["count"]
             + r["unmatched_turns"]) >= 2
-    assert r["frame_rtt"]["count"] >= 2 * 300
+    # 14 s of audio per session is 437 VAD windows, each with its frame event unless the
+    # outbox shed it (counted) or the daemon was at pause_processing, which turns them off
+    # (a loaded host gets there); a window or two either side of each pause may go either way.
+    windows = r["frame_rtt"]["count"] + r["frame_events_shed"] + r["paused_ms"] / 32
+    assert windows >= 2 * 437 - 2 * r["pause_stretches"], r
     assert all(v > 0 for v in r["raw"]["final_latency"])  # arrivals after the speech ended
     assert len(r["raw"]["final_speech_ms"]) == r["final_latency"]["count"]
     assert sum(b["final_latency"]["count"] for b in r["bands"].values()) == (
