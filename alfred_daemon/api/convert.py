@@ -213,7 +213,15 @@ def server_event(event: ev.Event) -> pb.ServerEvent:
         msg.turn_resumed.turn_id = event.turn_id
     elif isinstance(event, ev.Interruption):
         msg.interruption.utterance_id = event.utterance_id
-    elif isinstance(event, ev.PipelineHealth):
+    else:
+        _runtime_event(msg, event)
+    return msg
+
+
+def _runtime_event(msg: pb.ServerEvent, event: ev.Event) -> None:
+    """The rest of :func:`server_event`: the pipeline's notices (health, backpressure,
+    dropped frames, a worker's recovery) and the session's end."""
+    if isinstance(event, ev.PipelineHealth):
         msg.pipeline_health.health = event.health
         msg.pipeline_health.load = event.load
         msg.pipeline_health.lag_ms = event.lag_ms
@@ -240,4 +248,3 @@ def server_event(event: ev.Event) -> pb.ServerEvent:
         msg.session_closed.reason = event.reason
     else:
         raise TypeError(f"no wire form for {type(event).__name__}")
-    return msg

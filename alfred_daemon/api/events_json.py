@@ -7,20 +7,18 @@ never drift apart (a test compares a WebRTC session's messages with this convert
 
 Daemon -> client: :func:`wire` (every engine/runtime event), :func:`session_started`,
 :func:`events_shed`, :func:`error`. Client -> daemon: :func:`parse_client_message` reads
-``{"type": "control", "action": ...}`` and ``{"type": "end"}``; :func:`apply_control`
-applies an action to a supervisor session.
+``{"type": "control", "action": ...}`` and ``{"type": "end"}``; the session bridge
+(:meth:`.bridge.SessionBridge.control`) applies the action.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from ..engine.events import Event
-from ..runtime.errors import SessionNotFoundError
-from ..runtime.supervisor import Supervisor
+from .bridge import ACTIONS, RECONFIGURE
 from .convert import InvalidRequestError
 from .outbox import ShedCounts
 
@@ -34,8 +32,8 @@ SPEC_NAMES = {
     "worker_recovered": "workerRecovered", "session_closed": "sessionClosed",
 }
 
-CONTROLS = frozenset({"playback_started", "playback_stopped", "force_end_of_turn", "flush",
-                      "keepalive"})
+CONTROLS = ACTIONS - {RECONFIGURE}
+"""The control actions a browser may send (a session's parameters are fixed by its config)."""
 
 MAX_QUOTED = 80
 """Characters of a client's unusable message quoted back in the error."""
@@ -103,17 +101,3 @@ def parse_client_message(text: str, *, binary_audio: bool = True) -> ClientMessa
         f"unexpected message {text[:MAX_QUOTED]!r}: send {audio}"
         'a {"type": "control", "action": ...} or {"type": "end"}')
 
-
-def apply_control(sup: Supervisor, session_id: str, action: str) -> None:
-    """Apply one of :data:`CONTROLS` (a session that has just closed ignores it)."""
-    with contextlib.suppress(SessionNotFoundError):
-        if action == "playback_started":
-            sup.set_playback(session_id, True)
-        elif action == "playback_stopped":
-            sup.set_playback(session_id, False)
-        elif action == "force_end_of_turn":
-            sup.force_end_of_turn(session_id)
-        elif action == "flush":
-            sup.flush(session_id)
-        else:
-            sup.touch(session_id)

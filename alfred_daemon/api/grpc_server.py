@@ -19,67 +19,50 @@ re-sent the rest first (a client deduping by sequence then sees each event exact
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
-import inspect
 import json
 import logging
-import secrets
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import grpc
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.config import check_range
-from ..engine.errors import InvalidAudioError
-from ..engine.events import Event, SessionClosed
-from ..runtime.errors import (
-    AdmissionError,
-    DaemonUnavailableError,
-    SessionBackloggedError,
-    SessionNotFoundError,
-)
+from ..engine.events import Event
+from ..runtime.errors import SessionNotFoundError
 from ..runtime.health import Health
 from ..runtime.supervisor import Supervisor
 from .auth import UNAUTHENTICATED, Authenticator, Principal
+from .bridge import (
+    FLUSH,
+    FORCE_END_OF_TURN,
+    KEEPALIVE,
+    PLAYBACK_STARTED,
+    PLAYBACK_STOPPED,
+    RECONFIGURE,
+    SessionBridge,
+)
 from .convert import (
     MAX_FRAME_BYTES,
     InvalidRequestError,
     effective_config,
     engine_config,
-    server_event,
 )
-from .outbox import Outbox, fill
-from .replay import ReplayLog, shed_notice
+from .errors import ApiError, api_error
+from .grpc_plumbing import SERVICE, HealthService, LenientRequests, Undecodable
+from .grpc_session import DAEMON_ID_HEADER, Attached, new_resume_token
+from .outbox import ShedCounts
+from .replay import shed_notice
 from .tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
-SERVICE = "alfred.v1.Alfred"
 HALF_CLOSE_CHECK_S = 0.05
-TAKEOVER_TIMEOUT_S = 5.0
-"""How long a resume waits for the stream still attached to its session to let go."""
-
-
-DAEMON_ID_HEADER = "alfred-daemon-id"
-"""Metadata naming the daemon that holds a session (``runtime.daemon_id``): sent back on
-every stream, and by a resuming client, so that a balancer routes the resume here."""
-
-
-def new_resume_token(daemon_id: str) -> str:
-    """A fresh resume token: ``<daemon_id>.<random>`` when the daemon has an id (the random
-    part is URL-safe base64, which has no '.'), the bare random part otherwise, as before."""
-    token = secrets.token_urlsafe(24)
-    return f"{daemon_id}.{token}" if daemon_id else token
-
 
 MESSAGE_OVERHEAD_BYTES = 1024
 """Room above a largest audio frame for the rest of its ClientMessage (tags, lengths,
@@ -105,166 +88,16 @@ class GrpcConfig:
                     MAX_FRAME_BYTES + MESSAGE_OVERHEAD_BYTES, 1 << 30)
 
 
-class Undecodable:
-    """What a request's bytes became when they were not the method's message. grpc.aio
-    would otherwise end the call UNKNOWN ("Unexpected DecodeError") and log a traceback per
-    call for what is only a client's malformed input; the handlers answer this with
-    INVALID_ARGUMENT instead."""
 
-    __slots__ = ("type_name",)
-
-    def __init__(self, type_name: str) -> None:
-        self.type_name = type_name
-
-    @property
-    def message(self) -> str:
-        return (f"the request is not a valid {self.type_name} message (its bytes do not parse "
-                "as protobuf); send messages built from proto/alfred/v1/alfred.proto")
-
-
-def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """``parse`` (a method's request deserializer), giving :class:`Undecodable` instead of
-    raising for bytes that are not its message."""
-    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
-    name = descriptor.full_name if descriptor is not None else "request"
-
-    def lenient(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except Exception:  # any failure to parse is the client's bytes, never the daemon's
-            return Undecodable(name)
-
-    return lenient
-
-
-async def _checked(requests: AsyncIterator[Any],
-                   context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-    """A streamed request's messages; an undecodable one ends the call INVALID_ARGUMENT."""
-    async for request in requests:
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        yield request
-
-
-def _lenient_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with a lenient deserializer, and its behaviour answering an undecodable
-    request INVALID_ARGUMENT (a handler that reads with ``context.read()``, as
-    StreamSession does, sees the :class:`Undecodable` itself)."""
-    parse = handler.request_deserializer
-    if parse is None:
-        return handler
-    fields: dict[str, Any] = {"request_deserializer": _lenient(parse)}
-    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        behaviour = getattr(handler, kind)
-        if behaviour is not None:
-            fields[kind] = _guarded(behaviour, streamed=kind.startswith("stream"))
-    replace: Callable[..., grpc.RpcMethodHandler[Any, Any]] = handler._replace  # type: ignore[attr-defined]
-    return replace(**fields)
-
-
-def _guarded(behaviour: Callable[..., Any], *, streamed: bool) -> Callable[..., Any]:
-    """``behaviour`` behind the Undecodable check, keeping its shape (grpc.aio calls an
-    async generator function and a coroutine function differently)."""
-    if inspect.isasyncgenfunction(behaviour):
-        async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any],
-                           ) -> AsyncIterator[Any]:
-            if streamed:
-                request = _checked(request, context)
-            elif isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            async for response in behaviour(request, context):
-                yield response
-
-        return generate
-
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if streamed:
-            request = _checked(request, context)
-        elif isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        return await behaviour(request, context)
-
-    return call
-
-
-class LenientRequests(grpc.aio.ServerInterceptor):
-    """Every method of every service on the server (Alfred, health, reflection) takes
-    undecodable request bytes as a client error: INVALID_ARGUMENT with a sentence, nothing
-    logged. grpc.aio would end such a call UNKNOWN ("Unexpected DecodeError") and log an
-    ERROR with a traceback for each."""
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails],
-                                     Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        return handler if handler is None else _lenient_handler(handler)
-
-
-class _Health(HealthServicer):
-    """The standard health service, whose NOT_FOUND for a service it does not know says so
-    in a sentence (the stock one sends no details)."""
-
-    async def Check(  # noqa: N802 -- gRPC method name
-        self, request: health_pb2.HealthCheckRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> health_pb2.HealthCheckResponse:
-        if request.service not in (SERVICE, ""):
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown service {request.service[:64]!r}; this server "
-                                f"reports on '' (the whole server) and {SERVICE!r}")
-        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
-        return response
-
-
-@dataclass(slots=True, eq=False)
-class _Attached:
-    """The API's record of a session: survives its stream for resume."""
-
-    session_id: str
-    token: str
-    owner: str
-    """Name of the bearer token that opened it: only that token may resume it."""
-    sample_rate: int
-    config: pb.SessionConfig
-    outbox: Outbox
-    replay: ReplayLog = field(default_factory=ReplayLog)
-    """Events already handed to a stream, numbered, until a resume confirms them."""
-    pump: asyncio.Task[None] | None = None
-    last_sequence: int = 0
-    frames_skipped: int = 0
-    frame_event_every: int = 0
-    received_ms: float = 0.0
-    receipts: deque[tuple[float, float, float | None]] = field(
-        default_factory=lambda: deque(maxlen=6000))
-    """(audio ms at the end of a frame, receive time, client capture time): 2 min of frames."""
-    stream_active: bool = False
-    takeover: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set by a resume while a stream is still attached: that stream lets go."""
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the attached stream has let go of the session."""
-    resume_floor: int | None = None
-    """After a resume: frames up to this sequence are re-sends and are skipped."""
-    detached_at: float | None = None
-    closed: bool = False
-    """The runtime session is over (its outbox may still hold events)."""
-    delivered: bool = False
-    """session_closed is known to have reached the client (a resume confirmed its
-    event_sequence), or the session was refused or expired: nothing to resume. A stream
-    that ended OK after session_closed is not proof -- grpc.aio cannot tell the handler
-    whether the client read the last writes -- so that session stays resumable until
-    :meth:`AlfredServicer.expire` forgets it after ``resume_window_s``."""
-
-    def receipt(self, offset_ms: int) -> tuple[float, float | None]:
-        ends = [r[0] for r in self.receipts]
-        i = bisect.bisect_left(ends, offset_ms)
-        if i >= len(self.receipts):
-            if not self.receipts:
-                return 0.0, None
-            i = len(self.receipts) - 1
-        _, t, cap = self.receipts[i]
-        return t, cap
+PROTO_ACTIONS = {
+    pb.Control.PLAYBACK_STARTED: PLAYBACK_STARTED,
+    pb.Control.PLAYBACK_STOPPED: PLAYBACK_STOPPED,
+    pb.Control.FORCE_END_OF_TURN: FORCE_END_OF_TURN,
+    pb.Control.FLUSH: FLUSH,
+    pb.Control.KEEPALIVE: KEEPALIVE,
+    pb.Control.RECONFIGURE: RECONFIGURE,
+}
+"""The proto's control actions as the bridge's (:data:`.bridge.ACTIONS`)."""
 
 
 class AlfredServicer(pb_grpc.AlfredServicer):
@@ -273,7 +106,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         self.sup = sup
         self.config = config
         self.auth = auth or Authenticator()
-        self.sessions: dict[str, _Attached] = {}
+        self.sessions: dict[str, Attached] = {}
         """By resume token."""
         self.accepting = True
 
@@ -285,7 +118,6 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         principal = self.auth.authenticate(value if isinstance(value, str) else None)
         if principal is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
-            raise AssertionError  # unreachable: abort raises
         return principal
 
     # ------------------------------------------------------------------ unary
@@ -303,8 +135,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         try:
             return pb.StatusDocument(json=json.dumps(self.sup.session_status(request.session_id)))
         except SessionNotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            raise  # unreachable: abort raises
+            err = api_error(exc)
+            await context.abort(err.grpc, err.message)
 
     async def Optimize(  # noqa: N802
         self, request: pb.OptimizeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -362,9 +194,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             if half_closed:
                 # End of input: finalise (unless the session already ended), then let the
                 # writer deliver everything up to session_closed (the client still reads).
-                with contextlib.suppress(SessionNotFoundError):
-                    if not attached.closed:
-                        await self.sup.finish_session(attached.session_id)
+                if not attached.closed:
+                    await attached.bridge.finish()
             elif not writer.done():
                 writer.cancel()
             # Always collect the writer, so its failure (a cancelled call, a deadline) is
@@ -380,20 +211,26 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 log.log(logging.DEBUG if finished else logging.INFO, "session %s %s; resumable "
                         "for %.0f s", attached.session_id, "finished" if finished else
                         "detached", self.config.resume_window_s)
-        if taken_over and not context.cancelled():
+        if not context.cancelled():
+            await self._end_stream(attached, context, outcome, taken_over)
+
+    async def _end_stream(self, a: Attached, context: grpc.aio.ServicerContext[Any, Any],
+                          outcome: bool | BaseException, taken_over: bool) -> None:
+        """The status of a stream that has let go of its session (and was not cancelled):
+        OK unless a resume took the session over or the writer failed."""
+        if taken_over:
             await context.abort(grpc.StatusCode.ABORTED,
                                 "a newer stream resumed this session with its token")
-        elif isinstance(outcome, TimeoutError) and not context.cancelled():
+        elif isinstance(outcome, TimeoutError):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"client did not read events for "
                                 f"{self.config.write_deadline_s:.0f} s; stream cancelled "
                                 "(the session can be resumed)")
-        elif isinstance(outcome, Exception) and not context.cancelled():
-            log.error("session %s: event writer failed", attached.session_id,
-                      exc_info=outcome)
+        elif isinstance(outcome, Exception):
+            log.error("session %s: event writer failed", a.session_id, exc_info=outcome)
 
     async def _attach(self, cfg: pb.SessionConfig, context: grpc.aio.ServicerContext[Any, Any],
-                      principal: Principal) -> _Attached:
+                      principal: Principal) -> Attached:
         if not self.accepting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         if cfg.resume_token:
@@ -401,75 +238,38 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             if attached is None or attached.delivered or attached.owner != principal.name:
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     "unknown or expired resume token")
-                raise AssertionError  # unreachable
-            if attached.stream_active:
-                # The usual cause is a client reconnecting before the daemon has noticed
-                # its old connection is gone: the newer stream takes the session over.
-                attached.takeover.set()
-                try:
-                    await asyncio.wait_for(attached.released.wait(), TAKEOVER_TIMEOUT_S)
-                except TimeoutError:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                        "this session is still attached to another stream")
-            attached.takeover.clear()
-            attached.released.clear()
-            attached.stream_active = True
-            attached.detached_at = None
-            attached.resume_floor = attached.last_sequence
-            if (cfg.HasField("last_event_sequence")
-                    and attached.replay.confirm(cfg.last_event_sequence)):
-                attached.delivered = True  # the client has session_closed: the end is known
+            await attached.resume(cfg, context)
             return attached
         try:
             engine = engine_config(cfg, self.sup.config.engine)
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
         over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
         if over is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         try:
-            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
-                                        owner=self.auth.owner(principal), transport="grpc")
-        except AdmissionError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            raise
-        except DaemonUnavailableError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise
-        except InvalidAudioError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        attached = _Attached(
-            session_id=sid, token=new_resume_token(self.sup.config.daemon_id),
+            bridge = SessionBridge.open(
+                self.sup, engine, sample_rate=cfg.sample_rate_hz,
+                owner=self.auth.owner(principal), transport="grpc",
+                outbox_limit=self.config.outbox_limit, frame_event_every=cfg.frame_event_every)
+        except ApiError as err:
+            await context.abort(err.grpc, err.message)
+        attached = Attached(
+            bridge=bridge, token=new_resume_token(self.sup.config.daemon_id),
             owner=principal.name,
             sample_rate=cfg.sample_rate_hz, config=effective_config(cfg, engine),
-            outbox=Outbox(self.config.outbox_limit), frame_event_every=cfg.frame_event_every,
             stream_active=True,
         )
-        attached.pump = asyncio.create_task(self._pump(attached), name=f"pump-{sid[:8]}")
+        bridge.start_events(name=f"pump-{bridge.session_id[:8]}")
         self.sessions[attached.token] = attached
         return attached
 
-    async def _send_started(self, a: _Attached,
+    async def _send_started(self, a: Attached,
                             context: grpc.aio.ServicerContext[Any, Any], resumed: bool) -> None:
-        msg = pb.ServerEvent(server_receive_time=time.time())
-        msg.session_started.session_id = a.session_id
-        msg.session_started.resume_token = a.token
-        msg.session_started.resume_window_s = self.config.resume_window_s
-        msg.session_started.effective_config.CopyFrom(a.config)
-        msg.session_started.resumed = resumed
-        msg.session_started.last_sequence = a.last_sequence
+        msg = a.started(resumed, self.config.resume_window_s)
         await asyncio.wait_for(context.write(msg), self.config.write_deadline_s)
 
-    async def _pump(self, a: _Attached) -> None:
-        """Session events -> outbox, for the session's whole life (across streams)."""
-        try:
-            await fill(a.outbox, self.sup.events(a.session_id), lambda: a.frame_event_every)
-        finally:
-            a.closed = True
-
-    async def _write_loop(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+    async def _write_loop(self, a: Attached, context: grpc.aio.ServicerContext[Any, Any],
                           replay_after: int | None) -> bool:
         """Outbox -> client. Each event is numbered and logged *before* its write (a write
         that times out may still go out; one accepted may still never arrive), and after a
@@ -480,6 +280,12 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         async def send(msg: pb.ServerEvent) -> None:
             await asyncio.wait_for(context.write(msg), deadline)
 
+        async def send_shed(shed: ShedCounts, event: Event) -> None:
+            await send(a.replay.record(shed_notice(shed, event.audio_offset_ms)))
+
+        async def send_event(event: Event) -> None:
+            await send(a.replay.record(a.wire(event)))
+
         if replay_after is not None:
             missed, lost = a.replay.since(replay_after)
             if lost:  # not kept for replay: say so, outside the sequence (number 0)
@@ -489,26 +295,9 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 await send(msg)
                 if msg.HasField("session_closed"):
                     return True
-        while True:
-            event = await a.outbox.get()
-            if event is None:
-                return False
-            shed = a.outbox.take_shed()
-            if shed is not None:
-                await send(a.replay.record(shed_notice(shed, event.audio_offset_ms)))
-            await send(a.replay.record(self._wire(a, event)))
-            if isinstance(event, SessionClosed):
-                return True
+        return await a.bridge.write(send_event, send_shed)
 
-    def _wire(self, a: _Attached, event: Event) -> pb.ServerEvent:
-        msg = server_event(event)
-        received, capture = a.receipt(event.audio_offset_ms)
-        msg.server_receive_time = received
-        if capture is not None:
-            msg.capture_time = capture
-        return msg
-
-    async def _read_loop(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+    async def _read_loop(self, a: Attached, context: grpc.aio.ServicerContext[Any, Any],
                          writer: asyncio.Task[bool]) -> bool:
         """Apply client messages until the client half-closes (True) or the stream breaks
         (False). Invalid input aborts the stream with INVALID_ARGUMENT."""
@@ -518,7 +307,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         finally:
             takeover.cancel()
 
-    async def _read_messages(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
+    async def _read_messages(self, a: Attached, context: grpc.aio.ServicerContext[Any, Any],
                              writer: asyncio.Task[bool], takeover: asyncio.Future[Any]) -> bool:
         while True:
             read = asyncio.ensure_future(context.read())
@@ -549,7 +338,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             else:
                 await self._fail(a, context, "empty ClientMessage")
 
-    async def _on_audio(self, a: _Attached, frame: pb.AudioFrame,
+    async def _on_audio(self, a: Attached, frame: pb.AudioFrame,
                         context: grpc.aio.ServicerContext[Any, Any]) -> None:
         seq = frame.sequence
         if seq and seq <= a.last_sequence:
@@ -562,13 +351,15 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             await self._fail(a, context, f"audio frame of {len(frame.pcm)} bytes is over the "
                              f"{MAX_FRAME_BYTES} byte limit; send 20-100 ms frames")
         try:
-            await self.sup.feed(a.session_id, frame.pcm)
-        except InvalidAudioError as exc:
-            await self._fail(a, context, str(exc))
-        except SessionBackloggedError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except SessionNotFoundError:
-            return  # closing (drain): frames after the end are ignored
+            await a.bridge.feed(frame.pcm)
+        except ApiError as err:
+            if err.gone:
+                return  # closing (drain): frames after the end are ignored
+            if err.invalid:
+                await self._fail(a, context, err.message)
+            # Not the client's mistake (backlogged): the stream ends, the session stays
+            # resumable.
+            await context.abort(err.grpc, err.message)
         if seq:
             a.last_sequence = seq
         a.resume_floor = None
@@ -576,45 +367,32 @@ class AlfredServicer(pb_grpc.AlfredServicer):
         a.receipts.append((a.received_ms, time.time(),
                            frame.capture_time if frame.HasField("capture_time") else None))
 
-    async def _on_control(self, a: _Attached, control: pb.Control,
+    async def _on_control(self, a: Attached, control: pb.Control,
                           context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        sid = a.session_id
-        try:
-            if control.action == pb.Control.PLAYBACK_STARTED:
-                self.sup.set_playback(sid, True)
-            elif control.action == pb.Control.PLAYBACK_STOPPED:
-                self.sup.set_playback(sid, False)
-            elif control.action == pb.Control.FORCE_END_OF_TURN:
-                self.sup.force_end_of_turn(sid)
-            elif control.action == pb.Control.FLUSH:
-                self.sup.flush(sid)
-            elif control.action == pb.Control.KEEPALIVE:
-                self.sup.touch(sid)
-            elif control.action == pb.Control.RECONFIGURE:
-                cfg = pb.SessionConfig()
-                cfg.CopyFrom(a.config)
-                cfg.MergeFrom(control.config)
-                cfg.sample_rate_hz = a.sample_rate
-                try:
-                    engine = engine_config(cfg, self.sup.config.engine)
-                except InvalidRequestError as exc:
-                    await self._fail(a, context, str(exc))
-                    return
-                self.sup.reconfigure(sid, engine)
-                a.config = effective_config(cfg, engine)
-                a.frame_event_every = cfg.frame_event_every
-            else:
-                await self._fail(a, context, f"unknown control action {control.action}")
-        except SessionNotFoundError:
+        action = PROTO_ACTIONS.get(control.action)
+        if action is None:
+            await self._fail(a, context, f"unknown control action {control.action}")
+        if action != RECONFIGURE:
+            a.bridge.control(action)
             return
+        cfg = pb.SessionConfig()
+        cfg.CopyFrom(a.config)
+        cfg.MergeFrom(control.config)
+        cfg.sample_rate_hz = a.sample_rate
+        try:
+            engine = engine_config(cfg, self.sup.config.engine)
+        except InvalidRequestError as exc:
+            await self._fail(a, context, str(exc))
+        if a.bridge.control(RECONFIGURE, engine):
+            a.config = effective_config(cfg, engine)
+            a.bridge.frame_event_every = cfg.frame_event_every
 
-    async def _fail(self, a: _Attached, context: grpc.aio.ServicerContext[Any, Any],
-                    message: str) -> None:
+    async def _fail(self, a: Attached, context: grpc.aio.ServicerContext[Any, Any],
+                    message: str) -> NoReturn:
         """A client error: the stream ends INVALID_ARGUMENT and the session is closed (not
         resumable -- resuming would replay the same mistake)."""
         a.delivered = True
-        with contextlib.suppress(SessionNotFoundError):
-            self.sup.close_session(a.session_id, "error")
+        a.bridge.close("error")
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
     # ------------------------------------------------------------------ housekeeping
@@ -630,8 +408,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 log.log(logging.DEBUG if a.closed else logging.INFO, "session %s: resume "
                         "window passed; %s", a.session_id, "forgotten" if a.closed else "closing")
                 a.delivered = True
-                with contextlib.suppress(SessionNotFoundError):
-                    self.sup.close_session(a.session_id, "client")
+                a.bridge.close("client")
                 self.sessions.pop(token, None)
 
 
@@ -644,7 +421,7 @@ class GrpcApi:
         self.config = config or GrpcConfig()
         self.tls = tls
         self.servicer = AlfredServicer(sup, self.config, auth)
-        self.health = _Health()
+        self.health = HealthService()
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()

@@ -40,24 +40,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..engine.errors import InvalidAudioError
-from ..runtime.errors import (
-    AdmissionError,
-    DaemonUnavailableError,
-    SessionBackloggedError,
-    SessionNotFoundError,
-)
+from ..runtime.errors import SessionNotFoundError
 from ..runtime.health import Health
 from ..runtime.supervisor import DaemonState, Supervisor
 from .auth import ANONYMOUS, UNAUTHENTICATED, Authenticator, Principal
+from .bridge import SessionBridge
 from .console import Console
 from .drain import DrainEndpoint
+from .errors import ApiError, api_error, json_error
 from .events_json import wire
+from .http_errors import MAX_BODY_BYTES, json_errors, reason
 from .monitor import Monitor
-from .outbox import Outbox, fill
 from .tls import TlsFiles
 from .web_security import OriginPolicy, add_security_headers
-from .webrtc_ice import RETRY_AFTER_S, WebRtcConfig
+from .webrtc_ice import WebRtcConfig
 
 if TYPE_CHECKING:
     from .webrtc import WhipApi
@@ -65,8 +61,10 @@ from .ws_bridge import WsBridge
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
-"""The largest request body (a process_frame's multipart, an /optimize document)."""
+FRAME_OUTBOX_LIMIT = 1000
+"""Events a process_frame session keeps between two calls (per-window ones are shed first)."""
+ANALYSED_TIMEOUT_S = 2.0
+"""How long a process_frame call waits for its frame's analysis before answering."""
 
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2500, 5000)
 FRAME_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
@@ -82,97 +80,6 @@ class HttpConfig:
     agent_check_host: str = "127.0.0.1"
     agent_check_port: int | None = None
     """HAProxy ``agent-check`` responder's TCP port (:mod:`..ops.agent_check`); unset: off."""
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _retry_later(code: str, message: str) -> web.Response:
-    """503 with Retry-After, as WHIP answers it: an admission refusal is temporary."""
-    response = _error(503, code, message)
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
-
-
-MAX_PATH_SHOWN = 100
-"""A request path is quoted in a 404's message up to this many characters (it is the
-client's)."""
-
-
-def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    """aiohttp's own 4xx (no route, wrong method, body too large, not a WebSocket upgrade)
-    in this API's JSON error form, with a sentence instead of aiohttp's bare reason."""
-    status = exc.status
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        response = _error(413, "too_large", f"the request body is over the {MAX_BODY_BYTES} "
-                          "byte limit; send one 20-100 ms frame per request")
-    elif isinstance(exc, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        response = _error(405, "method_not_allowed",
-                          f"{exc.method} is not allowed on this path; allowed: {allowed}")
-    elif isinstance(exc, web.HTTPNotFound):
-        response = _error(404, "not_found",
-                          f"no endpoint at {request.path[:MAX_PATH_SHOWN]!r}")
-    else:
-        # The text aiohttp gives its remaining 4xx is a sentence already ("No WebSocket
-        # UPGRADE hdr: ..."); only the status line's reason is added if it has none.
-        message = (exc.text or exc.reason or "bad request").strip()
-        response = _error(status, exc.reason.lower().replace(" ", "_") or "bad_request",
-                          message.removeprefix(f"{status}: "))
-    for name in ("Allow", "WWW-Authenticate"):
-        if name in exc.headers:
-            response.headers[name] = exc.headers[name]
-    return response
-
-
-@web.middleware
-async def _json_errors(request: web.Request,
-                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                       ) -> web.StreamResponse:
-    """Every error a request can meet before or outside a handler's own checks answers in
-    the JSON error form. A declared body over the limit is refused before anything reads
-    it (a handler's parser could otherwise fail on it first with a less telling error)."""
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        return _http_error(request, web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, length))
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _http_error(request, exc)
-    except ConnectionResetError:
-        # The client closed its side before the body it announced was complete: there is
-        # no one left to answer, and nothing the daemon did wrong to log a traceback for.
-        log.debug("HTTP %s %s: client closed before its body was complete", request.method,
-                  request.path[:MAX_PATH_SHOWN])
-        return _error(400, "incomplete_body", "the connection closed before the request "
-                      "body was complete")
-
-
-class _ClientProtocolErrors(logging.Filter):
-    """aiohttp answers a request it cannot parse (a header line over 8 KiB, a bad chunk
-    size, a Content-Length that is not a number) with 400 itself, then logs it as an ERROR
-    with the parser's traceback: a client's mistake, not the daemon's. Such records become
-    one DEBUG line (aiohttp already logs non-HTTP bytes on the port at DEBUG, so as not to
-    fill the log with noise); errors of the daemon's own keep their traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.args = (record.getMessage(), _reason(exc))
-            record.msg = "%s: %s"
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
-if not any(isinstance(f, _ClientProtocolErrors) for f in _AIOHTTP_SERVER_LOG.filters):
-    _AIOHTTP_SERVER_LOG.addFilter(_ClientProtocolErrors())
 
 
 class _SupervisorCollector(Collector):
@@ -290,7 +197,7 @@ class HttpApi:
         self.whip = _LazyWhip(sup, webrtc, self.auth) if webrtc.enabled else None
         self.console = Console()
         self.drain = DrainEndpoint(sup, drain) if drain is not None else None
-        self._frame_sessions: dict[str, Outbox] = {}
+        self._frame_sessions: dict[str, SessionBridge] = {}
         self._frame_owners: dict[str, str] = {}
         self._pumps: set[asyncio.Task[None]] = set()
         """Sessions fed by POST /process_frame, with their undelivered events."""
@@ -312,7 +219,7 @@ class HttpApi:
             self.metrics_public and request.path in ("/metrics", "/metrics.json"))
         principal = self.auth.authenticate(request.headers.get("Authorization"))
         if principal is None and not open_path:
-            response = _error(401, "unauthenticated", UNAUTHENTICATED)
+            response = json_error(401, "unauthenticated", UNAUTHENTICATED)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         request["principal"] = principal or ANONYMOUS
@@ -326,7 +233,7 @@ class HttpApi:
     def app(self) -> web.Application:
         policy = OriginPolicy(self.config.allowed_origins, self.config.host)
         app = web.Application(client_max_size=MAX_BODY_BYTES,
-                              middlewares=[_json_errors, policy.middleware(),
+                              middlewares=[json_errors, policy.middleware(),
                                            self._authenticate])
         app.on_response_prepare.append(add_security_headers)
         if self.sup.config.daemon_id:
@@ -413,7 +320,7 @@ class HttpApi:
         try:
             return web.json_response(self.sup.session_status(sid))
         except SessionNotFoundError as exc:
-            return _error(404, "session_not_found", str(exc))  # the id quoted, cut short
+            return api_error(exc).response()  # 404; the id quoted, cut short
 
     async def optimize(self, request: web.Request) -> web.Response:
         flags = {"triggerGC": True, "cleanupSessions": True, "optimizeBuffers": True}
@@ -422,28 +329,28 @@ class HttpApi:
             # A form or text/plain body is what a cross-site page can send without a
             # preflight; JSON is not.
             if request.content_type != "application/json":
-                return _error(415, "unsupported_media_type",
-                              "send the options as application/json")
+                return json_error(415, "unsupported_media_type",
+                                  "send the options as application/json")
             try:
                 body: Any = json.loads(raw.decode())
             except UnicodeDecodeError:
-                return _error(400, "invalid_json", "body is not UTF-8 text")
+                return json_error(400, "invalid_json", "body is not UTF-8 text")
             except json.JSONDecodeError as exc:
-                return _error(400, "invalid_json", f"body is not JSON: {exc.msg}")
+                return json_error(400, "invalid_json", f"body is not JSON: {exc.msg}")
             except RecursionError:
-                return _error(400, "invalid_json", "body is nested too deeply")
+                return json_error(400, "invalid_json", "body is nested too deeply")
             except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
-                return _error(400, "invalid_json", f"body is not usable JSON ({_reason(exc)})")
+                return json_error(400, "invalid_json", f"body is not usable JSON ({reason(exc)})")
             if not isinstance(body, dict):
-                return _error(400, "invalid_body", "body must be a JSON object")
+                return json_error(400, "invalid_body", "body must be a JSON object")
             unknown = sorted(set(body) - set(flags))
             if unknown:
-                return _error(400, "unknown_field",
-                              f"unknown field(s) {unknown}; allowed: {sorted(flags)}")
+                return json_error(400, "unknown_field",
+                                  f"unknown field(s) {unknown}; allowed: {sorted(flags)}")
             for key, value in body.items():
                 if not isinstance(value, bool):
-                    return _error(400, "invalid_field",
-                                  f"{key} must be true or false, not {value!r}")
+                    return json_error(400, "invalid_field",
+                                      f"{key} must be true or false, not {value!r}")
                 flags[key] = value
         done = await self.sup.optimize(trigger_gc=flags["triggerGC"],
                                        cleanup_sessions=flags["cleanupSessions"],
@@ -461,82 +368,72 @@ class HttpApi:
         another's session and read its events. An id this endpoint did not create is 404.
         """
         if not request.content_type.startswith("multipart/"):
-            return _error(400, "invalid_body", "send multipart/form-data with audio (and "
-                          "session_id after the first frame)")
+            return json_error(400, "invalid_body", "send multipart/form-data with audio (and "
+                              "session_id after the first frame)")
         try:
             form = await request.post()
         except (ValueError, LookupError, HttpProcessingError) as exc:
             # aiohttp's multipart reader says what it could not parse (no boundary, a body
             # that ends before its closing boundary, an unknown charset) in a ValueError,
             # LookupError or HttpProcessingError; none of it is the daemon's fault.
-            return _error(400, "invalid_multipart", "the multipart body could not be read "
-                          f"({_reason(exc)}); send multipart/form-data with a boundary and "
-                          "an audio part")
+            return json_error(400, "invalid_multipart", "the multipart body could not be read "
+                              f"({reason(exc)}); send multipart/form-data with a boundary and "
+                              "an audio part")
         sid = form.get("session_id") or None
         audio = form.get("audio")
         principal: Principal = request["principal"]
         if sid is not None and (not isinstance(sid, str) or sid not in self._frame_sessions
                                 or self._frame_owners.get(sid) != principal.name):
-            return _error(404, "session_not_found",
-                          "no process_frame session has this session_id; leave it out on the "
-                          "first frame and send the sessionId of the answer after that")
+            return json_error(404, "session_not_found",
+                              "no process_frame session has this session_id; leave it out on the "
+                              "first frame and send the sessionId of the answer after that")
         if audio is None:
-            return _error(400, "missing_field", "audio (LINEAR16 bytes) is required")
+            return json_error(400, "missing_field", "audio (LINEAR16 bytes) is required")
         pcm = audio.file.read() if isinstance(audio, web.FileField) else str(audio).encode()
         try:
             rate = int(str(form.get("sample_rate", "16000")))
         except ValueError:
-            return _error(400, "invalid_field", "sample_rate must be an integer")
-        try:
-            if sid is not None:
-                outbox = self._frame_sessions[sid]
-            else:
-                over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
-                if over is not None:
-                    return _error(429, "session_limit", over)
-                # Per-window VAD results are this endpoint's answer: frame events on.
-                engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
-                sid = self.sup.open_session(
-                    engine, sample_rate=rate,
-                    owner=self.auth.owner(principal), transport="http")
-                self._frame_owners[sid] = principal.name
-                outbox = Outbox(limit=1000)
-                self._frame_sessions[sid] = outbox
-                task = asyncio.create_task(self._pump_frames(sid, outbox))
-                self._pumps.add(task)
-                task.add_done_callback(self._pumps.discard)
-            windows = await self.sup.feed(sid, pcm)
-        except InvalidAudioError as exc:
-            return _error(400, "invalid_audio", str(exc))
-        except AdmissionError as exc:
-            return _retry_later(exc.reason, str(exc))
-        except DaemonUnavailableError as exc:
-            return _retry_later("unavailable", str(exc))
-        except SessionBackloggedError as exc:
-            return _error(429, "backlogged", str(exc))
-        except SessionNotFoundError as exc:
-            return _error(404, "session_not_found", str(exc))
-        deadline = asyncio.get_running_loop().time() + 2.0
-        while asyncio.get_running_loop().time() < deadline:
+            return json_error(400, "invalid_field", "sample_rate must be an integer")
+        if sid is not None:
+            session = self._frame_sessions[sid]
+        else:
+            over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
+            if over is not None:
+                return json_error(429, "session_limit", over)
             try:
-                if self.sup.session_status(sid)["windowsQueued"] == 0:
-                    break
-            except SessionNotFoundError:
-                break  # closed meanwhile (idle, shutdown): answer what it produced
-            await asyncio.sleep(0.005)
-        events = []
-        while len(outbox):
-            ev = await outbox.get()
-            if ev is not None:
-                events.append(wire(ev))
-        return web.json_response({"sessionId": sid, "windows": windows, "events": events})
-
-    async def _pump_frames(self, sid: str, outbox: Outbox) -> None:
+                session = self._open_frame_session(principal, rate)
+            except ApiError as err:
+                return err.response()
         try:
-            await fill(outbox, self.sup.events(sid), lambda: 1)
+            windows = await session.feed(pcm)
+        except ApiError as err:
+            return err.response()
+        await session.analysed(ANALYSED_TIMEOUT_S)
+        events = [wire(ev) for ev in await session.ready_events()]
+        return web.json_response({"sessionId": session.session_id, "windows": windows,
+                                  "events": events})
+
+    def _open_frame_session(self, principal: Principal, rate: int) -> SessionBridge:
+        """A process_frame session: per-window VAD results are this endpoint's answer, so
+        frame events are on (every one of them)."""
+        engine = dataclasses.replace(self.sup.config.engine, frame_events=True)
+        session = SessionBridge.open(self.sup, engine, sample_rate=rate,
+                                     owner=self.auth.owner(principal), transport="http",
+                                     outbox_limit=FRAME_OUTBOX_LIMIT, frame_event_every=1)
+        sid = session.session_id
+        self._frame_owners[sid] = principal.name
+        self._frame_sessions[sid] = session
+        task = asyncio.create_task(self._pump_frames(session))
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+        return session
+
+    async def _pump_frames(self, session: SessionBridge) -> None:
+        try:
+            await session.pump()
         finally:
-            self._frame_sessions.pop(sid, None)
-            self._frame_owners.pop(sid, None)
+            self._frame_sessions.pop(session.session_id, None)
+            self._frame_owners.pop(session.session_id, None)
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = self.sup.health
@@ -548,19 +445,6 @@ class HttpApi:
         ready = self.sup.state == DaemonState.RUNNING and self.sup.health is not Health.FAILED
         return web.json_response({"ready": ready, "state": self.sup.state},
                                  status=200 if ready else 503)
-
-
-MAX_REASON_SHOWN = 120
-"""An exception's text quoted in an error message is cut here (it may quote the client's
-bytes)."""
-
-
-def _reason(exc: BaseException) -> str:
-    """One line saying why a request body could not be parsed, from the parser's exception:
-    its message, without aiohttp's "400, message:" prefix, cut short."""
-    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    text = " ".join(text.split()) or type(exc).__name__
-    return text if len(text) <= MAX_REASON_SHOWN else text[:MAX_REASON_SHOWN] + "..."
 
 
 def _histogram_summary(hist: Histogram) -> dict[str, float]:

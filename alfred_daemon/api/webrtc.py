@@ -44,28 +44,21 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerCo
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from ..engine.errors import InvalidAudioError
-from ..engine.events import SessionClosed
-from ..runtime.errors import (
-    AdmissionError,
-    DaemonUnavailableError,
-    SessionBackloggedError,
-    SessionNotFoundError,
-)
+from ..engine.events import Event
 from ..runtime.supervisor import Supervisor
 from .auth import Authenticator, Principal
+from .bridge import SessionBridge
 from .convert import InvalidRequestError, engine_config, session_config_from_query
+from .errors import ApiError, json_error
 from .events_json import (
-    apply_control,
     error,
     events_shed,
     parse_client_message,
     session_started,
     wire,
 )
-from .outbox import Outbox, fill
+from .outbox import ShedCounts
 from .webrtc_ice import (
-    RETRY_AFTER_S,
     InvalidOfferError,
     WebRtcConfig,
     answer_offer,
@@ -129,10 +122,9 @@ def to_mono(frame: AudioFrame) -> npt.NDArray[np.float32]:
 class Peer:
     """One WHIP resource: a peer connection feeding one supervisor session."""
 
-    sid: str
+    session: SessionBridge
     owner: str
     pc: RTCPeerConnection
-    outbox: Outbox
     expects_channel: bool
     channel: RTCDataChannel | None = None
     channel_open: asyncio.Event = field(default_factory=asyncio.Event)
@@ -143,11 +135,13 @@ class Peer:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     """The peer connection is closed and every task of the peer has ended."""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    pump: asyncio.Task[None] | None = None
-    """Moves the session's events into the outbox; done once sessionClosed is in it."""
     audio_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     frames: asyncio.Queue[AudioFrame] = field(
         default_factory=lambda: asyncio.Queue(MAX_BUFFERED_FRAMES))
+
+    @property
+    def sid(self) -> str:
+        return self.session.session_id
 
     def send(self, message: dict[str, Any]) -> bool:
         """Queue one JSON message on the events channel if it is open; False if not."""
@@ -176,13 +170,13 @@ class WhipApi:
 
     async def post(self, request: web.Request) -> web.Response:
         if request.content_type != "application/sdp":
-            return _error(415, "unsupported_media_type",
-                          "send the SDP offer as Content-Type: application/sdp")
+            return json_error(415, "unsupported_media_type",
+                              "send the SDP offer as Content-Type: application/sdp")
         raw = await request.read()
         try:
             sdp = raw.decode()
         except UnicodeDecodeError:
-            return _error(400, "invalid_offer", "the SDP offer is not UTF-8 text")
+            return json_error(400, "invalid_offer", "the SDP offer is not UTF-8 text")
         principal: Principal = request["principal"]
         try:
             cfg = session_config_from_query(request.query.items())
@@ -190,30 +184,28 @@ class WhipApi:
             engine = engine_config(cfg, self.sup.config.engine)
             offer = check_offer(sdp)
         except (InvalidRequestError, InvalidOfferError) as exc:
-            return _error(400, "invalid_offer" if isinstance(exc, InvalidOfferError)
-                          else "invalid_parameter", str(exc))
+            return json_error(400, "invalid_offer" if isinstance(exc, InvalidOfferError)
+                              else "invalid_parameter", str(exc))
         over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
         if over is not None:
-            return _error(429, "session_limit", over)
+            return json_error(429, "session_limit", over)
         try:
-            sid = self.sup.open_session(engine, sample_rate=OPUS_RATE,
-                                        owner=self.auth.owner(principal),
-                                        transport=TRANSPORT)
-        except AdmissionError as exc:
-            return _unavailable(exc.reason, str(exc))
-        except DaemonUnavailableError as exc:
-            return _unavailable("unavailable", str(exc))
+            session = SessionBridge.open(
+                self.sup, engine, sample_rate=OPUS_RATE, owner=self.auth.owner(principal),
+                transport=TRANSPORT, outbox_limit=self.outbox_limit,
+                frame_event_every=cfg.frame_event_every)
+        except ApiError as err:
+            return err.response()  # 503 with Retry-After: refused or unavailable
         try:
-            answer = await self._answer(sid, principal.name, sdp,
-                                        offer.has_events_channel, cfg.frame_event_every)
+            answer = await self._answer(session, principal.name, sdp,
+                                        offer.has_events_channel)
         except InvalidOfferError as exc:
-            with contextlib.suppress(SessionNotFoundError):
-                self.sup.close_session(sid, "error")
-            return _error(400, "invalid_offer", str(exc))
+            session.close("error")
+            return json_error(400, "invalid_offer", str(exc))
         except BaseException:
-            with contextlib.suppress(SessionNotFoundError):
-                self.sup.close_session(sid, "error")
+            session.close("error")
             raise
+        sid = session.session_id
         headers = {"Location": f"/whip/{sid}", "Content-Type": "application/sdp"}
         response = web.Response(status=201, text=answer, headers=headers)
         for link in self.config.link_headers():
@@ -228,9 +220,9 @@ class WhipApi:
         peer = self.peers.get(sid)
         if peer is None or peer.owner != principal.name:
             shown = sid if len(sid) <= 64 else sid[:64] + "..."
-            return _error(404, "session_not_found",
-                          f"no open WebRTC session {shown!r}: it has ended (DELETE, end, "
-                          "idle or shutdown) or never existed")
+            return json_error(404, "session_not_found",
+                              f"no open WebRTC session {shown!r}: it has ended (DELETE, "
+                              "end, idle or shutdown) or never existed")
         await self._finish(peer)
         return web.Response(status=200)
 
@@ -238,8 +230,7 @@ class WhipApi:
         """Close every peer (the daemon stops): their sessions close as ``shutdown``."""
         peers = list(self.peers.values())
         for peer in peers:
-            with contextlib.suppress(SessionNotFoundError):
-                self.sup.close_session(peer.sid, "shutdown")
+            peer.session.close("shutdown")
         if peers:
             await asyncio.wait([asyncio.create_task(p.done.wait()) for p in peers],
                                timeout=CLOSE_TIMEOUT_S)
@@ -250,12 +241,13 @@ class WhipApi:
 
     # ------------------------------------------------------------------ a peer
 
-    async def _answer(self, sid: str, owner: str, sdp: str, expects_channel: bool,
-                      frame_event_every: int) -> str:
+    async def _answer(self, session: SessionBridge, owner: str, sdp: str,
+                      expects_channel: bool) -> str:
         """Apply the offer, answer it (host candidates on the configured address) and start
         the peer's tasks. InvalidOfferError if aiortc cannot answer it."""
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
-        peer = Peer(sid, owner, pc, Outbox(self.outbox_limit), expects_channel)
+        sid = session.session_id
+        peer = Peer(session, owner, pc, expects_channel)
         self._wire(peer)  # before anything can connect: no state change or channel missed
         try:
             track = await answer_offer(pc, sdp, self.config.host)
@@ -263,9 +255,7 @@ class WhipApi:
             await pc.close()
             raise
         self.peers[sid] = peer
-        peer.pump = asyncio.create_task(fill(peer.outbox, self.sup.events(sid),
-                                             lambda: frame_event_every))
-        peer.tasks = [peer.pump, asyncio.create_task(self._watch(peer))]
+        peer.tasks = [session.start_events(), asyncio.create_task(self._watch(peer))]
         peer.audio_tasks = [asyncio.create_task(self._receive(peer, track)),
                             asyncio.create_task(self._feed(peer))]
         peer.tasks += peer.audio_tasks
@@ -315,7 +305,7 @@ class WhipApi:
                 task = asyncio.create_task(self._finish(peer))
                 peer.tasks.append(task)
             return
-        apply_control(self.sup, peer.sid, parsed.action)
+        peer.session.control(parsed.action)
 
     async def _finish(self, peer: Peer) -> None:
         """End of input (DELETE or ``end``): the session's last finals and turn end are
@@ -332,8 +322,7 @@ class WhipApi:
             await asyncio.wait_for(peer.frames.join(), DRAIN_TIMEOUT_S)
         feeder.cancel()
         await asyncio.gather(receiver, feeder, return_exceptions=True)
-        with contextlib.suppress(SessionNotFoundError):
-            await self.sup.finish_session(peer.sid)
+        await peer.session.finish()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(peer.delivered.wait(), FINISH_TIMEOUT_S)
 
@@ -350,8 +339,7 @@ class WhipApi:
         finally:
             peer.delivered.set()
             self.peers.pop(peer.sid, None)
-            with contextlib.suppress(SessionNotFoundError):
-                self.sup.close_session(peer.sid, "error")  # only if still open (a bug)
+            peer.session.close("error")  # only if still open (a bug)
             me = asyncio.current_task()
             others = [t for t in peer.tasks if t is not me]
             for task in others:
@@ -363,25 +351,27 @@ class WhipApi:
             log.info("session %s: WebRTC peer closed", peer.sid)
 
     async def _write(self, peer: Peer) -> None:
-        if peer.expects_channel and peer.pump is not None:
+        pump = peer.session.pump_task
+        if peer.expects_channel and pump is not None:
             # Events wait in the outbox (partials shed first) until the channel opens, or
             # until the session has ended without it (its events then go nowhere); a peer
             # that never connects has its session closed by _watch meanwhile.
             opened = asyncio.create_task(peer.channel_open.wait())
             try:
-                await asyncio.wait({opened, peer.pump}, return_when=asyncio.FIRST_COMPLETED,
+                await asyncio.wait({opened, pump}, return_when=asyncio.FIRST_COMPLETED,
                                    timeout=self.config.handshake_timeout + 1.0)
             finally:
                 opened.cancel()
         peer.send(session_started(peer.sid, OPUS_RATE, TRANSPORT))
-        while (event := await peer.outbox.get()) is not None:
-            shed = peer.outbox.take_shed()
-            if shed is not None:
-                peer.send(events_shed(shed))
+
+        async def send_shed(shed: ShedCounts, event: Event) -> None:
+            peer.send(events_shed(shed))
+
+        async def send(event: Event) -> None:
             await self._drained(peer)
             peer.send(wire(event))
-            if isinstance(event, SessionClosed):
-                return
+
+        await peer.session.write(send, send_shed)
 
     @staticmethod
     async def _flushed(peer: Peer) -> None:
@@ -402,8 +392,7 @@ class WhipApi:
             if time.monotonic() > deadline:
                 log.warning("session %s: the peer has not read its events for %.0f s; "
                             "closing", peer.sid, WRITE_DEADLINE_S)
-                with contextlib.suppress(SessionNotFoundError):
-                    self.sup.close_session(peer.sid, "error")
+                peer.session.close("error")
                 peer.channel = None  # nothing more is sent
                 return
             await asyncio.sleep(0.02)
@@ -424,8 +413,7 @@ class WhipApi:
         if self.peers.get(peer.sid) is not peer or peer.delivered.is_set():
             return  # already finishing (DELETE, end) or closed
         log.info("session %s: %s; closing it as idle", peer.sid, why)
-        with contextlib.suppress(SessionNotFoundError):
-            self.sup.close_session(peer.sid, "idle")
+        peer.session.close("idle")
 
     async def _receive(self, peer: Peer, track: MediaStreamTrack) -> None:
         """Move decoded frames into the peer's bounded queue as they come; no frame for
@@ -457,8 +445,7 @@ class WhipApi:
                            "what the daemon could take; send live audio at real time")
                 peer.send(error("RESOURCE_EXHAUSTED", message))
                 log.warning("session %s: %s", peer.sid, message)
-                with contextlib.suppress(SessionNotFoundError):
-                    self.sup.close_session(peer.sid, "error")
+                peer.session.close("error")
                 return
 
     async def _feed(self, peer: Peer) -> None:
@@ -467,27 +454,15 @@ class WhipApi:
         for _ in range(limit):
             frame = await peer.frames.get()
             try:
-                await self.sup.feed(peer.sid, to_mono(frame), sample_rate=frame.sample_rate)
-            except SessionNotFoundError:
-                return
-            except (InvalidAudioError, SessionBackloggedError) as exc:
-                code = ("INVALID_ARGUMENT" if isinstance(exc, InvalidAudioError)
-                        else "RESOURCE_EXHAUSTED")
-                peer.send(error(code, str(exc)))
-                log.warning("session %s: %s", peer.sid, exc)
-                with contextlib.suppress(SessionNotFoundError):
-                    self.sup.close_session(peer.sid, "error")
+                await peer.session.feed(to_mono(frame), sample_rate=frame.sample_rate)
+            except ApiError as err:
+                if err.gone:
+                    return
+                # Bad audio or a backlog: the call cannot go on usefully.
+                peer.send(error(err.name, err.message))
+                log.warning("session %s: %s", peer.sid, err.message)
+                peer.session.close("error")
                 return
             finally:
                 peer.frames.task_done()  # DELETE waits for every received frame's feed
 
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _unavailable(code: str, message: str) -> web.Response:
-    """503 with Retry-After: the refusal is temporary (sessions end, load falls)."""
-    response = _error(503, code, message)
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response

@@ -33,19 +33,13 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from google.protobuf.json_format import ParseDict, ParseError
 
-from ..engine.errors import InvalidAudioError
-from ..engine.events import SessionClosed
-from ..runtime.errors import (
-    AdmissionError,
-    DaemonUnavailableError,
-    SessionBackloggedError,
-    SessionNotFoundError,
-)
+from ..engine.events import Event
 from ..runtime.supervisor import Supervisor
 from .auth import UNAUTHENTICATED, Authenticator
+from .bridge import SessionBridge
 from .convert import MAX_FRAME_BYTES, InvalidRequestError, engine_config
+from .errors import ApiError
 from .events_json import (
-    apply_control,
     error,
     events_shed,
     parse_client_message,
@@ -53,7 +47,7 @@ from .events_json import (
     session_started,
     wire,
 )
-from .outbox import Outbox, fill
+from .outbox import ShedCounts
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +59,12 @@ refused here, after the client has sent all of it, so the client reads the error
 1009 with its reason; one past this is refused by aiohttp as its header arrives
 (:class:`_Socket` adds the reason then)."""
 
+
+WRITE_DEADLINE_S = 10.0
+"""A client that does not take an event for this long loses its socket."""
+
+CONFIG_REFUSED = WSCloseCode.POLICY_VIOLATION
+"""The close code for a config (or any text message) the daemon cannot take: 1008."""
 
 MAX_CLOSE_REASON = 123
 """Bytes of UTF-8 a close frame's reason may carry (RFC 6455: 125 minus the code)."""
@@ -111,19 +111,47 @@ class WsBridge:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = _Socket(heartbeat=20.0, max_msg_size=READ_LIMIT)
         await ws.prepare(request)
+        opened = await self._open(ws, request)
+        if opened is None:
+            return ws
+        session, sample_rate = opened
+        await ws.send_json(session_started(session.session_id, sample_rate, "websocket"))
+        pump = session.start_events()
+        writer = asyncio.create_task(self._write(ws, session))
+        ended = False
+        try:
+            ended = await self._read(ws, session)
+        finally:
+            if ended:
+                await session.finish()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer, 30.0)
+            else:
+                session.close("client")
+            for task in (pump, writer):
+                task.cancel()
+            await asyncio.gather(pump, writer, return_exceptions=True)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _open(self, ws: web.WebSocketResponse,
+                    request: web.Request) -> tuple[SessionBridge, int] | None:
+        """Read the config message and admit its session: the session and its sample rate,
+        or None once the socket has been refused (error message and close sent)."""
         try:
             first = await asyncio.wait_for(ws.receive(), 30.0)
         except TimeoutError:
-            await self._fail(ws, "INVALID_ARGUMENT", "no config within 30 s", 1008)
-            return ws
+            await self._fail(ws, "INVALID_ARGUMENT", "no config within 30 s", CONFIG_REFUSED)
+            return None
         if first.type == WSMsgType.TEXT and len(first.data) > MAX_FRAME_BYTES:
             await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
-            return ws
+            return None
         if first.type != WSMsgType.TEXT:
             await self._fail(ws, "INVALID_ARGUMENT",
                              "the first message must be the JSON config (config first, then "
-                             "binary audio)", 1008)
-            return ws
+                             "binary audio)", CONFIG_REFUSED)
+            return None
         try:
             msg = parse_json(first.data)
             if not isinstance(msg, dict) or msg.get("type") != "config":
@@ -136,53 +164,32 @@ class WsBridge:
                 header = f"Bearer {token}"
             principal = self.auth.authenticate(header)
             if principal is None:
-                await self._fail(ws, "UNAUTHENTICATED", UNAUTHENTICATED, 1008)
-                return ws
+                await self._fail(ws, "UNAUTHENTICATED", UNAUTHENTICATED, CONFIG_REFUSED)
+                return None
             over = self.auth.over_limit(principal, self.sup.sessions_of(principal.name))
             if over is not None:
                 await self._fail(ws, "RESOURCE_EXHAUSTED", over, 1013)
-                return ws
+                return None
             cfg = session_config(msg)
             if cfg.sample_rate_hz == 0:
                 cfg.sample_rate_hz = 16_000
             engine = engine_config(cfg, self.sup.config.engine)
-            sid = self.sup.open_session(engine, sample_rate=cfg.sample_rate_hz,
-                                        owner=self.auth.owner(principal),
-                                        transport="websocket")
-        except (InvalidRequestError, InvalidAudioError) as exc:
-            await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
-            return ws
-        except AdmissionError as exc:
-            await self._fail(ws, "RESOURCE_EXHAUSTED", str(exc), 1013)
-            return ws
-        except DaemonUnavailableError as exc:
-            await self._fail(ws, "UNAVAILABLE", str(exc), 1013)
-            return ws
-        await ws.send_json(session_started(sid, cfg.sample_rate_hz, "websocket"))
-        outbox = Outbox(self.outbox_limit)
-        every = cfg.frame_event_every
-        pump = asyncio.create_task(fill(outbox, self.sup.events(sid), lambda: every))
-        writer = asyncio.create_task(self._write(ws, outbox))
-        ended = False
-        try:
-            ended = await self._read(ws, sid)
-        finally:
-            if ended:
-                with contextlib.suppress(SessionNotFoundError):
-                    await self.sup.finish_session(sid)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer, 30.0)
-            else:
-                with contextlib.suppress(SessionNotFoundError):
-                    self.sup.close_session(sid, "client")
-            for task in (pump, writer):
-                task.cancel()
-            await asyncio.gather(pump, writer, return_exceptions=True)
-            if not ws.closed:
-                await ws.close()
-        return ws
+            session = SessionBridge.open(
+                self.sup, engine, sample_rate=cfg.sample_rate_hz,
+                owner=self.auth.owner(principal), transport="websocket",
+                outbox_limit=self.outbox_limit, frame_event_every=cfg.frame_event_every)
+        except InvalidRequestError as exc:
+            await self._fail(ws, "INVALID_ARGUMENT", str(exc), CONFIG_REFUSED)
+            return None
+        except ApiError as err:
+            # A config the daemon cannot take (its sample rate) is refused as a policy
+            # violation, like any other bad config; 1007 is for a frame's data.
+            await self._fail(ws, err.name, err.message,
+                             CONFIG_REFUSED if err.invalid else err.ws_close)
+            return None
+        return session, cfg.sample_rate_hz
 
-    async def _read(self, ws: web.WebSocketResponse, sid: str) -> bool:
+    async def _read(self, ws: web.WebSocketResponse, session: SessionBridge) -> bool:
         """Apply messages until ``end`` (True) or the socket closes/fails (False)."""
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
@@ -190,14 +197,10 @@ class WsBridge:
                     await self._fail(ws, "INVALID_ARGUMENT", TOO_BIG, 1009)
                     return False
                 try:
-                    await self.sup.feed(sid, msg.data)
-                except InvalidAudioError as exc:
-                    await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1007)
-                    return False
-                except SessionBackloggedError as exc:
-                    await self._fail(ws, "RESOURCE_EXHAUSTED", str(exc), 1013)
-                    return False
-                except SessionNotFoundError:
+                    await session.feed(msg.data)
+                except ApiError as err:
+                    if not err.gone:  # a session that has ended just ends the socket
+                        await self._fail(ws, err.name, err.message, err.ws_close)
                     return False
             elif msg.type == WSMsgType.TEXT:
                 if len(msg.data) > MAX_FRAME_BYTES:
@@ -206,23 +209,24 @@ class WsBridge:
                 try:
                     message = parse_client_message(msg.data)
                 except InvalidRequestError as exc:
-                    await self._fail(ws, "INVALID_ARGUMENT", str(exc), 1008)
+                    await self._fail(ws, "INVALID_ARGUMENT", str(exc), CONFIG_REFUSED)
                     return False
                 if message.kind == "end":
                     return True
-                apply_control(self.sup, sid, message.action)
+                session.control(message.action)
             else:
                 return False
         return False
 
-    async def _write(self, ws: web.WebSocketResponse, outbox: Outbox) -> None:
-        while (event := await outbox.get()) is not None:
-            shed = outbox.take_shed()
-            if shed is not None:
-                await ws.send_json(events_shed(shed))
-            await asyncio.wait_for(ws.send_json(wire(event)), 10.0)
-            if isinstance(event, SessionClosed):
-                return
+    @staticmethod
+    async def _write(ws: web.WebSocketResponse, session: SessionBridge) -> None:
+        async def send(event: Event) -> None:
+            await asyncio.wait_for(ws.send_json(wire(event)), WRITE_DEADLINE_S)
+
+        async def send_shed(shed: ShedCounts, event: Event) -> None:
+            await ws.send_json(events_shed(shed))
+
+        await session.write(send, send_shed)
 
     @staticmethod
     async def _fail(ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
