@@ -1,4 +1,5 @@
-"""Engine configuration: plain frozen dataclasses, validated on construction.
+"""Engine configuration: plain frozen dataclasses, validated on construction; and the
+sample rate everything runs at, with its millisecond conversions.
 
 The ops layer maps its TOML file onto these; the engine itself never reads files. Every
 value has a range check whose message names the key (``stt.beam_size``) so a bad config
@@ -15,6 +16,18 @@ from .errors import ConfigError
 
 SAMPLE_RATE = 16_000
 """The engine's internal rate. Everything (VAD, Whisper, Smart Turn) is trained at 16 kHz."""
+MS = SAMPLE_RATE // 1000
+"""Samples per millisecond."""
+
+
+def ms_to_samples(ms: float) -> int:
+    """A duration from the config (milliseconds) as a sample count, rounded."""
+    return round(ms * MS)
+
+
+def samples_to_ms(samples: int) -> int:
+    """A sample position as an event offset, in whole milliseconds (rounded down)."""
+    return int(samples // MS)
 
 
 def check_range(key: str, value: float, lo: float, hi: float) -> None:
