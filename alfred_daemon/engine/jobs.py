@@ -149,7 +149,7 @@ def run_jobs(
     where their shapes allow (:meth:`WhisperTranscriber.transcribe_many`, same results as
     one by one), Smart Turn ones one by one. Never raises, like :func:`run_job`."""
     results: dict[int, JobResult] = {}
-    stt_items = []
+    stt_items: list[tuple[int, Job, DecodeRequest]] = []
     for i, (job, audio, cfg) in enumerate(items):
         if job.kind is JobKind.TURN:
             results[i] = _run_turn(models, job, audio)
