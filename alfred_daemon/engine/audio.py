@@ -159,25 +159,9 @@ def load_wav(path: str | Path, rates: Collection[int]) -> tuple[FloatArray, int]
 def _decode_wav(path: Path) -> tuple[FloatArray, int]:
     q = shlex.quote(str(path))
     convert = f"convert it with `sox {q} -b 16 out.wav` (or `ffmpeg -i {q} out.wav`)"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidAudioError(f"{path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise InvalidAudioError(f"{path} is a directory; give a WAV file") from None
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise InvalidAudioError(f"cannot read {path} ({reason}); check that it is a "
-                                "readable file") from None
-    if not raw:
-        raise InvalidAudioError(f"{path} is empty (0 bytes); give a WAV file with audio in it")
+    raw = _read_audio_file(path)
     if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
-        for magic, what in _OTHER_FORMATS:
-            if raw.startswith(magic):
-                raise InvalidAudioError(f"{path} is {what}, not WAV; {convert}")
-        if _looks_like_text(raw):
-            raise InvalidAudioError(f"{path} is a text file, not audio; give a WAV file")
-        raise InvalidAudioError(f"{path} is not a WAV file (no RIFF/WAVE header); {convert}")
+        raise InvalidAudioError(_not_wav(path, raw, convert))
     fmt, data = _riff_chunks(raw)
     if fmt is None or len(fmt) < 16 or data is None:
         missing = "fmt" if fmt is None or len(fmt) < 16 else "data"
@@ -210,6 +194,33 @@ def _decode_wav(path: Path) -> tuple[FloatArray, int]:
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
     return samples, rate
+
+
+def _read_audio_file(path: Path) -> bytes:
+    """The file's bytes, or an InvalidAudioError saying why there are none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidAudioError(f"{path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise InvalidAudioError(f"{path} is a directory; give a WAV file") from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise InvalidAudioError(f"cannot read {path} ({reason}); check that it is a "
+                                "readable file") from None
+    if not raw:
+        raise InvalidAudioError(f"{path} is empty (0 bytes); give a WAV file with audio in it")
+    return raw
+
+
+def _not_wav(path: Path, raw: bytes, convert: str) -> str:
+    """What a file without a RIFF/WAVE header is, as far as its first bytes tell."""
+    for magic, what in _OTHER_FORMATS:
+        if raw.startswith(magic):
+            return f"{path} is {what}, not WAV; {convert}"
+    if _looks_like_text(raw):
+        return f"{path} is a text file, not audio; give a WAV file"
+    return f"{path} is not a WAV file (no RIFF/WAVE header); {convert}"
 
 
 def _riff_chunks(raw: bytes) -> tuple[bytes | None, bytes | None]:

@@ -1,4 +1,5 @@
-"""Engine configuration: plain frozen dataclasses, validated on construction.
+"""Engine configuration: plain frozen dataclasses, validated on construction; and the
+sample rate everything runs at, with its millisecond conversions.
 
 The ops layer maps its TOML file onto these; the engine itself never reads files. Every
 value has a range check whose message names the key (``stt.beam_size``) so a bad config
@@ -15,6 +16,18 @@ from .errors import ConfigError
 
 SAMPLE_RATE = 16_000
 """The engine's internal rate. Everything (VAD, Whisper, Smart Turn) is trained at 16 kHz."""
+MS = SAMPLE_RATE // 1000
+"""Samples per millisecond."""
+
+
+def ms_to_samples(ms: float) -> int:
+    """A duration from the config (milliseconds) as a sample count, rounded."""
+    return round(ms * MS)
+
+
+def samples_to_ms(samples: int) -> int:
+    """A sample position as an event offset, in whole milliseconds (rounded down)."""
+    return int(samples // MS)
 
 
 def check_range(key: str, value: float, lo: float, hi: float) -> None:
@@ -85,23 +98,21 @@ class SttConfig:
     with silence to this length. Trimmed windows are what make decoding cheap, but below
     ~5 s the decoder loops or garbles short utterances ("ask not" -> "s not s not")."""
     final_min_window_s: float = 10.0
-    """The same floor for finals. At 6 s a quarter of the finals of utterances under 4 s
-    looped and needed the 30 s fallback (p90 931 ms here); at 10 s none did (p90 213 ms),
-    at the same WER. Partials stay at ``min_window_s``: their words, committed, decide the
-    finals, and they are 5x more frequent (tests/data/long WER 12.0 % vs 12.6 % with 10 s
-    partials)."""
+    """The same floor for finals, higher: on shorter windows the finals of short
+    utterances loop more often, and each loop costs the 30 s fallback decode. Partials keep
+    ``min_window_s``: they are several times as frequent, and on longer windows their
+    committed words did not make the finals better (figures: benchmarks/README.md)."""
     window_pad_s: float = 2.0
     """Silence appended after the audio of every decode window. Whisper learned that
     speech is followed by more audio; a window ending with the speech makes it start the
-    sentence over (tests/data/long: 41 % WER without, 12 % with 2 s and the fallback)."""
+    sentence over (see the ``stt`` module)."""
     window_target_s: float = 2.0
     """Once this much audio lies between a partial's window start (the utterance's
     *anchor*) and its end, the partial's committed words are moved out of the window: the
     anchor advances to just before the last of them and they become the next decodes'
     prompt. So a partial decodes about this much audio however long the utterance runs
-    (a decode's cost follows the audio in it: ~80 ms for 1.5 s, ~120 ms for 3.5 s,
-    ~180-230 ms for 5.5 s here). 2 s windows cost no accuracy against 3 s ones
-    (tests/data/long WER 7.2 % vs 7.5 %, Whisper normaliser; see benchmarks/README.md)."""
+    (a decode's cost follows the audio in it). Windows this short cost no accuracy
+    (benchmarks/README.md, ``streaming_bench.py``)."""
     window_max_s: float = 4.0
     """If nothing new was committed by the time the window holds this much audio (no
     partials agree: noise, mumbling), the anchor moves anyway, past the newest hypothesis's
@@ -109,12 +120,11 @@ class SttConfig:
     min_commit_audio_ms: int = 2_000
     """No partial commits words before the utterance has this much audio: with less,
     Whisper mishears a phrase's first words consistently ("how do you marry" for "had he
-    married"), so agreement does not catch it (tests/data/long: 12.6 -> 11.7 % WER)."""
+    married"), so agreement does not catch it."""
     context_s: float = 30.0
     """Finals that ended up to this long before an utterance began are given to its
     decodes as Whisper's previous-text prompt: the VAD cuts speech at every 200 ms pause,
-    and alone "two" in "one two three" is heard as "2 2" (tests/data/long: 13.4 -> 12.6 %
-    WER). 0 = none."""
+    and alone "two" in "one two three" is heard as "2 2". 0 = none."""
     prompt_tokens: int = 64
     """Tokens of already committed text given to each decode as Whisper's previous-text
     prompt (0: none)."""

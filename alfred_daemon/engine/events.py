@@ -5,8 +5,9 @@ from the first sample) it refers to -- and ``processing_ms``, the model time spe
 produce it. Offsets let a client line events up with its own audio whatever the transport
 delay was; processing time lets operators see where latency comes from.
 
-``to_dict`` gives the wire shape shared by the CLI's ``--json`` output and later the
-WebSocket bridge: a ``type`` field with the snake_case event name plus the fields.
+``to_dict`` gives a plain JSON shape: a ``type`` field with the snake_case event name plus
+the fields. The CLI's ``--json`` output prints it as is; the browser protocol (WebSocket
+bridge and WebRTC, ``api/events_json``) renames both to its camelCase names.
 """
 
 from __future__ import annotations

@@ -58,6 +58,38 @@ class Job:
         return self.end - self.start
 
 
+class JobBook:
+    """The jobs one session core has issued: new ones not yet handed to an executor, and
+    every one whose result is still awaited.
+
+    A result counts only while its job is in flight: dropping a job from
+    :attr:`in_flight` (an abandoned speculation) makes a late result of it stale.
+    """
+
+    def __init__(self) -> None:
+        self._next_id = 0
+        self._new: list[Job] = []
+        self.in_flight: dict[int, Job] = {}
+        """Job id -> the job as it should run (an executor may extend a queued partial)."""
+
+    def issue(self, kind: JobKind, ref_id: int, start: int, end: int, *, beam_size: int = 1,
+              prefix: str = "", generation: int = 0, prompt: str = "",
+              align: bool = False) -> Job:
+        """A new job, with the next id, queued for :meth:`take` and awaited from now on."""
+        job = Job(kind, self._next_id, ref_id, start, end, beam_size, prefix, generation,
+                  prompt, align)
+        self._next_id += 1
+        self._new.append(job)
+        self.in_flight[job.job_id] = job
+        return job
+
+    def take(self) -> list[Job]:
+        """Jobs issued since the last call, highest priority first."""
+        jobs, self._new = self._new, []
+        jobs.sort(key=lambda j: (j.kind, j.job_id))
+        return jobs
+
+
 @dataclass(frozen=True, slots=True)
 class JobResult:
     job: Job
@@ -117,7 +149,7 @@ def run_jobs(
     where their shapes allow (:meth:`WhisperTranscriber.transcribe_many`, same results as
     one by one), Smart Turn ones one by one. Never raises, like :func:`run_job`."""
     results: dict[int, JobResult] = {}
-    stt_items = []
+    stt_items: list[tuple[int, Job, DecodeRequest]] = []
     for i, (job, audio, cfg) in enumerate(items):
         if job.kind is JobKind.TURN:
             results[i] = _run_turn(models, job, audio)

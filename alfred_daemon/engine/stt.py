@@ -7,8 +7,7 @@ windows, so we compute log-mel features of the audio plus ``window_pad_s`` of si
 
 Whisper was trained on 30 s windows in which speech is followed by more audio or by
 padding. A window that ends where the speech ends makes the decoder start the sentence
-over (measured on tests/data/long: 41 % WER with no trailing silence, 16 % with 5 s, 12 %
-with the full 30 s window). Hence the padding, and guards for what still goes wrong:
+over. Hence the padding, and guards for what still goes wrong:
 
 1. a token budget proportional to the audio length (``token_budget_base +
    max_tokens_per_second x seconds``) bounds what a loop can cost;
@@ -66,9 +65,9 @@ FRAME_SAMPLES = 2 * HOP
 ONEDNN_CACHE = "8"
 """Primitives CTranslate2's oneDNN backend keeps (its default is 1024). oneDNN caches one
 per GEMM shape with its buffers, and every encoder window length is a new shape: with the
-default, a worker decoding real speech grew from 141 to 201 MB of anonymous memory over
-240 decodes of varied windows and kept growing; with 4 it stayed at 122-140 MB, for the
-same CPU time per decode (benchmarks/README.md, "Worker memory")."""
+default, a worker's memory keeps growing with the variety of windows it decodes; a small
+cache bounds it at the same CPU time per decode (benchmarks/README.md,
+``stt_memory_bench.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +130,7 @@ class _Plan:
     budget: int
     """Tokens a decode of this audio may produce; reaching it marks a loop. Exact, not
     rounded for batching's sake: CTranslate2 takes one max_length per call, and a beam
-    search cut at another length can end differently (rounding budgets up to multiples of
-    8 cost 0.4 points of WER on tests/data/long)."""
+    search cut at another length can end differently."""
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -294,10 +292,10 @@ class WhisperTranscriber:
 
     def transcribe_many(self, requests: list[DecodeRequest]) -> list[SttResult]:
         """Decode several windows, in one encoder and one decoder call per group of equal
-        shape (window length, prompt length, beam, token budget), with results identical to
-        decoding each alone: CTranslate2 computes every batch row as it would alone, and a
-        row's inputs do not depend on the batch. Measured once on one core, six partials of
-        mixed shapes took 573 ms this way and 839 ms one by one."""
+        shape (window length, prompt length, beam, token budget), which is cheaper than a
+        call per window (benchmarks/README.md), with results identical to decoding each
+        alone: CTranslate2 computes every batch row as it would alone, and a row's inputs
+        do not depend on the batch."""
         plans = [self._plan(r) for r in requests]
         groups: dict[tuple[int, int, int, int], list[int]] = {}
         for i, plan in enumerate(plans):
@@ -351,7 +349,7 @@ class WhisperTranscriber:
 
         first = plans[0]
         if encoded is None:
-            feats = []
+            feats: list[npt.NDArray[np.float32]] = []
             for plan in plans:
                 padded = np.zeros(plan.window, np.float32)
                 padded[: plan.audio.size] = plan.audio
@@ -377,7 +375,7 @@ class WhisperTranscriber:
             suppress_tokens=[-1],
         )
         rows = np.asarray(encoded) if len(plans) > 1 else None
-        out = []
+        out: list[_Decode] = []
         for k, (plan, result) in enumerate(zip(plans, results, strict=True)):
             ids = [t for t in result.sequences_ids[0] if t < self._eot]
             own = encoded if rows is None else ctranslate2.StorageView.from_array(
