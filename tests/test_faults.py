@@ -130,7 +130,7 @@ def _busy_worker(sup: Supervisor, stage: str, sid: str) -> tuple[int, int] | Non
     """(pid, worker id) of a ready worker with a request of ``stage`` for session ``sid``
     out right now, if any."""
     key = sup._sessions[sid].key if sid in sup._sessions else None
-    for lane in list(sup._lanes.values()):
+    for lane in list(sup.pool.lanes.values()):
         w = lane.worker
         if not w.ready or lane.request is None:
             continue
@@ -187,7 +187,7 @@ async def _watch(sup: Supervisor, cell: Cell, sid: str, timeout: float) -> None:
 
 async def _replacement_ready(sup: Supervisor, cell: Cell, timeout: float) -> None:
     ok = await apoll(lambda: any(w.worker_id == cell.worker_id and w.pid != cell.pid
-                                 and w.ready for w in sup._workers.values()), timeout)
+                                 and w.ready for w in sup.pool.workers.values()), timeout)
     if ok:
         cell.ready_after_s = time.monotonic() - cell.hit_at
 
@@ -200,8 +200,8 @@ def _run_cell(tmp_path: Path, cell: Cell, speech: bytes, engine: EngineConfig) -
         sup = Supervisor(config)
         if cell.stage == "start":
             starting = asyncio.create_task(sup.start())
-            assert await apoll(lambda: 0 in sup._workers, 10.0), "no worker was spawned"
-            w = sup._workers[0]
+            assert await apoll(lambda: 0 in sup.pool.workers, 10.0), "no worker was spawned"
+            w = sup.pool.workers[0]
             cell.worker_id = 0
             await asyncio.sleep(0.2)  # importing, not yet ready
             assert not w.ready
@@ -340,7 +340,7 @@ def test_worker_that_keeps_dying_at_start_fails_the_start_in_one_sentence(
 
         async def killer() -> None:
             while True:
-                w = sup._workers.get(0)
+                w = sup.pool.workers.get(0)
                 if w is not None and w.pid not in killed and not w.ready:
                     killed.add(w.pid)
                     with contextlib.suppress(ProcessLookupError):
@@ -517,7 +517,7 @@ def test_a_job_lane_stuck_in_a_decode_while_its_worker_heartbeats(
                 out["gone_after_s"] = time.monotonic() - t0
                 out["pid"] = pid
 
-            with caplog.at_level(logging.ERROR, "alfred_daemon.runtime.supervisor"):
+            with caplog.at_level(logging.ERROR, "alfred_daemon.runtime.workers"):
                 freezer = asyncio.create_task(freeze())
                 await push_realtime(sup, stream)
                 await asyncio.wait_for(freezer, timeout + 15.0)

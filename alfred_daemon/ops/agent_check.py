@@ -51,9 +51,10 @@ WRITE_TIMEOUT_S = 2.0
 class _Daemon(Protocol):
     """What the responder reads from the supervisor (a protocol, so tests can fake it)."""
 
-    state: str
     load: float
 
+    @property
+    def state(self) -> str: ...
     @property
     def health(self) -> Health: ...
 

@@ -10,11 +10,24 @@ Data flows one way::
                                           v
     client events <- session queue <- SessionCore (in the supervisor)
 
-One module per concern: ``supervisor`` (owns every process, session, ring and counter;
-scheduling, faults, housekeeping), ``worker`` (the worker process and its two lanes),
-``protocol`` (messages and socket layout), ``ring`` (the shared-memory audio ring and its
-memory-ordering argument), ``rundir`` (private runtime directory, single-instance lock),
-``live_session`` (the supervisor's per-session record and audio intake), ``backpressure``
-(the degradation ladder), ``health`` (health states and alerts), ``memory`` (PSS, trim),
-``config`` (the runtime's knobs), ``errors`` (what the API layers map to statuses).
+The supervisor's side, one room per concern::
+
+    supervisor     lifecycle, wiring, the verbs: schedule -> send, update, tick
+      sessions       the session API the transports call; audio intake, flow control
+      results        worker messages applied to sessions; a lost worker's work re-run
+    scheduler      PURE: the job queue, ranking (what is owed, what optional), reserved
+                   lanes, VAD and decode batches -- which work goes to which idle lane
+    workers        worker processes and lanes: spawn, ready, hang checks, brake, kill
+    control_plane  the ZeroMQ sockets (work ROUTER, state PUB) and the receive loop
+    load           the load figure (queue, lag, busy) and what a ladder step does
+    housekeeping   once a second: memory, health, alerts, idle cleanup, GC and trim
+    stats          counters, rolling figures, the status dicts (a public API)
+
+Shared pieces: ``fairness`` (whose backlog is load, whose work is spare; pure),
+``backpressure`` (the degradation ladder), ``health`` (health states and alerts),
+``live_session`` (the supervisor's per-session record and audio intake), ``worker`` (the
+worker process and its two lanes), ``protocol`` (messages and socket layout), ``ring`` (the
+shared-memory audio ring and its memory-ordering argument), ``rundir`` (private runtime
+directory, single-instance lock), ``memory`` (PSS, trim), ``config`` (the runtime's knobs),
+``errors`` (what the API layers map to statuses).
 """

@@ -45,7 +45,6 @@ class LiveSession:
     transport: str = ""
     """How its audio arrives: grpc, websocket, http (process_frame) or webrtc."""
     created: float = field(default_factory=time.monotonic)
-    created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     pending: npt.NDArray[np.float32] = field(
         default_factory=lambda: np.zeros(0, np.float32))
@@ -59,11 +58,11 @@ class LiveSession:
     first_audio_at: float | None = None
     """Monotonic time of the first frame (how far ahead of real time the client is)."""
     catch_up_to: int = 0
+    """Windows before this piled up while a worker the session used was dead or hung."""
     paced: bool = False
     """Its client sent faster than real time next to real-time sessions and was paced
     (``Supervisor.feed``): from then on its work is spare-capacity work, even while the
     pacing keeps it near real time (runtime/fairness.py)."""
-    """Windows before this piled up while a worker the session used was dead or hung."""
     write_times: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic, wall) write time of each window from ``vad_next`` on."""
     arrival: npt.NDArray[np.float64] = field(

@@ -73,8 +73,6 @@ class VadItem:
 class VadRequest:
     request_id: int
     items: tuple[VadItem, ...]
-    sent_at: float = 0.0
-    """Supervisor ``time.time()`` at send (splits handoff into queueing and transport)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +118,10 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    """An idle lane (or a VAD lane between the steps of a batch) is alive."""
+
     worker_id: int
     lane: str
-    level: int
-    """Backpressure level the lane last saw on the state channel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +141,6 @@ class VadResult:
     """Model time of the whole batch."""
     picked_up: float
     """``time.time()`` when the lane had the request decoded (the end of the handoff)."""
-    received_at: float = 0.0
-    """``time.time()`` when the lane's poll returned with it (transport vs. decode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +148,6 @@ class JobReply:
     request_id: int
     results: tuple[tuple[int, JobResult], ...]
     """(session key, result) for each item of the request, in its order."""
-    busy_ms: float
-    """Wall time the lane was occupied (model time plus ring reads and test stretching)."""
 
 
 # ----------------------------------------------------------------------------- state

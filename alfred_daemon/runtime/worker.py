@@ -223,8 +223,7 @@ class _VadWork:
         self.spec = spec
         self.rings = _RingCache(VAD_READER)
 
-    def run(self, msg: Message, level: int, received_at: float,
-            beat: Callable[[], None]) -> Message | None:
+    def run(self, msg: Message, level: int, beat: Callable[[], None]) -> Message | None:
         if not isinstance(msg, VadRequest):
             return None
         picked_up = time.time()
@@ -254,7 +253,7 @@ class _VadWork:
         n_windows = sum(c for c, _, _ in batch)
         _stretch(ms, self.spec.job_cost_multiplier, self.spec.vad_cost_ms_per_window * n_windows,
                  beat)
-        return VadResult(msg.request_id, tuple(results), ms, picked_up, received_at)
+        return VadResult(msg.request_id, tuple(results), ms, picked_up)
 
     def _run_batched(self, batch: list[tuple[int, np.ndarray, VadItemResult]],
                      beat: Callable[[], None]) -> None:
@@ -283,8 +282,7 @@ class _JobWork:
         self.spec = spec
         self.rings = _RingCache(None)
 
-    def run(self, msg: Message, level: int, received_at: float,
-            beat: Callable[[], None]) -> Message | None:
+    def run(self, msg: Message, level: int, beat: Callable[[], None]) -> Message | None:
         """A decode is one model call that cannot report progress (``beat`` is unused):
         the supervisor gives a busy job lane ``processing_timeout`` instead."""
         if not isinstance(msg, JobRequest):
@@ -309,14 +307,13 @@ class _JobWork:
         done = run_jobs(self.models, [(job, audio, cfg) for _, job, audio, cfg in runnable])
         for (i, _, _, _), result in zip(runnable, done, strict=True):
             results[i] = dataclasses.replace(result, job=msg.items[i].job)
-        busy = (time.perf_counter() - t0) * 1000.0
-        busy += _stretch(busy, self.spec.job_cost_multiplier, 0.0)
+        _stretch((time.perf_counter() - t0) * 1000.0, self.spec.job_cost_multiplier, 0.0)
         return JobReply(msg.request_id, tuple((item.session_key, results[i])
-                                              for i, item in enumerate(msg.items)), busy)
+                                              for i, item in enumerate(msg.items)))
 
 
 def _stretch(ms: float, multiplier: float, extra_ms: float,
-             beat: Callable[[], None] | None = None) -> float:
+             beat: Callable[[], None] | None = None) -> None:
     """Test knob: make work look ``multiplier`` times as expensive (plus ``extra_ms``),
     reporting progress through ``beat`` as the real work it stands for would."""
     delay = ms * (multiplier - 1.0) + extra_ms
@@ -325,7 +322,6 @@ def _stretch(ms: float, multiplier: float, extra_ms: float,
         time.sleep(min(left, 0.1) if beat is not None else left)
         if beat is not None:
             beat()
-    return max(delay, 0.0)
 
 
 class _Lane:
@@ -349,7 +345,7 @@ class _Lane:
         steps of one (same thread as every other send on the dealer)."""
         if self._dealer is not None and \
                 time.monotonic() - self._last_sent >= self.spec.heartbeat_interval:
-            self._dealer.send(dumps(Heartbeat(self.spec.worker_id, self.name, self.level)))
+            self._dealer.send(dumps(Heartbeat(self.spec.worker_id, self.name)))
             self._last_sent = time.monotonic()
 
     def loop(self) -> None:
@@ -378,11 +374,10 @@ class _Lane:
                 if sub in ready:
                     self._follow_state(sub)
                 if dealer in ready:
-                    received_at = time.time()
                     msg = loads(dealer.recv())
                     if isinstance(msg, Stop):
                         return
-                    reply = self.work.run(msg, self.level, received_at, self.beat)
+                    reply = self.work.run(msg, self.level, self.beat)
                     if reply is not None:
                         dealer.send(dumps(reply))
                         self._last_sent = time.monotonic()
