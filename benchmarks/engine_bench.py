@@ -60,7 +60,7 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--cpu", type=int, default=None)

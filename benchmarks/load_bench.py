@@ -135,7 +135,7 @@ def last_frame(offset_ms: float) -> int:
     return max(0, math.ceil(offset_ms / (FRAME_S * 1000)) - 1)
 
 
-async def run_session(target: str, script: Script, res: SessionResult) -> None:
+async def run_session(target: str, script: Script, res: SessionResult) -> None:  # noqa: PLR0912, PLR0915  (one branch per event type timed, as webrtc_bench times them)
     frames = script.frames
     t0 = time.monotonic() + 0.05
 

@@ -356,7 +356,7 @@ class SessionRecord:
 
     # Figures.
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:  # noqa: PLR0915  (one figure per line of the report)
         script = self.script
         ms = 1000.0
         # Utterance each VAD stop belongs to, and the last stop (segment) of each utterance.

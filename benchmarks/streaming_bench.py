@@ -100,7 +100,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--audio", type=Path, default=REPO / "tests" / "data" / "long")

@@ -62,7 +62,7 @@ BOUND_MS = 60.0
 PATHS = ("grpc", "webrtc")
 
 
-async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) -> None:
+async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) -> None:  # noqa: PLR0912, PLR0915  (one branch per event type timed, as load_bench times them)
     """One session over WebRTC, timed as ``load_bench.run_session`` times gRPC's."""
     frames = script.frames
     tail = [script.tail_frame(k) for k in range(round(TAIL_S / FRAME_S))]

@@ -156,7 +156,7 @@ async def _stream_until_started(stub: pb_grpc.AlfredAsyncStub, token: str | None
         return call, None, await call.code(), await call.details() or ""
 
 
-async def _drive(target: str, http_port: int, out: dict[str, Any]) -> None:
+async def _drive(target: str, http_port: int, out: dict[str, Any]) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     base = f"http://127.0.0.1:{http_port}"
     documents: list[Any] = []
     async with grpc.aio.insecure_channel(target) as channel:

@@ -110,7 +110,7 @@ def test_worker_suspect_from_its_vad_lane_silence(silent_s: float, suspect: bool
 
 
 @pytest.mark.slow
-def test_a_flood_moves_no_ladder_and_costs_a_real_time_session_no_words(
+def test_a_flood_moves_no_ladder_and_costs_a_real_time_session_no_words(  # noqa: PLR0915  (one scenario, read top to bottom)
     tmp_path: Path, models: Models
 ) -> None:
     """Session B pushes 20 sentences (about 60 s, 1 s pauses over a noise floor) as fast as

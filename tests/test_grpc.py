@@ -646,7 +646,7 @@ def test_non_reading_client(tmp_path: Path, utterances: list[Utterance],
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_resume_mid_utterance(daemon: Daemon, utterances: list[Utterance]) -> None:
+def test_resume_mid_utterance(daemon: Daemon, utterances: list[Utterance]) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     utt = _utterance(utterances, "spk1_snt2.wav")
     pcm = pad_to_whole_windows(utterance_pcm(utt) + silence_pcm(1.0))
     frames = frames_of(pcm)

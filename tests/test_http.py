@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 
-def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
+def test_endpoints_with_a_live_session(tmp_path: Path) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     pcm = jfk_pcm()
     out: dict[str, Any] = {}
 
@@ -140,7 +140,7 @@ def test_endpoints_with_a_live_session(tmp_path: Path) -> None:
     assert "final_transcription" in out["events"]
 
 
-def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
+def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     pcm = jfk_pcm()
     out: dict[str, Any] = {}
 
@@ -148,7 +148,7 @@ def test_websocket_bridge_and_process_frame(tmp_path: Path) -> None:
         async with live_http(tmp_path) as (sup, http):
             await with_grpc(sup, http)
 
-    async def with_grpc(sup: Supervisor, http: HttpApi) -> None:
+    async def with_grpc(sup: Supervisor, http: HttpApi) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
         grpc_api = GrpcApi(sup, GrpcConfig(listen="127.0.0.1:0"))
         await grpc_api.start()
         base = f"http://127.0.0.1:{http.port}"

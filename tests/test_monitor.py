@@ -43,7 +43,7 @@ async def wait_js(page: Any, expression: str, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.1)
 
 
-def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
+def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     from playwright.async_api import async_playwright
 
     browser_path = chromium()

@@ -158,7 +158,7 @@ def test_bad_config_fails_start_naming_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_no_watchdog_while_failed(tmp_path: Path) -> None:
+def test_no_watchdog_while_failed(tmp_path: Path) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     """With its only worker dead and the restart brake engaged, the daemon is failed: the
     watchdog pings stop (systemd will restart it), STATUS says failed."""
     config = tmp_path / "c.toml"

@@ -207,7 +207,7 @@ def test_four_sessions_match_single_process_engine(
 # ============================================================================ 2
 
 
-def test_kill_worker_mid_stream_loses_nothing(
+def test_kill_worker_mid_stream_loses_nothing(  # noqa: PLR0915  (one scenario, read top to bottom)
     tmp_path: Path, mixes: list[bytes], mix_finals: list[list[str]]
 ) -> None:
     """SIGKILL of a worker with a decode in flight: every window is analysed exactly once
@@ -339,7 +339,7 @@ def _long_speech(corpus: dict[str, Utterance], start: int, seconds: float) -> by
     return pcm_of(pad_to_window(audio))
 
 
-def test_overload_steps_down_ladder_and_recovers(
+def test_overload_steps_down_ladder_and_recovers(  # noqa: PLR0915  (one scenario, read top to bottom)
     tmp_path: Path, corpus: dict[str, Utterance]
 ) -> None:
     config = runtime_config(

@@ -205,7 +205,7 @@ def final_texts(received: list[Received]) -> list[str]:
 
 
 @pytest.mark.timeout(240)
-def test_aiortc_peer_streams_speech_and_delete_closes_cleanly(
+def test_aiortc_peer_streams_speech_and_delete_closes_cleanly(  # noqa: PLR0915  (one scenario, read top to bottom)
         daemon: Daemon, grpc_jfk_finals: list[str]) -> None:
     out: dict[str, Any] = {}
 
@@ -291,7 +291,7 @@ def test_aiortc_peer_streams_speech_and_delete_closes_cleanly(
 
 
 @pytest.mark.timeout(180)
-def test_bad_offers_get_their_status_and_a_sentence(daemon: Daemon) -> None:
+def test_bad_offers_get_their_status_and_a_sentence(daemon: Daemon) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     out: dict[str, Any] = {}
 
     async def run() -> None:
@@ -378,7 +378,7 @@ async def whip_patch(d: Daemon) -> tuple[int, str]:
 
 
 @pytest.mark.timeout(240)
-def test_a_vanished_peer_is_closed_as_idle_and_grpc_is_undisturbed(daemon: Daemon) -> None:
+def test_a_vanished_peer_is_closed_as_idle_and_grpc_is_undisturbed(daemon: Daemon) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     out: dict[str, Any] = {}
 
     async def killed_cli() -> tuple[str, float]:
@@ -575,7 +575,7 @@ async def wait_js(page: Any, expression: str, timeout_s: float) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_console_in_headless_chromium(daemon: Daemon, tmp_path: Path) -> None:
+def test_console_in_headless_chromium(daemon: Daemon, tmp_path: Path) -> None:  # noqa: PLR0915  (one scenario, read top to bottom)
     """/console with Chromium's fake microphone playing 80 s of speech: the page shows the
     finals and an end of turn; their WER is within 2 points of the gRPC path hearing the
     same file at the same time."""

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..api.auth import Authenticator
@@ -99,6 +100,28 @@ def status_line(sup: Supervisor) -> str:
             f"backpressure {sup.ladder.level.action}; workers {ready}/{len(workers)}")
 
 
+@dataclass(slots=True)
+class _Surfaces:
+    """The listeners around the supervisor: started after it, once it has workers; stopped
+    after it, so that a drain's last events still reach their clients."""
+
+    api: GrpcApi | None = None
+    http: HttpApi | None = None
+    agent: agent_check.AgentCheck | None = None
+    draining: bool = False
+    """Set at the first SIGTERM/SIGINT: the agent check answers ``drain`` from then on."""
+
+    async def start(self) -> None:
+        for surface in (self.api, self.http, self.agent):
+            if surface is not None:
+                await surface.start()
+
+    async def stop(self) -> None:
+        for surface in (self.api, self.http, self.agent):
+            if surface is not None:
+                await surface.stop()
+
+
 async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
                 http_config: HttpConfig | None = None, pid_file: Path | None = None,
@@ -116,16 +139,17 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
     notifier = Notifier()
     sup = Supervisor(config)
     auth = auth or Authenticator()
-    api = GrpcApi(sup, grpc_config, auth=auth, tls=tls) if grpc_config is not None else None
-    http = (HttpApi(sup, http_config, warnings=warnings, auth=auth, tls=tls,
-                    metrics_public=metrics_public, webrtc=webrtc_config,
-                    drain=lambda: signals.inject(signal.SIGTERM))
-            if http_config is not None else None)
-    draining = False
-    agent = (agent_check.for_supervisor(sup, http_config.agent_check_host,
-                                        http_config.agent_check_port, lambda: draining)
-             if http_config is not None and http_config.agent_check_port is not None
-             else None)
+    surfaces = _Surfaces()
+    if grpc_config is not None:
+        surfaces.api = GrpcApi(sup, grpc_config, auth=auth, tls=tls)
+    if http_config is not None:
+        surfaces.http = HttpApi(sup, http_config, warnings=warnings, auth=auth, tls=tls,
+                                metrics_public=metrics_public, webrtc=webrtc_config,
+                                drain=lambda: signals.inject(signal.SIGTERM))
+        if http_config.agent_check_port is not None:
+            surfaces.agent = agent_check.for_supervisor(
+                sup, http_config.agent_check_host, http_config.agent_check_port,
+                lambda: surfaces.draining)
     for warning in warnings or []:
         log.warning("%s", warning)
     watchdog: asyncio.Task[None] | None = None
@@ -133,12 +157,7 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
     try:
         notifier.status("starting: verifying models, starting workers")
         await sup.start()
-        if api is not None:
-            await api.start()
-        if http is not None:
-            await http.start()
-        if agent is not None:
-            await agent.start()
+        await surfaces.start()
         if pid_file is not None:
             pidfile.write(pid_file)
         if on_ready is not None:
@@ -148,23 +167,8 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
         watchdog = asyncio.create_task(notifier.watchdog_loop(
             healthy=lambda: sup.health is not Health.FAILED,
             status=lambda: status_line(sup)))
-        while True:
-            sig = await signals.get()
-            if sig == signal.SIGHUP:
-                notifier.reloading()
-                reloader(sup)
-                reloader.reload_tokens(auth)
-                if tls is not None:
-                    reload_tls(tls)
-                notifier.ready(status_line(sup))
-                continue
-            log.info("%s: draining", sig.name)
-            draining = True  # the agent check answers "drain" from here on
-            notifier.stopping(f"draining {len(sup.session_ids())} sessions")
-            if api is not None:
-                await api.begin_shutdown()  # health NOT_SERVING, new streams UNAVAILABLE
-            await sup.stop()  # open streams get their finals and session_closed
-            return 0
+        return await _until_stopped(sup, surfaces, signals, notifier=notifier,
+                                    reloader=reloader, auth=auth, tls=tls)
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -172,13 +176,31 @@ async def serve(config: RuntimeConfig, grpc_config: GrpcConfig | None = None, *,
                 await watchdog
         if sup.state != "stopped":
             await sup.stop(grace=0)
-        if api is not None:
-            await api.stop()
-        if http is not None:
-            await http.stop()
-        if agent is not None:
-            await agent.stop()
+        await surfaces.stop()
         if pid_file is not None:
             pidfile.remove(pid_file)
         notifier.close()
         signals.close()
+
+
+async def _until_stopped(sup: Supervisor, surfaces: _Surfaces, signals: SignalQueue, *,
+                         notifier: Notifier, reloader: _Reloader, auth: Authenticator,
+                         tls: TlsFiles | None) -> int:
+    """The arbiter's loop: SIGHUP reloads; SIGTERM/SIGINT drain and return the exit code."""
+    while True:
+        sig = await signals.get()
+        if sig == signal.SIGHUP:
+            notifier.reloading()
+            reloader(sup)
+            reloader.reload_tokens(auth)
+            if tls is not None:
+                reload_tls(tls)
+            notifier.ready(status_line(sup))
+            continue
+        log.info("%s: draining", sig.name)
+        surfaces.draining = True
+        notifier.stopping(f"draining {len(sup.session_ids())} sessions")
+        if surfaces.api is not None:
+            await surfaces.api.begin_shutdown()  # health NOT_SERVING, new streams UNAVAILABLE
+        await sup.stop()  # open streams get their finals and session_closed
+        return 0

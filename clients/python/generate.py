@@ -163,8 +163,10 @@ def main() -> int:
                 committed = OUT / path.relative_to(fresh)
                 if not committed.is_file() or not filecmp.cmp(path, committed, shallow=False):
                     stale.append(str(committed.relative_to(REPO)))
-        extra = sorted(str(p.relative_to(REPO)) for p in OUT.rglob("*.py*")
-                       if p.is_file() and not (fresh / p.relative_to(OUT)).is_file())
+        # Sources only: an editable install's imports leave __pycache__/*.pyc beside them.
+        extra = sorted(str(p.relative_to(REPO)) for p in OUT.rglob("*")
+                       if p.suffix in (".py", ".pyi") and p.is_file()
+                       and not (fresh / p.relative_to(OUT)).is_file())
         if stale or extra:
             print("stale generated stubs (run python clients/python/generate.py):",
                   *stale, *extra, sep="\n  ", file=sys.stderr)
