@@ -14,7 +14,7 @@ PIPECAT_TYPED := clients/python/alfred_client/pipecat/__init__.py \
 	clients/python/alfred_client/pipecat/stt.py clients/python/alfred_client/pipecat/turns.py \
 	benchmarks/pipecat_plugin_runner.py clients/python/examples/pipecat_bot.py
 
-.PHONY: run demo setup test lint typecheck unit bench bench-load bench-pipecat lock clean
+.PHONY: run demo setup test lint typecheck unit unit-fast bench bench-load bench-pipecat lock clean
 
 # The daemon in the foreground (Ctrl-C drains and stops it): gRPC 127.0.0.1:50051,
 # HTTP ops and the live monitor at http://127.0.0.1:8015/monitor.
@@ -25,7 +25,7 @@ run: setup
 demo: setup
 	$(BIN)/alfred-daemon transcribe --realtime $(SAMPLE)
 
-# The daemon's venv, and Pipecat's (tests/test_pipecat_plugin.py runs the Pipecat plugin there).
+# The daemon's venv, and Pipecat's (tests/integration/test_pipecat_plugin.py runs the Pipecat plugin there).
 setup: $(STAMP) $(PIPECAT_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock clients/node/package-lock.json
@@ -58,6 +58,10 @@ typecheck: setup
 
 unit: setup
 	$(BIN)/pytest -q
+
+# The fast tier alone (no processes, sockets or models; well under 30 s).
+unit-fast: setup
+	$(BIN)/pytest -q tests/unit
 
 test: lint typecheck unit
 
@@ -93,7 +97,7 @@ $(PIPECAT_STAMP): benchmarks/requirements-pipecat.txt clients/python/pyproject.t
 # LiveKit Agents in a virtualenv of its own, as a LiveKit user has it: the pinned
 # clients/python/requirements-livekit.txt, then the client with its [livekit] extra installed
 # from a copy of clients/python (pip builds in the source tree; the copy keeps build/ out of
-# the repo). Rebuilt when the client's sources change. tests/test_livekit_plugin.py runs the
+# the repo). Rebuilt when the client's sources change. tests/integration/test_livekit_plugin.py runs the
 # plugin there against a live daemon; `make typecheck` type-checks it there (livekit is not
 # in .venv, so the main mypy run excludes alfred_client/livekit).
 LIVEKIT_VENV  := .venv-livekit

@@ -31,7 +31,7 @@ Run: ``python benchmarks/fuzz_campaign.py --seed 1 --inputs 100000 --minutes 40`
 in benchmarks/results/fuzz_campaign.{json,txt}). The same seed gives the same inputs:
 Hypothesis draws them (database off, generate phase only, explicit seed), and bulk bytes
 (large frames) come from a ``random.Random`` seeded by a drawn integer.
-tests/test_fuzz.py runs :func:`campaign` with a small count.
+tests/integration/test_fuzz.py runs :func:`campaign` with a small count.
 """
 
 from __future__ import annotations

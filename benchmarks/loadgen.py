@@ -111,8 +111,8 @@ EXCLUDED: dict[str, str] = {
 """``tests/data/long`` clips the realistic profile leaves out (28 of 47), and why. Floors
 are :func:`clip_floor_db`; "late" compares :func:`speech_end` on the clean, levelled clip
 with the end of Silero's last segment on that clip streamed over the floor, the daemon's VAD
-settings. ``tests/test_benchmarks.py`` checks the floor rule against this list, and that on
-every clip streamed Silero's last speech ends 0.1 s before to 0.15 s after the measured
+settings. ``tests/integration/test_benchmarks.py`` checks the floor rule against this list, and
+that on every clip streamed Silero's last speech ends 0.1 s before to 0.15 s after the measured
 end, and every segment end it finds is within 0.2 s of a measured one."""
 
 TRIMMED: dict[str, float] = {

@@ -1,7 +1,7 @@
 """One Pipecat 1.14 voice-agent pipeline over a script of speech clips, at real-time pace.
 
 Runs in the Pipecat virtualenv (``.venv-pipecat``, with ``clients/python[pipecat]``), for
-``tests/test_pipecat_plugin.py`` and ``benchmarks/pipecat_plugin_bench.py``::
+``tests/integration/test_pipecat_plugin.py`` and ``benchmarks/pipecat_plugin_bench.py``::
 
     python benchmarks/pipecat_plugin_runner.py --system alfred --target 127.0.0.1:50051 \\
         --out result.json [--gap 4.5] [--rate 16000] [--barge-in] CLIP.wav ...

@@ -156,9 +156,9 @@ def whisper_norm(text: str) -> str:
 
 
 def whisper_wer(reference: str, hypothesis: str) -> float:
-    """WER after :func:`whisper_norm` on both sides (as tests/test_streaming_real.py scores,
-    with Whisper's normaliser): spelled-out numbers in the references against Whisper's
-    digits ("fourteen fifty five" / "1455") are formatting, not lost words."""
+    """WER after :func:`whisper_norm` on both sides (as tests/integration/test_streaming_real.py
+    scores, with Whisper's normaliser): spelled-out numbers in the references against
+    Whisper's digits ("fourteen fifty five" / "1455") are formatting, not lost words."""
     return float(jiwer.wer(whisper_norm(reference), whisper_norm(hypothesis) or "-"))
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the gRPC end-to-end tests (tests/test_grpc.py).
+"""Helpers for the gRPC end-to-end tests (tests/integration/test_grpc.py).
 
 A real ``alfred-daemon serve`` subprocess (ready = the standard health check says SERVING;
 stopped with SIGTERM, its worker processes checked to be gone), the standard health and

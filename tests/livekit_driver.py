@@ -1,7 +1,8 @@
 """Runs inside .venv-livekit (LiveKit Agents + alfred-client[livekit]), for
-tests/test_livekit_plugin.py: feeds WAV files and silences as 10 ms ``rtc.AudioFrame``s at
-real-time pace (at 48 kHz, a room's rate) into ``alfred_client.livekit.STT().stream()``
-against a live daemon and prints one JSON document: the LiveKit ``SpeechEvent``s in the
+tests/integration/test_livekit_plugin.py: feeds WAV files and silences as 10 ms
+``rtc.AudioFrame``s at real-time pace (at 48 kHz, a room's rate) into
+``alfred_client.livekit.STT().stream()`` against a live daemon and prints one JSON document: the
+LiveKit ``SpeechEvent``s in the
 order the stream yielded them, the daemon's own events (the STT's ``event_hook``),
 ``STT.recognize`` over the same audio, the reopen and error cases, and what the example
 agent builds.

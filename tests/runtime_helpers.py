@@ -1,4 +1,4 @@
-"""Helpers for the multi-process runtime tests (tests/test_runtime.py).
+"""Helpers for the multi-process runtime tests (tests/integration/test_runtime.py).
 
 Everything here is bounded: every wait has a deadline, every loop a finite input.
 """

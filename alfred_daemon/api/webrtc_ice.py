@@ -9,7 +9,7 @@ it over loopback. :func:`gather_on` therefore gathers each ICE gatherer's candid
 itself -- host candidates on the given addresses, plus whatever the configured STUN/TURN
 servers give -- before aiortc's own gathering runs, which then finds the work done. It
 uses aioice's public ``get_component_candidates`` and the connection's gathering flags
-(private: aioice is pinned in requirements.lock, and tests/test_webrtc.py checks the
+(private: aioice is pinned in requirements.lock, and tests/integration/test_webrtc.py checks the
 answer's candidates). Remote candidates the configured address cannot reach are dropped
 from the offer (:func:`filter_candidates`): a loopback socket cannot send to another
 host, and an mDNS (``.local``) candidate would make aioice send multicast queries to the

@@ -2,8 +2,8 @@
 
 One renderer writes the checked-in ``deploy/haproxy/haproxy.cfg`` (three daemons on
 loopback; a test keeps the file equal to its output), the config of
-``deploy/local-cluster.sh N`` and that of tests/test_scale_out.py, so that what is tested is
-what is documented. What the config does and why (README "Running several daemons"):
+``deploy/local-cluster.sh N`` and that of tests/integration/test_scale_out.py, so that what is
+tested is what is documented. What the config does and why (README "Running several daemons"):
 
 * gRPC over HTTP/2 cleartext both ways (``bind ... proto h2``, ``server ... proto h2``):
   a bidi stream is one HTTP/2 stream end to end, never buffered into HTTP/1.

@@ -17,7 +17,7 @@ daemon owes clients that send at real time. Two kinds of backlog are not that:
   shedding its backlog would throw away the audio the recovery exists to save.
 
 Pure functions of figures the supervisor passes in, so the policy is tested without
-processes (tests/test_fairness.py).
+processes (tests/integration/test_fairness.py).
 """
 
 from __future__ import annotations
