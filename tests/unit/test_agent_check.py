@@ -18,7 +18,7 @@ from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 
 from alfred_daemon.api.auth import Authenticator, TokenStore
-from alfred_daemon.api.grpc_server import new_resume_token
+from alfred_daemon.api.grpc_session import new_resume_token
 from alfred_daemon.api.http_server import HttpApi, HttpConfig
 from alfred_daemon.engine.errors import ConfigError
 from alfred_daemon.ops.agent_check import AgentCheck, agent_reply, capacity_cap
