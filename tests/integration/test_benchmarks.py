@@ -348,3 +348,26 @@ def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:
     assert verdicts[1]["added_p95_ms"]["turn"] == pytest.approx(0.0)
     assert not verdicts[1]["within_bound"]
     assert "OVER the 60 ms bound" in text and "| 4 | webrtc |" in text
+
+
+def test_haproxy_bench_pools_rounds_and_judges_the_added_p95() -> None:
+    """haproxy_bench's verdict: HAProxy's p95 final minus direct's, pooled over rounds."""
+    from haproxy_bench import BOUND_MS, summary
+
+    def row(path: str, finals: list[float]) -> dict[str, Any]:
+        return {"system": path, "frames_dropped": 0, "haproxy_cpu_percent": 2.0,
+                "errors": [], "raw": {"final_latency": finals, "turn_latency": finals,
+                                      "partial_lag": [100.0]}}
+
+    direct = [float(v) for v in range(300, 400)]
+    near = [row("direct", direct[:50]), row("haproxy", [v + 4 for v in direct[:50]]),
+            row("haproxy", [v + 4 for v in direct[50:]]), row("direct", direct[50:])]
+    verdict, text = summary(near)
+    assert verdict["added_final_p95_ms"] == pytest.approx(4.0)
+    assert verdict["within_bound"]
+    assert verdict["pooled"]["direct"]["final_latency"]["count"] == 100
+    assert "| haproxy |" in text and "within the 10 ms bound" in text
+    far, text = summary([row("direct", direct), row("haproxy", [v + 25 for v in direct])])
+    assert far["added_final_p95_ms"] == pytest.approx(25.0)
+    assert far["added_final_p95_ms"] > BOUND_MS
+    assert not far["within_bound"] and "OVER the 10 ms bound" in text
