@@ -359,10 +359,17 @@ class SessionApi:
         s.closing = True
         self._sessions.pop(s.session_id, None)
         self._by_key.pop(s.key, None)
-        s.core.post(SessionClosed(audio_offset_ms=samples_to_ms(s.core.position),
-                                  reason=reason))
+        closed = SessionClosed(audio_offset_ms=samples_to_ms(s.core.position), reason=reason)
+        s.core.post(closed)
         for ev in s.core.drain_events():
             self._deliver(s, ev)
+        if s.last_event != closed.TYPE:
+            # Held behind a final still being decoded (a finish that ran out of time): that
+            # final and what follows it will not come, but the client still learns the
+            # session is over, last, as always -- not from a stream that merely stops.
+            log.warning("session %s closed with %d decodes still out; their events are lost",
+                        s.session_id, len(s.core.in_flight))
+            self._deliver(s, closed)
         s.events.put_nowait(None)
         # Workers may still hold a mapping (it stays valid after unlink); they drop it when
         # the next control state no longer lists the ring.

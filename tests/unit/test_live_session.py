@@ -73,3 +73,37 @@ def test_lag_is_age_of_oldest_unanalysed_window(ring: RingWriter) -> None:
     s.write_times.append((99.5, 0.0))
     s.write_times.append((99.9, 0.0))
     assert s.lag_ms(100.0) == pytest.approx(500.0)
+
+
+def test_a_session_closed_with_its_final_still_out_still_ends_with_session_closed() -> None:
+    """A finish that runs out of time closes the session while its final is being decoded
+    (a starved or stopped worker). The final is lost, but session_closed still goes out,
+    last: before, it waited behind the final's slot and the client's stream just stopped."""
+    from alfred_daemon.engine.config import EngineConfig
+    from alfred_daemon.engine.events import FinalTranscription, SessionClosed, SpeechEnded
+    from alfred_daemon.runtime.supervisor import Supervisor
+
+    config = EngineConfig().replace(stt={"speculative_final": False, "partials": False})
+    core = SessionCore(config)
+    ring = RingWriter.create(f"alfredunit-{os.getpid()}-held", 64)  # closing unlinks it
+    s = LiveSession(key=7, session_id="held", core=core, base_config=config, ring=ring,
+                    sample_rate=16_000, resampler=None, events=asyncio.Queue())
+    sup = Supervisor()
+    sup._sessions[s.session_id] = s
+    sup._by_key[s.key] = s
+    for _ in range(40):  # 1.3 s of speech, then silence until the VAD ends it
+        core.on_vad(0.95)
+    for _ in range(20):
+        core.on_vad(0.01)
+    jobs = core.take_jobs()
+    assert any(j.kind.name == "FINAL" for j in jobs)  # its result never comes back
+
+    sup.close_session("held", "finished")
+    events = []
+    while not s.events.empty():
+        events.append(s.events.get_nowait())
+    assert events[-1] is None  # the stream's end
+    got = events[:-1]
+    assert isinstance(got[-1], SessionClosed) and got[-1].reason == "finished", got
+    assert not any(isinstance(e, FinalTranscription) for e in got)
+    assert any(isinstance(e, SpeechEnded) for e in got)  # what came before it still came
