@@ -1,6 +1,6 @@
 """Wire <-> engine: SessionConfig to EngineConfig, engine events to ServerEvent.
 
-Validation lives here so every API surface (gRPC now, the WebSocket bridge later) rejects
+Validation lives here so every API surface (gRPC, the WebSocket bridge, WebRTC) rejects
 the same things with the same sentences.
 """
 
