@@ -84,12 +84,18 @@ def test_turns_and_transcripts_reach_the_aggregator(pipecat_python: Path,
     assert [x for _, x in result["turns"]] == daemon_turns, (result["turns"], daemon_turns)
     assert {t["reason"] for t in result["daemon_turns"]} <= {"model", "silence_fallback"}
     assert " ".join(x for _, x in result["turns"]) == " ".join(x for _, x in result["finals"])
-    for c in clips:
-        # The turn with the clip's last words is handed over after its speech end and before
+    for clip, c in zip(result["clips"], clips, strict=True):
+        # The turn with the clip's last words is handed over after its last final and before
         # the next clip (GAP_S later: the daemon's 3 s silence fallback, plus decoding on a
         # shared host; the latencies themselves are benchmarks/pipecat_plugin_bench.py's).
-        assert c["turn_latency_ms"] is not None, (c, result["turns"])
-        assert c["final_latency_ms"] is not None, c
+        # Not timed from the clip's measured speech end here: jfk.wav's recording stays
+        # above that measure's threshold to its last sample, so a prompt final and turn
+        # arrive "before" it.
+        window = (clip["start_s"], clip["end_s"])
+        finals = [t for t, _ in result["finals"] if window[0] < t <= window[1]]
+        assert finals, c
+        assert any(max(finals) <= t <= window[1] for t, _ in result["turns"]), (
+            c, result["turns"])
         assert c["interims"] >= 2, c
         # tiny.en over the noise floor: jfk.wav (itself noisy) 1 to 5 words of 22 across
         # runs ("And so am I fellow America. As not."), the other clips 0-10 %.
