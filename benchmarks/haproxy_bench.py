@@ -46,7 +46,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alfred_client import AsyncClient
 from load_bench import SessionResult, TreeSampler, free_port, run_session, running_daemon, summarise
-from load_report import host_info, host_line
+from load_report import fmt, host_info, host_line, pooled
 from loadgen import PROFILES, REPO, make_script
 
 from alfred_daemon.ops.haproxy import Backend, render
@@ -146,19 +146,6 @@ async def run_path(path: str, target: str, n: int, seconds: float, profile: str,
     row["client_cpu_percent"] = me.cpu_percent(None)
     row["pss_mb_peak"] = max(daemon.pss_mb, default=None)
     return row
-
-
-def pooled(rows: list[dict[str, Any]], path: str, metric: str) -> dict[str, Any]:
-    """p50/p95 of ``metric`` over every round of ``path``."""
-    values = [v for r in rows if r["system"] == path for v in r["raw"][metric]]
-    if not values:
-        return {"p50": None, "p95": None, "count": 0}
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
-            "count": len(values)}
-
-
-def fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}"
 
 
 def summary(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from loadgen import BANDS, BOUNDS
 
 RELATIVE_MARGIN = 1.2
@@ -136,6 +137,18 @@ def relative_judgement(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
+
+
+def pooled(rows: list[dict[str, Any]], system: str, metric: str,
+           n: int | None = None) -> dict[str, Any]:
+    """p50/p95 of ``metric``'s raw values over every row (round) of ``system`` (and N, if
+    given): the benchmarks that repeat runs judge the pooled figures, not one run's."""
+    values = [v for r in rows if r["system"] == system and (n is None or r["n"] == n)
+              for v in r["raw"][metric]]
+    if not values:
+        return {"p50": None, "p95": None, "count": 0}
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+            "count": len(values)}
 
 
 def main_table(rows: list[dict[str, Any]]) -> list[str]:

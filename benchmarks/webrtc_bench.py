@@ -52,7 +52,7 @@ from load_bench import (
     running_daemon,
     summarise,
 )
-from load_report import host_info, host_line
+from load_report import fmt, host_info, host_line, pooled
 from loadgen import FRAME_S, PROFILES, RATE, REPO, Script, make_script
 
 from alfred_daemon.whip_client import PcmTrack, WhipError, connect, to_pcm48
@@ -167,20 +167,6 @@ async def run_path(path: str, n: int, seconds: float, profile: str) -> dict[str,
     return row
 
 
-def pooled(rows: list[dict[str, Any]], path: str, n: int, metric: str) -> dict[str, Any]:
-    """p50/p95 of ``metric`` over every round of (path, N)."""
-    values = [v for r in rows if r["system"] == path and r["n"] == n
-              for v in r["raw"][metric]]
-    if not values:
-        return {"p50": None, "p95": None, "count": 0}
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
-            "count": len(values)}
-
-
-def fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}"
-
-
 def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, Any]], str]:
     table = ["| N | path | final p50 / p95 | end of turn p50 / p95 | partial lag p95 | "
              "frames dropped | client CPU % | errors |",
@@ -192,9 +178,9 @@ def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, A
             mine = [r for r in rows if r["system"] == path and r["n"] == n]
             if not mine:
                 continue
-            fin = pooled(rows, path, n, "final_latency")
-            turn = pooled(rows, path, n, "turn_latency")
-            lag = pooled(rows, path, n, "partial_lag")
+            fin = pooled(rows, path, "final_latency", n)
+            turn = pooled(rows, path, "turn_latency", n)
+            lag = pooled(rows, path, "partial_lag", n)
             figures[path] = {"final": fin, "turn": turn}
             table.append(
                 f"| {n} | {path} | {fmt(fin['p50'])} / {fmt(fin['p95'])} "
