@@ -36,7 +36,8 @@ from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from alfred_daemon.api.grpc_server import AlfredServicer, GrpcConfig
+from alfred_daemon.api.grpc_config import GrpcConfig
+from alfred_daemon.api.grpc_server import AlfredServicer
 from alfred_daemon.engine.audio import float_to_pcm16
 from alfred_daemon.engine.config import EngineConfig
 from alfred_daemon.engine.events import Event, SessionClosed
@@ -459,10 +460,11 @@ class ScriptedSupervisor:
 
 @contextlib.asynccontextmanager
 async def in_process_server(sup: ScriptedSupervisor, config: GrpcConfig | None = None,
+                            servicer_type: type[AlfredServicer] = AlfredServicer,
                             ) -> AsyncIterator[tuple[AlfredServicer, str]]:
-    """The daemon's AlfredServicer on ``sup``, served on a free loopback port: yields the
-    servicer (to look at its sessions) and the target."""
-    servicer = AlfredServicer(cast(Supervisor, sup), config or GrpcConfig())
+    """The daemon's AlfredServicer (or a test's subclass) on ``sup``, served on a free
+    loopback port: yields the servicer (to look at its sessions) and the target."""
+    servicer = servicer_type(cast(Supervisor, sup), config or GrpcConfig())
     server = grpc.aio.server()
     pb_grpc.add_AlfredServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -23,7 +23,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -32,7 +31,6 @@ from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..engine.config import check_range
 from ..engine.events import Event
 from ..runtime.errors import SessionNotFoundError
 from ..runtime.health import Health
@@ -54,6 +52,7 @@ from .convert import (
     engine_config,
 )
 from .errors import ApiError, api_error
+from .grpc_config import GrpcConfig
 from .grpc_plumbing import SERVICE, HealthService, LenientRequests, Undecodable
 from .grpc_session import DAEMON_ID_HEADER, Attached, new_resume_token
 from .outbox import ShedCounts
@@ -64,30 +63,10 @@ log = logging.getLogger(__name__)
 
 HALF_CLOSE_CHECK_S = 0.05
 
-MESSAGE_OVERHEAD_BYTES = 1024
-"""Room above a largest audio frame for the rest of its ClientMessage (tags, lengths,
-sequence, capture_time): a few dozen bytes, rounded up generously."""
-
-
-@dataclass(frozen=True, slots=True)
-class GrpcConfig:
-    listen: str = "127.0.0.1:50051"
-    max_message_bytes: int = 4 << 20
-    """gRPC's own limit on one message either way. It must admit a ClientMessage carrying
-    the largest frame the API documents (1 MiB of audio), or such frames would fail with
-    the transport's RESOURCE_EXHAUSTED instead of being taken."""
-    write_deadline_s: float = 10.0
-    """A write blocked this long (client not reading) cancels the stream."""
-    resume_window_s: float = 30.0
-    outbox_limit: int = 256
-    keepalive_time_s: float = 30.0
-    keepalive_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        check_range("grpc.max_message_bytes", self.max_message_bytes,
-                    MAX_FRAME_BYTES + MESSAGE_OVERHEAD_BYTES, 1 << 30)
-
-
+CLOSE_LINGER_S = 1.0
+"""How long a stream whose session the daemon closed waits for the client's half-close
+(a client that knows the protocol half-closes at session_closed). Below the gRPC server's
+stop grace (2 s), which would cut the stream anyway."""
 
 PROTO_ACTIONS = {
     pb.Control.PLAYBACK_STARTED: PLAYBACK_STARTED,
@@ -98,6 +77,11 @@ PROTO_ACTIONS = {
     pb.Control.RECONFIGURE: RECONFIGURE,
 }
 """The proto's control actions as the bridge's (:data:`.bridge.ACTIONS`)."""
+
+
+def _sent_closed(writer: asyncio.Task[bool]) -> bool:
+    """Whether the writer ended by sending session_closed."""
+    return not writer.cancelled() and writer.exception() is None and writer.result()
 
 
 class AlfredServicer(pb_grpc.AlfredServicer):
@@ -217,7 +201,10 @@ class AlfredServicer(pb_grpc.AlfredServicer):
     async def _end_stream(self, a: Attached, context: grpc.aio.ServicerContext[Any, Any],
                           outcome: bool | BaseException, taken_over: bool) -> None:
         """The status of a stream that has let go of its session (and was not cancelled):
-        OK unless a resume took the session over or the writer failed."""
+        OK unless a resume took the session over or the writer failed; a session the drain
+        ended carries the trailers that tell its client where to continue."""
+        if outcome is True and a.closed_reason == "shutdown":
+            context.set_trailing_metadata(a.handover_trailers())
         if taken_over:
             await context.abort(grpc.StatusCode.ABORTED,
                                 "a newer stream resumed this session with its token")
@@ -231,7 +218,9 @@ class AlfredServicer(pb_grpc.AlfredServicer):
 
     async def _attach(self, cfg: pb.SessionConfig, context: grpc.aio.ServicerContext[Any, Any],
                       principal: Principal) -> Attached:
-        if not self.accepting:
+        if not self.accepting and not cfg.resume_token:
+            # Resumes still come in while draining: a client whose stream broke near the end
+            # fetches the events it missed (a balancer routes them here by daemon id).
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         if cfg.resume_token:
             attached = self.sessions.get(cfg.resume_token)
@@ -294,6 +283,7 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             for msg in missed:
                 await send(msg)
                 if msg.HasField("session_closed"):
+                    a.closed_reason = msg.session_closed.reason
                     return True
         return await a.bridge.write(send_event, send_shed)
 
@@ -316,6 +306,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             if read not in done:
                 # The writer ended (session closed, or client not reading), or a resume
                 # took the session over.
+                if writer in done and _sent_closed(writer):
+                    return await self._linger(read, context)
                 read.cancel()
                 return False
             msg = read.result()
@@ -337,6 +329,24 @@ class AlfredServicer(pb_grpc.AlfredServicer):
                 await self._on_control(a, msg.control, context)
             else:
                 await self._fail(a, context, "empty ClientMessage")
+
+    async def _linger(self, read: asyncio.Future[Any],
+                      context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        """After session_closed: wait (CLOSE_LINGER_S at most) for the client's half-close,
+        discarding what it sends meanwhile. Ending first makes HTTP/2 reset the request side
+        (RST_STREAM), which HAProxy may pass on as CANCELLED ahead of the last events and
+        trailers (a drain's handover record). True if the client half-closed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_LINGER_S
+        while (remaining := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait({read}, timeout=remaining)
+            if not done:
+                break
+            if not isinstance(read.result(), pb.ClientMessage | Undecodable):  # EOF
+                return not (context.cancelled() or context.done())
+            read = asyncio.ensure_future(context.read())
+        read.cancel()
+        return False
 
     async def _on_audio(self, a: Attached, frame: pb.AudioFrame,
                         context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -364,6 +374,8 @@ class AlfredServicer(pb_grpc.AlfredServicer):
             a.last_sequence = seq
         a.resume_floor = None
         a.received_ms += len(frame.pcm) / 2 / a.sample_rate * 1000.0
+        if seq:
+            a.frame_ends.append((a.received_ms, seq))
         a.receipts.append((a.received_ms, time.time(),
                            frame.capture_time if frame.HasField("capture_time") else None))
 

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 
-from ..engine.events import Event
+from ..engine.events import Event, FinalTranscription, SessionClosed, SpeechStarted
 from .bridge import SessionBridge
 from .convert import server_event
 from .replay import ReplayLog
@@ -27,6 +27,19 @@ from .replay import ReplayLog
 DAEMON_ID_HEADER = "alfred-daemon-id"
 """Metadata naming the daemon that holds a session (``runtime.daemon_id``): sent back on
 every stream, and by a resuming client, so that a balancer routes the resume here."""
+
+RECONNECT_TRAILER = "alfred-reconnect"
+"""Trailer of a stream whose session the daemon's drain ended (value ``drained``): the
+stream still ends OK after ``session_closed`` (reason ``shutdown``), as for older clients,
+and a client that knows the trailer opens a new session -- through a balancer, on another
+daemon -- for the audio after ``alfred-last-sequence``."""
+LAST_SEQUENCE_TRAILER = "alfred-last-sequence"
+"""With ``alfred-reconnect``: the client is to send the audio after this sequence to the
+next session -- the last frame the drained session took, or, if the drain ran out of time
+before the final of the utterance under way, the last frame before that utterance."""
+RESEND_MARGIN_MS = 160.0
+"""Audio re-sent before an utterance whose final a drain could not deliver: the next
+daemon's VAD and decoder see its onset with some lead-in."""
 
 TAKEOVER_TIMEOUT_S = 5.0
 """How long a resume waits for the stream still attached to its session to let go."""
@@ -65,6 +78,13 @@ class Attached:
     resume_floor: int | None = None
     """After a resume: frames up to this sequence are re-sends and are skipped."""
     detached_at: float | None = None
+    closed_reason: str = ""
+    """The reason of the session_closed written to a stream ("" before)."""
+    speech_started_ms: float | None = None
+    """Offset of the last speech_started written whose utterance has had no final yet."""
+    speech_started_id: int = -1
+    frame_ends: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=6000))
+    """(audio ms at the end of a frame, its sequence) for numbered frames: 2 min of them."""
     delivered: bool = False
     """session_closed is known to have reached the client (a resume confirmed its
     event_sequence), or the session was refused or expired: nothing to resume. A stream
@@ -92,9 +112,32 @@ class Attached:
         msg.session_started.last_sequence = self.last_sequence
         return msg
 
+    def drained_after(self) -> int:
+        """The sequence after which a drained session's client re-sends its audio: the
+        last frame taken, unless an utterance is left without its final (the drain ran out
+        of time): then the last frame before it, so the next daemon transcribes it."""
+        if self.speech_started_ms is None:
+            return self.last_sequence
+        resend_ms = self.speech_started_ms - RESEND_MARGIN_MS
+        i = bisect.bisect_right([end for end, _ in self.frame_ends], resend_ms)
+        return self.frame_ends[i - 1][1] if i else 0
+
+    def handover_trailers(self) -> tuple[tuple[str, str], ...]:
+        """The trailers of a stream whose session the drain ended."""
+        return ((RECONNECT_TRAILER, "drained"), (LAST_SEQUENCE_TRAILER, str(self.drained_after())))
+
     def wire(self, event: Event) -> pb.ServerEvent:
         """``event``'s wire form, stamped with when its audio arrived (and when the client
-        captured it, if it said)."""
+        captured it, if it said). Notes what a drain's handover needs: the close reason,
+        and the start of an utterance still without its final."""
+        if isinstance(event, SpeechStarted):
+            self.speech_started_ms, self.speech_started_id = (event.audio_offset_ms,
+                                                              event.utterance_id)
+        elif (isinstance(event, FinalTranscription)
+              and event.utterance_id == self.speech_started_id):
+            self.speech_started_ms = None
+        elif isinstance(event, SessionClosed):
+            self.closed_reason = event.reason
         msg = server_event(event)
         received, capture = self.receipt(event.audio_offset_ms)
         msg.server_receive_time = received

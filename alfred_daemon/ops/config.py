@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..api.grpc_server import GrpcConfig
+from ..api.grpc_config import GrpcConfig
 from ..api.http_server import HttpConfig
 from ..api.webrtc_ice import WebRtcConfig
 from ..engine.config import EngineConfig, SttConfig, TurnConfig, VadConfig

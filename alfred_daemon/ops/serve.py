@@ -2,8 +2,9 @@
 
 SIGTERM / SIGINT / ``POST /drain``: STOPPING=1 to systemd, gRPC health NOT_SERVING, new
 streams refused, the agent check ``drain``,
-drain (open utterances get their finals and turn decisions within ``drain_grace``), stop the
-workers, unlink every shared-memory segment, exit 0. SIGHUP: RELOADING=1 ... READY=1; nothing
+drain (each session ends at an utterance boundary with its finals and turn decision, within
+``drain_grace``; its client may continue on another daemon), stop the workers, unlink every
+shared-memory segment, exit 0. SIGHUP: RELOADING=1 ... READY=1; nothing
 in this configuration can change live yet, so it is logged (the config-file issue adds what
 can be reloaded). While running, the watchdog is fed from the event loop only while the
 daemon is not failed, with a one-line STATUS summary.
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..api.auth import Authenticator
-from ..api.grpc_server import GrpcApi, GrpcConfig
+from ..api.grpc_config import GrpcConfig
+from ..api.grpc_server import GrpcApi
 from ..api.http_server import HttpApi, HttpConfig
 from ..api.tls import TlsFiles
 from ..api.webrtc_ice import WebRtcConfig

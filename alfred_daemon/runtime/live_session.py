@@ -27,6 +27,9 @@ VAD_READER = 0
 """Ring reader index advanced by whichever worker runs this session's VAD."""
 RETAIN_READER = 1
 """Ring reader index the supervisor holds at the oldest sample a job may still need."""
+DRAIN_IDLE_S = 0.5
+"""A draining session that got no audio for this long takes no more: it ends where its
+audio stopped instead of waiting for an utterance boundary that no audio will bring."""
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +73,11 @@ class LiveSession:
     """Monotonic write time of every resident window, by ``seq % n_slots`` (latencies)."""
     closing: bool = False
     closed_reason: str | None = None
+    draining: bool = False
+    """The daemon drains: the session takes audio until its next utterance boundary."""
+    input_cut: bool = False
+    """Draining and past that boundary: no more audio is taken (its client re-sends the
+    rest to another daemon)."""
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever a result for this session was applied (finish() waits on it)."""
     frames_received: int = 0
@@ -112,6 +120,26 @@ class LiveSession:
         pcm = np.clip(np.rint(buf[: n * WINDOW] * 32768.0), -32768, 32767).astype(np.int16)
         windows: npt.NDArray[np.int16] = pcm.reshape(n, WINDOW)
         return windows
+
+    # ------------------------------------------------------------------ drain
+
+    def input_closed(self, now: float) -> bool:
+        """Whether audio is no longer taken: the session is closing, or it is draining and
+        has reached an utterance boundary or gets no audio any more. Once true it stays
+        true, so the last frame taken is the last frame the session will ever analyse."""
+        if self.closing or self.input_cut:
+            return True
+        if self.draining and (self.at_boundary() or now - self.last_activity > DRAIN_IDLE_S):
+            self.input_cut = True
+        return self.input_cut
+
+    def at_boundary(self) -> bool:
+        """Between utterances: every window written is analysed, no speech is under way or
+        starting, and the last utterance's final and turn decision have been asked for.
+        Ending here, they are this session's (the supervisor waits for the final), and the next
+        utterance belongs whole to the session its client continues on."""
+        return (self.queued_windows == 0 and not self.vad_in_flight
+                and not self.core.speaking and not self.core.decision_pending)
 
     # ------------------------------------------------------------------ figures
 

@@ -34,7 +34,7 @@ from ..engine.events import (
     SessionClosed,
     TurnEnded,
 )
-from ..engine.jobs import JobResult
+from ..engine.jobs import JobKind, JobResult
 from ..engine.models import ModelPaths
 from ..engine.session import SessionCore, samples_to_ms
 from ..engine.vad import WINDOW
@@ -174,7 +174,7 @@ class SessionApi:
         SessionNotFoundError, or SessionBackloggedError (the frame was not accepted).
         """
         s = self._get(session_id)
-        if s.closing:
+        if s.input_closed(time.monotonic()):
             raise SessionNotFoundError(f"session {session_id} is closing")
         try:
             windows = s.windows_from(frame, sample_rate)
@@ -207,7 +207,7 @@ class SessionApi:
         deadline = time.monotonic() + timeout
         while True:
             s = self._get(session_id)
-            if s.closing:
+            if s.input_closed(time.monotonic()):
                 raise SessionNotFoundError(f"session {session_id} is closing")
             now = time.monotonic()
             early = s.ahead_s(now) - self.config.limits.realtimeTolerance - PACE_MARGIN_S
@@ -320,6 +320,27 @@ class SessionApi:
             shown = session_id if len(session_id) <= 64 else session_id[:64] + "..."
             raise SessionNotFoundError(f"no open session {shown!r}")
         return s
+
+    async def _drain(self, s: LiveSession, grace: float) -> None:
+        """Take the session's audio until an utterance boundary (or until its audio stops),
+        for half of ``grace`` at most, then finish it as at end of input. At a boundary its
+        last final comes back first (a turn decision already asked for may come with it; if
+        not, the turn ends forced, as at end of input). The frames it did not take are its
+        client's to send to another daemon: a rolling restart neither cuts an utterance in
+        two nor loses its final."""
+        deadline = time.monotonic() + grace
+        s.draining = True
+        try:
+            await self._wait(s, lambda: s.input_closed(time.monotonic()),
+                             deadline - grace / 2)
+            await self._wait(s, lambda: s.closing or not any(
+                j.kind is JobKind.FINAL for j in s.core.in_flight), deadline)
+        except TimeoutError:
+            log.info("session %s: no utterance boundary in time (%d decodes out: %s)",
+                     s.session_id, len(s.core.in_flight),
+                     ", ".join(sorted({j.kind.name for j in s.core.in_flight})))
+        s.input_cut = True
+        await self._finish(s, "shutdown", max(0.0, deadline - time.monotonic()))
 
     async def _finish(self, s: LiveSession, reason: str, timeout: float) -> None:
         if s.closing:

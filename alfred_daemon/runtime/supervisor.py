@@ -159,8 +159,9 @@ class Supervisor(ResultsApplier):
             await asyncio.sleep(0.05)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain and stop: refuse new sessions, let open utterances finish (their finals and
-        turn decisions) within ``grace`` seconds, stop workers, unlink every segment."""
+        """Drain and stop: refuse new sessions, end each open session at its next utterance
+        boundary (its finals and turn decision delivered) within ``grace`` seconds, stop
+        workers, unlink every segment."""
         if self.state in (DaemonState.STOPPED, DaemonState.DRAINING):
             return
         grace = self.config.drain_grace if grace is None else grace
@@ -169,7 +170,7 @@ class Supervisor(ResultsApplier):
         if sessions:
             log.info("draining %d sessions (grace %.1f s)", len(sessions), grace)
             results = await asyncio.gather(
-                *(self._finish(s, "shutdown", grace) for s in sessions), return_exceptions=True)
+                *(self._drain(s, grace) for s in sessions), return_exceptions=True)
             for s, res in zip(sessions, results, strict=True):
                 if isinstance(res, BaseException):
                     log.warning("session %s did not drain: %s", s.session_id, res)

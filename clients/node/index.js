@@ -459,7 +459,14 @@ class AlfredClient {
             confirmed = ev.last_sequence;
             attempt.onStarted();
           }
-          if (ev.type === 'session_closed') closed = true;
+          if (ev.type === 'session_closed') {
+            closed = true;
+            // Nothing more goes to this session: half-close, so that the daemon ends the
+            // call with both sides closed. A call it ends while the client still sends is
+            // reset, which a proxy (HAProxy) may report as CANCELLED ahead of the last events.
+            attempt.stopped = true;
+            if (!call.writableEnded && !call.destroyed) call.end();
+          }
           yield ev;
         }
         if (attempt.writeError) throw attempt.writeError;

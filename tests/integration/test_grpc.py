@@ -28,7 +28,7 @@ from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2
 
 from alfred_daemon.api.convert import server_event
-from alfred_daemon.api.grpc_server import GrpcConfig
+from alfred_daemon.api.grpc_config import GrpcConfig
 from alfred_daemon.engine.events import Event as EngineEvent
 from alfred_daemon.engine.events import (
     FinalTranscription,

@@ -22,7 +22,7 @@ from alfred_client._gen.alfred.v1 import alfred_pb2 as pb
 from alfred_client._gen.alfred.v1 import alfred_pb2_grpc as pb_grpc
 
 from alfred_daemon.api.convert import MAX_FRAME_BYTES, engine_config
-from alfred_daemon.api.grpc_server import GrpcConfig
+from alfred_daemon.api.grpc_config import GrpcConfig
 from alfred_daemon.engine.config import EngineConfig
 from alfred_daemon.engine.errors import ConfigError
 

@@ -13,7 +13,8 @@ import pytest
 from alfred_client import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from alfred_daemon.api.grpc_server import GrpcApi, GrpcConfig
+from alfred_daemon.api.grpc_config import GrpcConfig
+from alfred_daemon.api.grpc_server import GrpcApi
 from alfred_daemon.api.http_server import HttpApi
 from alfred_daemon.runtime.config import LimitsConfig, ProcessorConfig
 from alfred_daemon.runtime.supervisor import Supervisor

@@ -254,3 +254,33 @@ test('unary calls parse the status document; their failures are StreamErrors', T
     client.close();
   }
 });
+
+test('at a session_closed the daemon sent first, the client stops sending and half-closes', TIMEOUT, async () => {
+  // The daemon ends a session itself (idle, drain) and waits for the half-close before it
+  // ends the call: ended first, the call is reset, which HAProxy may report as CANCELLED
+  // ahead of the last events. Frames come every 10 ms, so the client is still sending.
+  const CLOSE_AFTER = 5;
+  async function* paced(count) {
+    for (let i = 0; i < count; i += 1) {
+      await new Promise((resolve) => { setTimeout(resolve, 10); });
+      yield Buffer.alloc(640);
+    }
+  }
+  function script(call, stream) {
+    readCall(call, stream, {
+      onConfig() { call.write(started()); },
+      onFrame() {
+        if (stream.frames.length === CLOSE_AFTER) call.write(closed(1, 'idle'));
+      },
+      onEnd() { call.end(); },
+    });
+  }
+  await withServer(script, {}, async (client, server) => {
+    const events = await collect(client.stream(paced(1000), RATE));
+    assert.deepEqual(events.map((ev) => ev.type), ['session_started', 'session_closed']);
+    assert.equal(server.streams.length, 1);
+    const [stream] = server.streams;
+    assert.equal(stream.ended, true, 'the client half-closed');
+    assert.ok(stream.frames.length < 100, `${stream.frames.length} frames: it kept sending`);
+  });
+});

@@ -23,15 +23,32 @@ last sequence the daemon confirmed, so no audio is lost or analysed twice. It al
 highest ``event_sequence`` it received; the daemon re-sends what the broken stream had
 written after it (events in flight when the stream broke), and the client drops the ones it
 already yielded, so every event is seen once.
+
+Drain handover: a daemon that drains (a rolling restart behind a balancer) ends each session
+at an utterance boundary and closes its stream with the ``alfred-reconnect: drained``
+trailer and the last audio sequence it took. The client then opens a new session -- the
+balancer gives it another daemon -- and sends the frames after that sequence, so no audio is
+lost or analysed twice and every utterance's final comes once, from one daemon. The
+drained session's ``session_closed`` is not yielded; the new session's ``session_started``
+is (``resumed`` false, a new ``session_id``). Its events' ``audio_offset_ms`` count from its
+own start; :attr:`Event.stream_offset_ms` counts from the stream's first frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import wave
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +66,20 @@ FRAME_MS = 20
 REPLAY_FRAMES = 1500
 """Frames (30 s at 20 ms) kept for re-sending after a resume."""
 RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+HANDOVER_RETRYABLE = (*RESUMABLE, grpc.StatusCode.CANCELLED)
+"""Failures on which the session that continues a drained one is opened again. The first
+attempt may reach the draining daemon itself (the balancer has not yet seen its drain),
+which refuses it or has exited; HAProxy reports the latter as CANCELLED. No session_started
+came back, so nothing of the stream is on that daemon, and another attempt is safe."""
+RECONNECT_TRAILER = "alfred-reconnect"
+"""Trailer of a stream a draining daemon ended (value ``drained``): continue elsewhere."""
+LAST_SEQUENCE_TRAILER = "alfred-last-sequence"
+"""With it: the last audio sequence the drained session took."""
+RESUME_RETRY_S = 0.2
+"""Wait before resuming a broken stream."""
+HANDOVER_RETRY_S = 0.5
+"""Wait between attempts to open the session that takes over from a drained one: about the
+time a balancer takes to see the daemon's drain (its agent check interval)."""
 
 _T = TypeVar("_T")
 
@@ -90,7 +121,20 @@ class _FirstStatus:
     def __init__(self, call: grpc.aio.Call) -> None:
         self.call = call
         self.status: tuple[grpc.StatusCode, str] | None = None
+        self.trailers: tuple[tuple[str, str | bytes], ...] | None = None
+        """The server's trailing metadata, kept with its status (the synthetic one has none)."""
         call.add_done_callback(self._done)
+
+    async def drained_after(self) -> int | None:
+        """The last audio sequence a drained session took, if the daemon ended this stream
+        with the drain trailer; None otherwise."""
+        after = _drained_after(self.trailers or ())
+        if after is None:
+            # The synthetic INTERNAL may have been the first status set, without trailers:
+            # the server's own status is stored after it.
+            await self.settled(self.status or (grpc.StatusCode.OK, ""))
+            after = _drained_after(tuple(await self.call.trailing_metadata() or ()))
+        return after
 
     async def settled(self, fallback: tuple[grpc.StatusCode, str]) -> tuple[grpc.StatusCode, str]:
         """The server's status. The failed write can also win the race and be the first
@@ -112,6 +156,18 @@ class _FirstStatus:
             code, details = _settled(call.code()), _settled(call.details())
             if code is not None:
                 self.status = (code, details or "")
+                self.trailers = tuple(_settled(call.trailing_metadata()) or ())
+
+
+def _drained_after(trailers: tuple[tuple[str, str | bytes], ...]) -> int | None:
+    """``alfred-last-sequence`` from trailers that carry ``alfred-reconnect: drained``."""
+    found = {k: v if isinstance(v, str) else v.decode(errors="replace") for k, v in trailers}
+    if found.get(RECONNECT_TRAILER) != "drained":
+        return None
+    try:
+        return int(found.get(LAST_SEQUENCE_TRAILER, ""))
+    except ValueError:
+        return None
 
 
 def _settled(coro: Coroutine[Any, Any, _T]) -> _T | None:
@@ -138,6 +194,15 @@ class Event:
     server_receive_time: float
     data: dict[str, Any]
     message: pb.ServerEvent = field(repr=False)
+    session_base_ms: int = 0
+    """Where the event's session starts in the stream's audio (ms): 0, or after a drain
+    handover the audio the earlier sessions of the stream took."""
+
+    @property
+    def stream_offset_ms(self) -> int:
+        """``audio_offset_ms`` counted from the stream's first frame rather than from the
+        start of the event's session (they differ after a drain handover)."""
+        return self.audio_offset_ms + self.session_base_ms
 
     @property
     def event_sequence(self) -> int:
@@ -151,7 +216,7 @@ class Event:
                 "processing_ms": round(self.processing_ms, 2), **self.data}
 
     @classmethod
-    def from_message(cls, msg: pb.ServerEvent) -> Event:
+    def from_message(cls, msg: pb.ServerEvent, session_base_ms: int = 0) -> Event:
         kind = msg.WhichOneof("event") or "unknown"
         data: dict[str, Any] = {}
         if kind != "unknown":
@@ -164,7 +229,7 @@ class Event:
                 if fd.name in data and fd.cpp_type in (fd.CPPTYPE_INT64, fd.CPPTYPE_UINT64):
                     data[fd.name] = int(data[fd.name])
         return cls(kind, int(msg.audio_offset_ms), float(msg.processing_ms),
-                   float(msg.server_receive_time), data, msg)
+                   float(msg.server_receive_time), data, msg, session_base_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,64 +462,191 @@ class AsyncClient:
         yield the session's events until it closes.
 
         Each event is yielded once: after a resume the daemon re-sends the events after the
-        highest ``event_sequence`` received, and any it sends again is dropped here."""
-        options = options or SessionOptions()
-        source = _aiter(frames)
-        replay: deque[tuple[int, bytes]] = deque(maxlen=REPLAY_FRAMES)
-        seq = 0
-        resumes = 0
-        confirmed = 0
-        highest = 0  # the highest event_sequence yielded
-        closed = False
+        highest ``event_sequence`` received, and any it sends again is dropped here. When
+        the daemon drains, the stream continues on a new session (see the module doc);
+        resumes and handover attempts together are at most ``max_resumes``."""
+        events = _Stream(self, frames, sample_rate, options or SessionOptions(),
+                         resume).events()
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
 
-        async def requests(token: str, last_event: int) -> AsyncIterator[pb.ClientMessage]:
-            nonlocal seq
-            yield pb.ClientMessage(config=options.to_proto(
-                sample_rate, token, last_event if token else None))
-            for s, frame in list(replay):  # after a resume: what the daemon may not have
-                if s > confirmed:
-                    yield pb.ClientMessage(audio=pb.AudioFrame(sequence=s, pcm=frame))
-            async for item in source:
-                if isinstance(item, Control):
-                    yield item.to_proto(sample_rate)
-                    continue
-                frame = item
-                seq += 1
-                replay.append((seq, frame))
-                yield pb.ClientMessage(audio=pb.AudioFrame(sequence=seq, pcm=frame))
 
-        token = ""
-        while True:
-            call = self._stub.StreamSession(requests(token, highest),
-                                            metadata=routing_metadata(self._metadata, token))
-            first = _FirstStatus(call)
-            try:
-                async for msg in call:
-                    if msg.event_sequence:  # 0: outside the sequence, never a re-send
-                        if msg.event_sequence <= highest:
-                            continue  # re-sent after a resume; yielded already
-                        highest = self.last_event_sequence = msg.event_sequence
-                    ev = Event.from_message(msg)
-                    if ev.type == "session_started":
-                        self.session_id = msg.session_started.session_id
-                        self.resume_token = token = msg.session_started.resume_token
-                        confirmed = msg.session_started.last_sequence
-                    closed = closed or ev.type == "session_closed"
-                    yield ev
-                return
-            except grpc.aio.AioRpcError as exc:
-                if closed:
-                    return  # the session's last event arrived; nothing is left to resume for
-                code, details = await first.settled((exc.code(), exc.details() or ""))
-                if not (resume and token and code in RESUMABLE and resumes < self.max_resumes):
-                    # TRANSIENT_FAILURE: the channel could not connect, as opposed to a
-                    # daemon that answered UNAVAILABLE itself (shutting down).
-                    unreachable = (code == grpc.StatusCode.UNAVAILABLE and self._channel
-                                   .get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE)
-                    raise StreamError(code, details, target=self.target,
-                                      unreachable=unreachable) from None
-                resumes += 1  # the shared source continues where the broken call left it
-                await asyncio.sleep(0.2)
+class _Source:
+    """A stream's items, shared by the calls that carry it in turn (resumes, handovers).
+    A call told to stop sending leaves the item it was waiting for to the next call: no
+    frame is ever taken by a call that will not send it."""
+
+    def __init__(self, frames: AsyncIterable[Item] | Iterable[Item]) -> None:
+        self._items = _aiter(frames)
+        self._next: asyncio.Future[Item] | None = None
+        self.done = False
+        """The frames are exhausted."""
+
+    async def next(self, stop: asyncio.Event) -> Item | None:
+        """The next item; None at the end of the frames, or once ``stop`` is set."""
+        if self.done or stop.is_set():
+            return None
+        if self._next is None:
+            self._next = asyncio.ensure_future(anext(self._items))
+        stopped = asyncio.ensure_future(stop.wait())
+        either: set[asyncio.Future[Any]] = {self._next, stopped}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if stop.is_set() or not self._next.done():
+            return None
+        ready, self._next = self._next, None
+        try:
+            return ready.result()
+        except StopAsyncIteration:
+            self.done = True
+            return None
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+
+
+class _Stream:
+    """One :meth:`AsyncClient.stream`: the calls that carry it one after another (a
+    resume after a broken connection, a new session after a drain), the frames sent (kept
+    for re-sending) and the events yielded (for dropping re-sends)."""
+
+    def __init__(self, client: AsyncClient, frames: AsyncIterable[Item] | Iterable[Item],
+                 sample_rate: int, options: SessionOptions, resume: bool) -> None:
+        self.client = client
+        self.source = _Source(frames)
+        self.sample_rate = sample_rate
+        self.options = options
+        self.resume = resume
+        self.replay: deque[tuple[int, bytes, float]] = deque(maxlen=REPLAY_FRAMES)
+        """(sequence, pcm, where the frame starts in the stream's audio in ms)"""
+        self.seq = 0
+        self.sent_ms = 0.0
+        self.attempts = 0
+        """Resumes and handovers so far (at most the client's ``max_resumes``)."""
+        self.token = ""
+        self.confirmed = 0
+        """Frames up to this sequence are the daemon's; a new call re-sends the rest."""
+        self.highest = 0
+        """The highest event_sequence yielded on the current session."""
+        self.closed = False
+        self.drained: Event | None = None
+        """A drained session's session_closed, held back (yielded if no handover)."""
+        self.handover = False
+        """Opening the session that continues a drained one."""
+        self.base_ms = 0
+        """Where the current session starts in the stream's audio."""
+
+    async def requests(self, token: str, last_event: int,
+                       stop: asyncio.Event) -> AsyncIterator[pb.ClientMessage]:
+        """One call's messages: the config, the frames the daemon may not have, then new
+        items until the frames end (a half-close) or ``stop`` is set."""
+        yield pb.ClientMessage(config=self.options.to_proto(
+            self.sample_rate, token, last_event if token else None))
+        for s, frame, _ in list(self.replay):
+            if s > self.confirmed:
+                yield pb.ClientMessage(audio=pb.AudioFrame(sequence=s, pcm=frame))
+        while (item := await self.source.next(stop)) is not None:
+            if isinstance(item, Control):
+                yield item.to_proto(self.sample_rate)
+                continue
+            self.seq += 1
+            self.replay.append((self.seq, item, self.sent_ms))
+            self.sent_ms += len(item) / 2 / self.sample_rate * 1000.0
+            yield pb.ClientMessage(audio=pb.AudioFrame(sequence=self.seq, pcm=item))
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        c = self.client
+        try:
+            while True:
+                stop = asyncio.Event()
+                call = c._stub.StreamSession(
+                    self.requests(self.token, self.highest, stop),
+                    metadata=routing_metadata(c._metadata, self.token))
+                first = _FirstStatus(call)
+                self.drained = None
+                try:
+                    async for msg in call:
+                        ev = self._received(msg, stop)
+                        if ev is not None:
+                            yield ev
+                except grpc.aio.AioRpcError as exc:
+                    if not self.closed:
+                        await self._retry_or_raise(exc, first)
+                        continue
+                    # The session's last event arrived; only a drain can leave more to do.
+                finally:
+                    stop.set()
+                if self.drained is None:
+                    return
+                if not await self._hand_over(first):
+                    yield self.drained
+                    return
+        finally:
+            self.source.close()
+
+    def _received(self, msg: pb.ServerEvent, stop: asyncio.Event) -> Event | None:
+        """The event to yield for ``msg`` (None: a re-send, or a drained session_closed)."""
+        if msg.event_sequence:  # 0: outside the sequence, never a re-send
+            if msg.event_sequence <= self.highest:
+                return None  # re-sent after a resume; yielded already
+            self.highest = self.client.last_event_sequence = msg.event_sequence
+        ev = Event.from_message(msg, self.base_ms)
+        if ev.type == "session_started":
+            self.client.session_id = msg.session_started.session_id
+            self.client.resume_token = self.token = msg.session_started.resume_token
+            self.confirmed = max(self.confirmed, msg.session_started.last_sequence)
+            self.handover = False
+        elif ev.type == "session_closed":
+            self.closed = True
+            # Nothing more goes to this session: half-close, so that the daemon ends the
+            # call with both sides closed (see the daemon's CLOSE_LINGER_S).
+            stop.set()
+            if ev.data.get("reason") == "shutdown":
+                self.drained = ev  # yielded unless the stream continues elsewhere
+                return None
+        return ev
+
+    async def _retry_or_raise(self, exc: grpc.aio.AioRpcError, first: _FirstStatus) -> None:
+        """Before another call after a broken one: raise StreamError if it is not to be
+        resumed (or retried, when opening a handover's session), else wait a moment."""
+        c = self.client
+        code, details = await first.settled((exc.code(), exc.details() or ""))
+        retryable = HANDOVER_RETRYABLE if self.handover else RESUMABLE
+        if not (self.resume and (self.token or self.handover) and code in retryable
+                and self.attempts < c.max_resumes):
+            # TRANSIENT_FAILURE: the channel could not connect, as opposed to a daemon
+            # that answered UNAVAILABLE itself (shutting down).
+            unreachable = (code == grpc.StatusCode.UNAVAILABLE and c._channel
+                           .get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+            raise StreamError(code, details, target=c.target,
+                              unreachable=unreachable) from None
+        self.attempts += 1
+        await asyncio.sleep(HANDOVER_RETRY_S if self.handover else RESUME_RETRY_S)
+
+    async def _hand_over(self, first: _FirstStatus) -> bool:
+        """After a drained session's last event: set up the session that continues the
+        stream (no token, so a balancer gives it another daemon) with the frames after the
+        drained one's last, if its daemon said which and any are left."""
+        after = await first.drained_after() if self.resume else None
+        if after is None or self.attempts >= self.client.max_resumes:
+            return False
+        if self.source.done and self.seq <= after:
+            return False  # nothing left to send
+        self.confirmed = after
+        self.base_ms = round(next((start for s, _, start in self.replay if s > after),
+                                  self.sent_ms))
+        self.token = self.client.resume_token = ""
+        self.highest = 0
+        self.closed = False
+        self.handover = True
+        self.attempts += 1
+        return True
 
 
 async def _aiter(frames: AsyncIterable[Item] | Iterable[Item]) -> AsyncIterator[Item]:
@@ -529,11 +721,14 @@ class Client:
         """Send ``frames`` (LINEAR16 bytes, with :class:`Control` messages between them) and
         yield the session's events until it closes. No resume: see :class:`AsyncClient`."""
         options = options or SessionOptions()
+        closed = threading.Event()
 
         def requests() -> Iterator[pb.ClientMessage]:
             yield pb.ClientMessage(config=options.to_proto(sample_rate))
             seq = 0
             for item in frames:
+                if closed.is_set():
+                    return  # half-close: the session is over (as AsyncClient.stream does)
                 if isinstance(item, Control):
                     yield item.to_proto(sample_rate)
                     continue
@@ -546,6 +741,8 @@ class Client:
                 if ev.type == "session_started":
                     self.session_id = msg.session_started.session_id
                     self.resume_token = msg.session_started.resume_token
+                elif ev.type == "session_closed":
+                    closed.set()
                 yield ev
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
