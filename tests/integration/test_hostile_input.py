@@ -294,6 +294,9 @@ class _LateStatusCall:
     async def details(self) -> str:
         return "Internal error from Core" if self.reads <= 2 else "the daemon's sentence"
 
+    async def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
 
 def test_first_status_waits_past_the_synthetic_internal() -> None:
     async def run() -> tuple[grpc.StatusCode, str]:
