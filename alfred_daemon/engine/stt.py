@@ -14,8 +14,10 @@ over. Hence the padding, and guards for what still goes wrong:
 2. a decode is *degenerate* when it hit that budget, repeats itself
    (:func:`~.text.find_repetition`) or compresses too well (zlib ratio above
    ``compression_ratio_threshold``, faster-whisper's loop test);
-3. a degenerate final is decoded again on the full 30 s window, as ``transcribe()``
-   would; a degenerate partial is not shown at all (the caller skips it);
+3. a degenerate final is decoded again from the same encoder output without the prompt
+   and with no trigram repeated, and if that is degenerate too, on the full 30 s window
+   as ``transcribe()`` would; a degenerate partial is not shown at all (the caller skips
+   it);
 4. Whisper's own no-speech rule (no-speech probability high *and* mean log-probability
    low) turns a decode of noise into an empty result.
 
@@ -54,6 +56,8 @@ from .numerics import one_blas_thread
 from .text import compression_ratio, find_repetition, trim_repetitions
 
 MAX_WINDOW_S = 30.0
+GUARD_NO_REPEAT = 3
+"""``no_repeat_ngram_size`` of a looping final's re-decode before the 30 s window."""
 WINDOW_STEP_S = 2
 """Partial windows are whole multiples of this (so that sessions' partials batch)."""
 PROMPT_STEP = 16
@@ -131,6 +135,9 @@ class _Plan:
     """Tokens a decode of this audio may produce; reaching it marks a loop. Exact, not
     rounded for batching's sake: CTranslate2 takes one max_length per call, and a beam
     search cut at another length can end differently."""
+    no_repeat: int = 0
+    """CTranslate2's ``no_repeat_ngram_size`` (0: off). Only the final's guarded re-decode
+    sets it, and decodes alone (it is not in :attr:`key`)."""
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -373,6 +380,7 @@ class WhisperTranscriber:
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
+            no_repeat_ngram_size=first.no_repeat,
         )
         rows = np.asarray(encoded) if len(plans) > 1 else None
         out: list[_Decode] = []
@@ -410,6 +418,15 @@ class WhisperTranscriber:
                                          encoded=first.encoded)  # same audio and window
             if not self._degenerate(bare.text, bare.budget_hit, cfg, []):
                 chosen, degenerate = bare, False
+                context = []
+        if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
+            # A decoder pass (~0.1-0.3 s on a slow host) before the 30 s window's encoder
+            # pass (~1.3 s there). Speech that repeats itself stays degenerate here.
+            (guarded,) = self._decode_group(
+                [dataclasses.replace(plan, prompt_ids=[], no_repeat=GUARD_NO_REPEAT)],
+                encoded=first.encoded)
+            if not self._degenerate(guarded.text, guarded.budget_hit, cfg, []):
+                chosen, degenerate = guarded, False
                 context = []
         if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
             full = dataclasses.replace(plan, window=int(MAX_WINDOW_S * SAMPLE_RATE))

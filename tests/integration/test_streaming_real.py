@@ -8,6 +8,7 @@ tests/data/long (47 clips, 1-36 s, read and spontaneous, quiet and noisy).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -15,7 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from alfred_daemon.engine.audio import float_to_pcm16
-from alfred_daemon.engine.config import EngineConfig, SttConfig, VadConfig
+from alfred_daemon.engine.config import SAMPLE_RATE, EngineConfig, SttConfig, VadConfig
 from alfred_daemon.engine.events import Event, FinalTranscription, PartialTranscription
 from alfred_daemon.engine.jobs import JobKind, JobResult, Models
 from alfred_daemon.engine.session import Session
@@ -211,3 +212,40 @@ def test_partials_of_several_sessions_decoded_together_equal_one_by_one(
         assert (a.text, a.tokens, a.words, a.degenerate) == (b.text, b.tokens, b.words,
                                                              b.degenerate)
         assert abs(a.avg_logprob - b.avg_logprob) < 1e-4
+
+
+@pytest.mark.parametrize("guarded_loops_too", [False, True])
+def test_a_looping_final_is_redecoded_before_the_30s_window(
+    models: Models, utterances: list[Utterance], monkeypatch: pytest.MonkeyPatch,
+    guarded_loops_too: bool,
+) -> None:
+    """A final whose first decode loops is decoded again from the same encoder output
+    without the prompt and with no trigram repeated (a decoder pass); only if that loops
+    too does the 30 s window (an encoder pass over 30 s of audio) run. The loops are made
+    here, by replacing the decodes' text, because whether a real first decode loops
+    depends on the host's int8 kernels."""
+    from dataclasses import replace
+
+    from alfred_daemon.engine import stt
+
+    sentence = next(u for u in utterances if u.file == "spk2_snt2.wav")  # "what joy ..."
+    transcriber = models.stt
+    real = transcriber._decode_group
+    seen: list[tuple[int, int]] = []  # (window samples, no_repeat) of each decoder call
+
+    def looping(plans: list[Any], encoded: Any = None) -> list[Any]:
+        out = real(plans, encoded)
+        seen.extend((p.window, p.no_repeat) for p in plans)
+        full = plans[0].window >= stt.MAX_WINDOW_S * SAMPLE_RATE
+        if len(seen) == 1 or (plans[0].no_repeat and guarded_loops_too and not full):
+            out = [replace(d, text=" ".join([d.text] * 3), budget_hit=True) for d in out]
+        return out
+
+    monkeypatch.setattr(transcriber, "_decode_group", looping)
+    (res,) = transcriber.transcribe_many([DecodeRequest(
+        np.concatenate([sentence.audio, silence(0.5)]), SttConfig(), fallback=True)])
+    assert norm_text(res.text) == sentence.transcript, res.text
+    assert [n for _, n in seen] == [0, stt.GUARD_NO_REPEAT, *([0] if guarded_loops_too else [])]
+    assert res.fallback is guarded_loops_too
+    full_windows = [w for w, _ in seen if w >= stt.MAX_WINDOW_S * SAMPLE_RATE]
+    assert len(full_windows) == (1 if guarded_loops_too else 0), seen
