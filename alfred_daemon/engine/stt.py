@@ -14,10 +14,9 @@ over. Hence the padding, and guards for what still goes wrong:
 2. a decode is *degenerate* when it hit that budget, repeats itself
    (:func:`~.text.find_repetition`) or compresses too well (zlib ratio above
    ``compression_ratio_threshold``, faster-whisper's loop test);
-3. a degenerate final is decoded again from the same encoder output without the prompt
-   and with no trigram repeated, and if that is degenerate too, on the full 30 s window
-   as ``transcribe()`` would; a degenerate partial is not shown at all (the caller skips
-   it);
+3. a degenerate final is decoded again without the prompt and with no trigram repeated,
+   then, if still degenerate, on the full 30 s window as ``transcribe()`` would; a
+   degenerate partial is not shown at all (the caller skips it);
 4. Whisper's own no-speech rule (no-speech probability high *and* mean log-probability
    low) turns a decode of noise into an empty result.
 
@@ -136,8 +135,7 @@ class _Plan:
     rounded for batching's sake: CTranslate2 takes one max_length per call, and a beam
     search cut at another length can end differently."""
     no_repeat: int = 0
-    """CTranslate2's ``no_repeat_ngram_size`` (0: off). Only the final's guarded re-decode
-    sets it, and decodes alone (it is not in :attr:`key`)."""
+    """``no_repeat_ngram_size`` (0: off); set only by a final's re-decode, which runs alone."""
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -417,17 +415,14 @@ class WhisperTranscriber:
             (bare,) = self._decode_group([dataclasses.replace(plan, prompt_ids=[])],
                                          encoded=first.encoded)  # same audio and window
             if not self._degenerate(bare.text, bare.budget_hit, cfg, []):
-                chosen, degenerate = bare, False
-                context = []
+                chosen, degenerate, context = bare, False, []
         if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
-            # A decoder pass (~0.1-0.3 s on a slow host) before the 30 s window's encoder
-            # pass (~1.3 s there). Speech that repeats itself stays degenerate here.
+            # A decoder pass (0.1-0.3 s on a slow host) before 30 s of encoder (~1.3 s).
             (guarded,) = self._decode_group(
                 [dataclasses.replace(plan, prompt_ids=[], no_repeat=GUARD_NO_REPEAT)],
                 encoded=first.encoded)
             if not self._degenerate(guarded.text, guarded.budget_hit, cfg, []):
-                chosen, degenerate = guarded, False
-                context = []
+                chosen, degenerate, context = guarded, False, []
         if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
             full = dataclasses.replace(plan, window=int(MAX_WINDOW_S * SAMPLE_RATE))
             (second,) = self._decode_group([full])
