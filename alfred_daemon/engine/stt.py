@@ -423,13 +423,13 @@ class WhisperTranscriber:
                 encoded=first.encoded)
             if not self._degenerate(guarded.text, guarded.budget_hit, cfg, []):
                 chosen, degenerate, context = guarded, False, []
-        if degenerate and req.fallback and plan.window < MAX_WINDOW_S * SAMPLE_RATE:
-            full = dataclasses.replace(plan, window=int(MAX_WINDOW_S * SAMPLE_RATE))
-            (second,) = self._decode_group([full])
-            chosen, used_fallback = second, True
-            # Repetition the full window decodes too is most likely in the speech ("zero
-            # zero zero"); only a second budget hit is a loop.
-            degenerate = second.budget_hit
+            else:
+                full = dataclasses.replace(plan, window=int(MAX_WINDOW_S * SAMPLE_RATE))
+                (second,) = self._decode_group([full])
+                chosen, used_fallback = second, True
+                # Repetition the full window decodes too is most likely in the speech
+                # ("zero zero zero"); only a second budget hit is a loop.
+                degenerate = second.budget_hit
         text = trim_repetitions(chosen.text, chosen.budget_hit, " ".join(context))
         if degenerate and not req.fallback:
             # A partial: a loop cut off cleanly is shown (it is the hypothesis up to where
