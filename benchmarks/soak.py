@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=. .venv/bin/python benchmarks/soak.py [--minutes 30] [--seed 1]
-        [--sessions 8] [--workers 2] [--out benchmarks/results]
+        [--sessions 8] [--workers 2] [--warmup 300] [--out benchmarks/results]
 
 One ``alfred-daemon serve`` subprocess (temporary runtime dir, loopback ports, its own
 ``shm_prefix``), and ``--sessions`` slots in this process. Each slot loops: open a gRPC
@@ -28,8 +28,9 @@ references (Whisper's English normaliser on both) at most :data:`WER_BOUND` (ses
 :data:`WER_MIN_WORDS` words or more; each outcome's pooled WER too), event sequence
 numbers 1..n without a gap or a duplicate across a resume, and session_closed received; a
 resumed session must really have resumed. Over the run: the daemon tree's PSS (supervisor +
-workers), open fds and threads at the start (after ``--warmup`` s), at 1/3, 2/3 and the end
-of the run (10, 20, 30 min by default) and every 30 s for a series; PSS drift (end vs start)
+workers), open fds and threads at the start of the measured run (after ``--warmup`` s of the
+same load, which the run does not count), at 1/3, 2/3 and the end of it (10, 20, 30 min by
+default) and every 30 s for a series; PSS drift (end vs start)
 at most :data:`PSS_DRIFT_MAX`; fds and threads flat (:data:`IDLE_SLACK`,
 :data:`THREADS_SLACK`); every abandoned session closed by the daemon; after SIGTERM, exit
 code 0, no worker left, nothing under the daemon's ``shm_prefix`` in /dev/shm, and no
@@ -104,11 +105,12 @@ REFUSED_BACKOFF_S = 2.0
 SESSION_SLACK_S = 90.0
 """A session may take this long beyond its audio (finals, a resume) before it is cut."""
 SAMPLE_EVERY_S = 30.0
-MARK_READINGS = 11
+MARK_READINGS = 31
 READING_GAP_S = 2.0
 """A mark's PSS is the median of :data:`MARK_READINGS` readings this far apart, ending at
-the mark (20 s): a worker's PSS follows each decode by tens of MB (its lanes hand freed heap
-back after every job), so a single reading says more about the moment than the trend."""
+the mark (60 s): a worker's PSS follows each decode by tens of MB, up to 140 MB for a batch
+of long windows (its lanes hand freed heap back after every job), so a reading, or a few
+seconds of them, says more about the decodes in flight than about the trend."""
 WER_BOUND = 0.35
 """Held to by each session of at least :data:`WER_MIN_WORDS` reference words, and by each
 outcome's pooled WER."""
@@ -569,11 +571,23 @@ async def sample(daemon: Daemon, t0: float, label: str, readings: int = 1) -> di
     return out
 
 
+def pss_slope(series: list[dict[str, Any]], from_s: float) -> float:
+    """Least-squares slope of the PSS series from ``from_s`` on, in MB per 10 minutes: a
+    leak shows as a steady slope, a worker's decode-by-decode swing only as scatter."""
+    pts = [(p["t_s"], p["pss_mb"]) for p in series if p["t_s"] >= from_s]
+    if len(pts) < 3:
+        return float("nan")
+    slope, _ = statistics.linear_regression([t for t, _ in pts], [v for _, v in pts])
+    return round(slope * 600.0, 2)
+
+
 def mark_times(total_s: float, warmup_s: float) -> list[tuple[str, float]]:
-    """``start`` after the warm-up, then 1/3, 2/3 and the end of the run (10, 20 and 30 min
-    of a 30-minute soak), labelled in minutes; each mark's readings end at its time."""
+    """``start`` at the end of the warm-up, then 1/3, 2/3 and the end of the measured run
+    (10, 20 and 30 min of a 30-minute soak), labelled in minutes of the measured run; times
+    count from the start of the load, and each mark's readings end at its time."""
     return [("start", warmup_s),
-            *((f"{total_s * f / 60:.3g} min", total_s * f) for f in (1 / 3, 2 / 3, 1.0))]
+            *((f"{total_s * f / 60:.3g} min", warmup_s + total_s * f)
+              for f in (1 / 3, 2 / 3, 1.0))]
 
 
 async def sampler(daemon: Daemon, t0: float, *, total_s: float, warmup_s: float,
@@ -582,7 +596,8 @@ async def sampler(daemon: Daemon, t0: float, *, total_s: float, warmup_s: float,
     pending = mark_times(total_s, warmup_s)
     window = (MARK_READINGS - 1) * READING_GAP_S
     next_series = 0.0
-    for _ in range(int(total_s / 0.5) + 10):  # bounded: ticks of >= 0.5 s until the end
+    # Bounded: ticks of >= 0.5 s until the end.
+    for _ in range(int((warmup_s + total_s) / 0.5) + 10):
         now = time.monotonic() - t0
         if pending and now >= pending[0][1] - window:
             label, _ = pending.pop(0)
@@ -643,7 +658,7 @@ def category(records: list[SessionRecord], outcome: str) -> dict[str, Any]:
 async def soak(args: argparse.Namespace, daemon: Daemon, shm_prefix: str
                ) -> tuple[dict[str, Any], list[SessionRecord]]:
     total_s = args.minutes * 60.0
-    warmup_s = min(args.warmup, total_s / 3)
+    warmup_s = args.warmup
     corpus = Corpus(realistic_pool(), noise_floor(args.seed, int(NOISE_BANK_S * RATE)),
                     references())
     relays = [CuttableRelay(daemon.port) for _ in range(args.sessions)]
@@ -658,9 +673,10 @@ async def soak(args: argparse.Namespace, daemon: Daemon, shm_prefix: str
         sampling = asyncio.create_task(sampler(daemon, t0, total_s=total_s, warmup_s=warmup_s,
                                                series=series, marks=marks))
         slots = [asyncio.create_task(slot_loop(i, relays[i], corpus, seed=args.seed,
-                                               deadline=t0 + total_s, records=records))
+                                               deadline=t0 + warmup_s + total_s,
+                                               records=records))
                  for i in range(args.sessions)]
-        await asyncio.wait_for(sampling, total_s + 120)
+        await asyncio.wait_for(sampling, warmup_s + total_s + 120)
         # The slots finish the session each is in (bounded by its own timeout).
         await asyncio.wait_for(asyncio.gather(*slots), MONOLOGUE_S + 30 + SESSION_SLACK_S)
     finally:
@@ -678,6 +694,7 @@ async def soak(args: argparse.Namespace, daemon: Daemon, shm_prefix: str
     async with AsyncClient(daemon.target) as c:
         status = await asyncio.wait_for(c.status(), 5.0)
     return {"series": series, "marks": marks, "idle_before": idle_before,
+            "pss_slope_mb_per_10min": pss_slope(series, warmup_s),
             "idle_after": idle_after,
             "idle_fd_diff": fd_diff(idle_before["fd_kinds"], idle_after["fd_kinds"]),
             "sessions_active_at_end": active,
@@ -760,18 +777,22 @@ def report(doc: dict[str, Any]) -> str:
              f"Command: {doc['command']}",
              host_line(host),
              f"Started {doc['started']}, wall {doc['wall_s'] / 60:.1f} min", "",
-             f"{'mark':>10} {'t (s)':>7} {'PSS MB':>8} {'superv.':>8} {'fds':>5} "
-             f"{'threads':>8} {'sessions':>9}"]
+             f"{'mark':>10} {'t (s)':>7} {'PSS MB':>8} {'superv.':>8} {'others':>8} "
+             f"{'fds':>5} {'threads':>8} {'sessions':>9}"]
     for m in [doc["run"]["idle_before"], *doc["run"]["marks"], doc["run"]["idle_after"]]:
         active = "?" if m["sessions_active"] is None else m["sessions_active"]
         sup = m["by_process"].get("supervisor", {}).get("pss_mb", float("nan"))
         lines.append(f"{m['label']:>10} {m['t_s']:>7.0f} {m['pss_mb']:>8.1f} {sup:>8.1f} "
-                     f"{m['fds']:>5} {m['threads']:>8} {active:>9}")
-    lines += ["", f"PSS: the daemon tree (supervisor, workers, resource trackers), median of "
+                     f"{m['pss_mb'] - sup:>8.1f} {m['fds']:>5} {m['threads']:>8} {active:>9}")
+    lines += ["", f"t: seconds since the load began; the measured run starts after "
+              f"{doc['warmup_s']:g} s of the same load (the 'start' mark). PSS: the daemon "
+              "tree (supervisor, workers, resource trackers), median of "
               f"{MARK_READINGS} readings {READING_GAP_S:g} s apart ending at the mark; "
-              "'superv.': the supervisor's own (per-process figures and a 30 s series: "
-              "soak.json). 'idle' rows: no session open (before: after one warm-up session "
-              "per slot).",
+              "'superv.': the supervisor's own, 'others': the rest (workers, trackers; "
+              "per-process figures and a 30 s series: soak.json). 'idle' rows: no session "
+              "open (before: after one warm-up session per slot). Series slope over the "
+              f"measured run: {doc['run'].get('pss_slope_mb_per_10min', float('nan')):+.1f} "
+              "MB per 10 min (least squares over the 30 s series).",
               "", "Sessions by outcome (WER with Whisper's English normaliser):"]
     for outcome, c in doc["categories"].items():
         lines.append(f"  {outcome}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
@@ -795,8 +816,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sessions", type=int, default=8, help="concurrent session slots")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--warmup", type=float, default=60.0,
-                    help="seconds of load before the 'start' sample (at most a third of the run)")
+    ap.add_argument("--warmup", type=float, default=300.0,
+                    help="seconds of the same load before the measured run and its 'start' "
+                         "mark: caches (oneDNN primitives, allocator arenas) fill in the "
+                         "first minutes, and drift is about what comes after")
     ap.add_argument("--resume-window", type=float, default=30.0,
                     help="the daemon's grpc.resume_window_s (set for the run)")
     ap.add_argument("--ladder", choices=("steady", "default"), default="steady",
@@ -805,8 +828,8 @@ def main() -> int:
                          "default: the daemon's own thresholds")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
-    if args.minutes <= 0 or args.sessions < 1:
-        ap.error("--minutes and --sessions must be positive")
+    if args.minutes <= 0 or args.sessions < 1 or args.warmup < 0:
+        ap.error("--minutes and --sessions must be positive, --warmup not negative")
     args.out.mkdir(parents=True, exist_ok=True)
     host = host_info()
     print(host_line(host), flush=True)
@@ -834,7 +857,7 @@ def main() -> int:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "seed": args.seed, "minutes": args.minutes, "ladder": args.ladder,
         "sessions": args.sessions,
-        "workers": args.workers, "warmup_s": min(args.warmup, args.minutes * 20),
+        "workers": args.workers, "warmup_s": args.warmup,
         "host": host, "started": started, "wall_s": round(time.monotonic() - wall0, 1),
         "shm_prefix": shm_prefix, "bounds": {
             "wer": WER_BOUND, "wer_min_words": WER_MIN_WORDS, "pss_drift": PSS_DRIFT_MAX,

@@ -104,6 +104,8 @@ class _SupervisorCollector(Collector):
         yield counter("sessions_refused", "sessions refused at admission", c.sessions_refused)
         yield counter("jobs", "Whisper and Smart Turn jobs completed", c.jobs_done)
         yield counter("job_errors", "jobs that failed", c.job_errors)
+        yield counter("final_fallbacks", "finals decoded again on the 30 s window (looped)",
+                      c.final_fallbacks)
         yield counter("partials_shed", "partial decodes skipped under load", c.partials_shed)
         yield counter("speculations_skipped", "speculative finals abandoned before decoding",
                       c.speculations_skipped)

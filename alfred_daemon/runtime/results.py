@@ -122,6 +122,8 @@ class ResultsApplier(SessionApi):
         ok = result.error is None
         if not ok:
             self.counters.job_errors += 1
+        if result.fallback:
+            self.counters.final_fallbacks += 1
         self.figures.outcomes.append((time.monotonic(), ok))
         s = self._by_key.get(session_key)
         if s is None:

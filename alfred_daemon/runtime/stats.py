@@ -44,6 +44,9 @@ class Counters:
     jobs_rerun: int = 0
     jobs_done: int = 0
     job_errors: int = 0
+    final_fallbacks: int = 0
+    """Finals whose decode still looped after the guarded re-decode and were decoded again on
+    the 30 s window: each costs ~0.3-1.5 s, so they are the usual reason for a final's tail."""
     partials_shed: int = 0
     partials_superseded: int = 0
     """Queued partials dropped because their utterance paused: the final waits for them."""

@@ -4,6 +4,7 @@ event sequence numbers. (The soak itself: ``benchmarks/soak.py``, minutes of rea
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 
@@ -66,3 +67,18 @@ def test_whisper_wer_reads_numbers_as_formatting() -> None:
     assert soak.whisper_wer("forty two line bible", "42 line Bible") == 0.0
     assert soak.whisper_wer("the child almost hurt the small dog",
                             "The child almost hurt the dog.") > 0.0
+
+
+def test_marks_count_from_the_end_of_the_warm_up() -> None:
+    marks = soak.mark_times(1800.0, 300.0)
+    assert marks == [("start", 300.0), ("10 min", 900.0), ("20 min", 1500.0),
+                     ("30 min", 2100.0)]
+
+
+def test_the_pss_slope_sees_a_steady_rise_not_the_scatter_around_a_level() -> None:
+    level = [{"t_s": 300.0 + 30 * i, "pss_mb": 450.0 + (40 if i % 2 else -40)}
+             for i in range(60)]
+    assert abs(soak.pss_slope(level, 300.0)) < 2.0
+    leak = [{"t_s": 30.0 * i, "pss_mb": 400.0 + i} for i in range(80)]  # 1 MB per 30 s
+    assert soak.pss_slope(leak, 300.0) == 20.0
+    assert math.isnan(soak.pss_slope(leak[:5], 300.0))  # too few points after the warm-up
