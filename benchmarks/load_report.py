@@ -203,6 +203,17 @@ def markdown(rows: list[dict[str, Any]], relative: dict[str, Any] | None = None)
         lines += ["", "By utterance length (seconds of speech since the previous pause): "
                   "p50 / p95 ms (count). A turn is banded by its last utterance.", "",
                   *band_table(rows)]
+    al = [r for r in rows if r["system"] == "alfred" and r.get("daemon_counters")]
+    if al:
+        lines += ["", "alfred, per N: the daemon's own counters at the end of the run (finals "
+                  "decoded again on the 30 s window after a looping decode, partials shed "
+                  "under load, jobs re-run after a worker was lost).", "",
+                  "| N | finals on the 30 s window | partials shed | jobs re-run |",
+                  "|---|---|---|---|"]
+        for r in al:
+            c = r["daemon_counters"]
+            lines.append(f"| {r['n']} | {c.get('final_fallbacks', '-')} | "
+                         f"{c.get('partials_shed', '-')} | {c.get('jobs_rerun', '-')} |")
     pc = [r for r in rows if r["system"] == "pipecat"]
     if pc:
         lines += ["", "Pipecat, per N: what the latencies above do not show.", "",

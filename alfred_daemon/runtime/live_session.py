@@ -66,6 +66,9 @@ class LiveSession:
     """Its client sent faster than real time next to real-time sessions and was paced
     (``Supervisor.feed``): from then on its work is spare-capacity work, even while the
     pacing keeps it near real time (runtime/fairness.py)."""
+    waiting_for_room: bool = False
+    """Its frames have been waiting for ring room (``Supervisor.feed``) since the last frame
+    that found room at once; its client was told (``backpressure_triggered``)."""
     write_times: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic, wall) write time of each window from ``vad_next`` on."""
     arrival: npt.NDArray[np.float64] = field(

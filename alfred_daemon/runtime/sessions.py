@@ -27,6 +27,8 @@ from ..engine.audio import StreamResampler
 from ..engine.config import SAMPLE_RATE, EngineConfig
 from ..engine.errors import InvalidAudioError
 from ..engine.events import (
+    BackpressureRecovered,
+    BackpressureTriggered,
     Event,
     FinalTranscription,
     FramesDropped,
@@ -202,9 +204,13 @@ class SessionApi:
           sentence.
 
         Waiting, not shedding: the audio of a client that is ahead is not lost, only slowed
-        down."""
+        down. Its client is told when either wait begins (``backpressure_triggered`` with
+        action ``pace_to_real_time`` or ``wait_for_room``, to this session only), and when
+        a frame finds room at once again (``backpressure_recovered``, ``wait_for_room``),
+        so that a refusal never comes out of the blue."""
         timeout = self.config.limits.backlogTimeout
         deadline = time.monotonic() + timeout
+        waited = False
         while True:
             s = self._get(session_id)
             if s.input_closed(time.monotonic()):
@@ -216,13 +222,22 @@ class SessionApi:
                 # event loop all sessions share, whatever its work's rank. Held a margin
                 # above the tolerance, so that it stays ahead (its work spare) while paced.
                 # Pacing is not a wait for room: it does not count towards the timeout.
+                if not s.paced:
+                    self._tell_throttled(s, "pace_to_real_time", triggered=True)
                 s.paced = True
                 await asyncio.sleep(early)
                 deadline = time.monotonic() + timeout
                 continue
             need = s.max_windows(frame, sample_rate)
             if s.ring.free_slots() >= need or need > s.ring.n_slots:
+                if s.waiting_for_room and not waited:
+                    s.waiting_for_room = False
+                    self._tell_throttled(s, "wait_for_room", triggered=False)
                 return self.push(session_id, frame, sample_rate=sample_rate)
+            waited = True
+            if not s.waiting_for_room:
+                s.waiting_for_room = True
+                self._tell_throttled(s, "wait_for_room", triggered=True)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 s.rejected_frames += 1
@@ -237,6 +252,15 @@ class SessionApi:
             s.progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.progress.wait(), min(remaining, 0.2))
+
+    def _tell_throttled(self, s: LiveSession, action: str, *, triggered: bool) -> None:
+        """A flow-control wait of this session's own, told to its client only; ``level``
+        and ``load`` are the daemon's, which such a wait does not move."""
+        kind = BackpressureTriggered if triggered else BackpressureRecovered
+        s.core.post(kind(audio_offset_ms=samples_to_ms(s.core.position),
+                         level=int(self.ladder.level), action=action,
+                         load=round(self.load, 3)))
+        self._pump(s)
 
     def _real_time_peers(self, s: LiveSession, now: float) -> bool:
         """Whether another session streams at real time (has sent audio within the last

@@ -133,8 +133,11 @@ def worker_main(spec: WorkerSpec, death_fd: int) -> None:
     threads_before = _thread_ids()
     try:
         models = Models.load(spec.models, threads=spec.model_threads)
-    except Exception:
-        log.exception("worker %d could not load its models", spec.worker_id)
+    except Exception as exc:
+        # One line: the cause is a model file or the install, named by the message, not a
+        # fault in this code that a traceback would locate; three of these trip the brake.
+        log.error("worker %d could not load its models: %s: %s", spec.worker_id,
+                  type(exc).__name__, str(exc).replace("\n", " "))
         os._exit(EXIT_LOAD_FAILED)
     load_ms = (time.perf_counter() - t0) * 1000.0
     # CTranslate2 computes on threads of its own (created by the model load), not on the

@@ -324,6 +324,8 @@ def test_smoke_run_against_a_real_daemon(tmp_path: Path) -> None:
     assert r["cpu_percent"] > 0 and r["pss_mb_peak"] > 100
     text = (tmp_path / "load_bench_realistic.md").read_text()
     assert "| alfred | 2 |" in text and "Host: " in text
+    assert r["daemon_counters"]["final_fallbacks"] >= 0  # the counter is read per N
+    assert "| N | finals on the 30 s window | partials shed | jobs re-run |" in text
 
 
 def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:

@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from alfred_daemon.engine.events import Event, FramesDropped
+from alfred_daemon.engine.events import (
+    BackpressureRecovered,
+    BackpressureTriggered,
+    Event,
+    FramesDropped,
+)
 from alfred_daemon.engine.jobs import Models
 from alfred_daemon.runtime.config import LimitsConfig, WorkersConfig
 from alfred_daemon.runtime.errors import SessionBackloggedError
@@ -176,6 +181,11 @@ def test_a_flood_moves_no_ladder_and_costs_a_real_time_session_no_words(  # noqa
     assert final_texts(out["a_events"]) == reference
     b_events = out["b_events"]
     assert not [e for e in b_events if isinstance(e, FramesDropped)]
+    # B was told it is paced (once), A was told nothing: the ladder did not move.
+    told = [e.action for e in b_events if isinstance(e, BackpressureTriggered)]
+    assert told.count("pace_to_real_time") == 1, told
+    assert not [e for e in out["a_events"]
+                if isinstance(e, BackpressureTriggered | BackpressureRecovered)]
     # B gets what A leaves idle: all of its audio, or a refusal that says why.
     if out["flood"] == "all accepted":
         assert len(final_texts(b_events)) >= 18  # twenty sentences, none lost to shedding
@@ -189,7 +199,8 @@ def test_a_frame_that_finds_no_room_waits_then_is_refused_with_a_sentence(
 ) -> None:
     """Flow control's end: with both workers stopped nothing is analysed or decoded, the
     ring fills, and ``feed`` waits ``limits.backlogTimeout`` before refusing the frame with
-    a sentence that says why; the session itself stays open."""
+    a sentence that says why; the session itself stays open. Its client was told when the
+    wait began (``backpressure_triggered``, ``wait_for_room``), before the refusal."""
     config = runtime_config(tmp_path, workers=WorkersConfig(count=2),
                             limits=LimitsConfig(backlogTimeout=1.0))
     out: dict[str, Any] = {}
@@ -200,6 +211,8 @@ def test_a_frame_that_finds_no_room_waits_then_is_refused_with_a_sentence(
         pids = [w["pid"] for w in sup.status()["workers"]]
         try:
             sid = sup.open_session()
+            stream = Stream(sid, b"")
+            collector = asyncio.create_task(collect(sup, stream))
             for pid in pids:
                 os.kill(pid, signal.SIGSTOP)
             frame = b"\x01\x00" * 16_000  # 1 s
@@ -213,6 +226,10 @@ def test_a_frame_that_finds_no_room_waits_then_is_refused_with_a_sentence(
                 out["error"] = str(exc)
             out["waited"] = time.monotonic() - t0
             out["open"] = sid in sup.session_ids()
+            await asyncio.sleep(0.2)  # the event loop delivers what was posted
+            out["told"] = [(type(e).__name__, e.action) for e in stream.events
+                           if isinstance(e, BackpressureTriggered | BackpressureRecovered)]
+            collector.cancel()
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -225,3 +242,4 @@ def test_a_frame_that_finds_no_room_waits_then_is_refused_with_a_sentence(
     assert "had no room for audio for 1 s" in out["error"]
     assert "faster than real time" in out["error"] and "\n" not in out["error"]
     assert out["open"]
+    assert out["told"] == [("BackpressureTriggered", "wait_for_room")], out["told"]

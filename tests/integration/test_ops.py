@@ -231,3 +231,32 @@ def test_no_watchdog_while_failed(tmp_path: Path) -> None:  # noqa: PLR0915  (on
             proc.kill()
             proc.wait(timeout=10)
         recv.close()
+
+
+@pytest.mark.slow
+def test_serve_exits_1_in_one_sentence_when_workers_keep_dying_at_start(
+    tmp_path: Path
+) -> None:
+    """A broken install (here: a Whisper model file that is present but corrupt, which only
+    a worker's load finds) makes every worker die before ready; the crash-loop brake turns
+    that into ``alfred-daemon serve`` exiting 1 with one sentence on stderr, no traceback
+    there, instead of a hang until the start timeout."""
+    from alfred_daemon.engine.models import resolve_stt
+
+    broken = tmp_path / "whisper-broken"
+    shutil.copytree(resolve_stt(None), broken)
+    (broken / "model.bin").write_bytes(b"not a CTranslate2 model\n" * 64)
+    exe = str(Path(sys.executable).parent / "alfred-daemon")
+    t0 = time.monotonic()
+    run = subprocess.run(
+        [exe, "serve", "--listen", f"127.0.0.1:{free_port()}", "--http-port",
+         str(free_port()), "--runtime-dir", str(tmp_path / "run"), "--workers", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "ALFRED__MODELS__STT_MODEL": str(broken)})
+    took = time.monotonic() - t0
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert last.startswith("alfred-daemon: cannot start: worker 0 keeps failing to start"), last
+    assert "died before ready 3 times in a row" in last, last
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert took < 60.0, took  # the brake, not the 30 s start timeout per attempt
