@@ -46,7 +46,8 @@ class Counters:
     job_errors: int = 0
     final_fallbacks: int = 0
     """Finals whose decode still looped after the guarded re-decode and were decoded again on
-    the 30 s window: each costs ~0.3-1.5 s, so they are the usual reason for a final's tail."""
+    the 30 s window. Each costs 0.3-1.5 s more: a final latency tail is either these or
+    queueing, and this count says which."""
     partials_shed: int = 0
     partials_superseded: int = 0
     """Queued partials dropped because their utterance paused: the final waits for them."""
