@@ -83,14 +83,19 @@ def apply_transition(t: Transition, sessions: Iterable[LiveSession],
                 t.level.action, t.load)
     for s in sessions:
         s.core.reconfigure(degrade(s.base_config, t.level))
-        offset = samples_to_ms(s.core.position)
-        if t.triggered:
-            s.core.post(BackpressureTriggered(audio_offset_ms=offset, level=int(t.level),
-                                              action=t.action, load=round(t.load, 3)))
-        else:
-            s.core.post(BackpressureRecovered(audio_offset_ms=offset, level=int(t.level),
-                                              action=t.action, load=round(t.load, 3)))
+        tell_backpressure(s, triggered=t.triggered, level=t.level, action=t.action,
+                          load=t.load)
         pump(s)
+
+
+def tell_backpressure(s: LiveSession, *, triggered: bool, level: Level, action: str,
+                      load: float) -> None:
+    """Post a ``backpressure_triggered`` / ``_recovered`` event to one session, at its
+    current audio position: a ladder step (every session) or a flow-control wait of its
+    own (``SessionApi.feed``)."""
+    kind = BackpressureTriggered if triggered else BackpressureRecovered
+    s.core.post(kind(audio_offset_ms=samples_to_ms(s.core.position), level=int(level),
+                     action=action, load=round(load, 3)))
 
 
 def health_events(sessions: Iterable[LiveSession], now: float, *, interval: float,

@@ -27,8 +27,6 @@ from ..engine.audio import StreamResampler
 from ..engine.config import SAMPLE_RATE, EngineConfig
 from ..engine.errors import InvalidAudioError
 from ..engine.events import (
-    BackpressureRecovered,
-    BackpressureTriggered,
     Event,
     FinalTranscription,
     FramesDropped,
@@ -51,7 +49,7 @@ from .errors import (
 )
 from .fairness import Standing
 from .live_session import RETAIN_READER, VAD_READER, LiveSession
-from .load import session_lag_ms
+from .load import session_lag_ms, tell_backpressure
 from .ring import RingWriter, segment_name
 from .scheduler import Scheduler
 from .stats import Counters, DaemonState, session_status
@@ -256,10 +254,8 @@ class SessionApi:
     def _tell_throttled(self, s: LiveSession, action: str, *, triggered: bool) -> None:
         """A flow-control wait of this session's own, told to its client only; ``level``
         and ``load`` are the daemon's, which such a wait does not move."""
-        kind = BackpressureTriggered if triggered else BackpressureRecovered
-        s.core.post(kind(audio_offset_ms=samples_to_ms(s.core.position),
-                         level=int(self.ladder.level), action=action,
-                         load=round(self.load, 3)))
+        tell_backpressure(s, triggered=triggered, level=self.ladder.level, action=action,
+                          load=self.load)
         self._pump(s)
 
     def _real_time_peers(self, s: LiveSession, now: float) -> bool:
