@@ -26,6 +26,7 @@ Writes ``streaming_bench.json`` (every job time) and ``streaming_bench.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from alfred_daemon.engine.audio import float_to_pcm16, read_wav  # noqa: E402
-from alfred_daemon.engine.config import EngineConfig, VadConfig  # noqa: E402
+from alfred_daemon.engine.config import EngineConfig, SttConfig, VadConfig  # noqa: E402
 from alfred_daemon.engine.jobs import JobKind, JobResult, Models  # noqa: E402
 from alfred_daemon.engine.models import ModelsConfig, resolve_all  # noqa: E402
 from alfred_daemon.engine.session import Session  # noqa: E402
@@ -105,7 +106,14 @@ def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--audio", type=Path, default=REPO / "tests" / "data" / "long")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--stt", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an integer or float stt knob, e.g. partial_prompt_tokens=32")
     args = ap.parse_args()
+    stt = SttConfig()
+    for item in args.stt:
+        key, _, value = item.partition("=")
+        stt = dataclasses.replace(stt, **{key: type(getattr(stt, key))(value)})
+    machine = host()  # before pinning, which would make it count one core
     cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})  # before any model creates its thread pool
     models = Models.load(resolve_all(ModelsConfig()), threads=1)
@@ -114,12 +122,13 @@ def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
     lj = [corpus[name] for name in sorted(corpus) if name.startswith("coqui_LJ")]
     stream(models, lj[0][:48_000])  # warm-up: first calls allocate
 
-    report: dict[str, Any] = {"host": host(), "cpu_pinned": cpu, "bands": {}, "clips": []}
-    one = EngineConfig(vad=VadConfig(min_silence_ms=2_000))
+    report: dict[str, Any] = {"host": machine, "cpu_pinned": cpu, "stt_overrides": args.stt,
+                              "bands": {}, "clips": []}
+    one = EngineConfig(vad=VadConfig(min_silence_ms=2_000), stt=stt)
     base_p95 = None
     for seconds in BANDS_S:
         # Enough partials per band for a p95 (a 2 s utterance has one or two).
-        repeats = 2 if seconds >= 60 else (4 if seconds >= 16 else (8 if seconds >= 8 else 40))
+        repeats = 2 if seconds >= 60 else (4 if seconds >= 16 else (8 if seconds >= 8 else 120))
         partials: list[float] = []
         finals: list[float] = []
         windows: list[float] = []
@@ -152,7 +161,7 @@ def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
 
     for name in sorted(corpus):
         audio = corpus[name]
-        _, spent = stream(models, audio)
+        _, spent = stream(models, audio, EngineConfig(stt=stt))
         report["clips"].append({"file": name, "seconds": audio.size / 16_000,
                                 "cpu_s": spent})
     short = [c for c in report["clips"] if c["seconds"] < 3.0]
@@ -180,7 +189,8 @@ def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
         "# Streaming cost by utterance length",
         "",
         f"Host: {h['cpu']}, {h['cores']} cores, AVX-512 VNNI: {h['avx512_vnni']}; one model "
-        f"thread pinned to core {cpu}. `python benchmarks/streaming_bench.py`.",
+        f"thread pinned to core {cpu}. `python benchmarks/streaming_bench.py"
+        + "".join(f" --stt {o}" for o in args.stt) + "`.",
         "",
         "Partial decode time (encode + decode, per job) in continuous utterances:",
         "",

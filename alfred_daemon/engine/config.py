@@ -113,10 +113,11 @@ class SttConfig:
     prompt. So a partial decodes about this much audio however long the utterance runs
     (a decode's cost follows the audio in it). Windows this short cost no accuracy
     (benchmarks/README.md, ``streaming_bench.py``)."""
-    window_max_s: float = 4.0
+    window_max_s: float = 3.5
     """If nothing new was committed by the time the window holds this much audio (no
     partials agree: noise, mumbling), the anchor moves anyway, past the newest hypothesis's
-    words but its last two, which are committed as they stand."""
+    words but its last two, which are committed as they stand. Below 4 s, so that with
+    ``window_pad_s`` a window rarely needs the next encoder length (8 s instead of 6)."""
     min_commit_audio_ms: int = 2_000
     """No partial commits words before the utterance has this much audio: with less,
     Whisper mishears a phrase's first words consistently ("how do you marry" for "had he
@@ -126,8 +127,13 @@ class SttConfig:
     decodes as Whisper's previous-text prompt: the VAD cuts speech at every 200 ms pause,
     and alone "two" in "one two three" is heard as "2 2". 0 = none."""
     prompt_tokens: int = 64
-    """Tokens of already committed text given to each decode as Whisper's previous-text
-    prompt (0: none)."""
+    """Tokens of already committed text given to each final decode as Whisper's
+    previous-text prompt (0: none)."""
+    partial_prompt_tokens: int = 32
+    """The same for partial decodes (no more than ``prompt_tokens`` are used). Fewer than
+    the finals': a prompt adds to every decode's cost, and in long speech the full prompt
+    made a partial cost 1.7x that of a short utterance's (1.4x at 32) without improving the
+    finals (benchmarks/README.md, ``streaming_bench.py``)."""
     compression_ratio_threshold: float = 2.4
     """A decode whose text compresses better than this (zlib) is a loop (faster-whisper's
     threshold)."""
@@ -158,6 +164,7 @@ class SttConfig:
         check_range("stt.window_target_s", self.window_target_s, 2.0, 20.0)
         check_range("stt.window_max_s", self.window_max_s, self.window_target_s, 25.0)
         check_range("stt.prompt_tokens", self.prompt_tokens, 0, 200)
+        check_range("stt.partial_prompt_tokens", self.partial_prompt_tokens, 0, 200)
         check_range("stt.min_commit_audio_ms", self.min_commit_audio_ms, 0, 30_000)
         check_range("stt.context_s", self.context_s, 0.0, 600.0)
         check_range("stt.compression_ratio_threshold", self.compression_ratio_threshold,

@@ -320,12 +320,14 @@ class WhisperTranscriber:
         prefix_ids: list[int] = (self._tokenizer.encode(" " + req.prefix.strip())
                                  if req.prefix else [])
         prompt_ids: list[int] = []
-        if req.prompt.strip() and cfg.prompt_tokens:
+        limit = (cfg.prompt_tokens if req.fallback
+                 else min(cfg.prompt_tokens, cfg.partial_prompt_tokens))
+        if req.prompt.strip() and limit:
             # Past PROMPT_STEP tokens, whole multiples of it (the oldest tokens go): prompts
             # of equal length are what lets decodes share a batch (CTranslate2 wants the
             # start token at one position). A short prompt is kept whole: it is the one
             # that matters most ("one." before "two").
-            tail = self._tokenizer.encode(" " + req.prompt.strip())[-cfg.prompt_tokens:]
+            tail = self._tokenizer.encode(" " + req.prompt.strip())[-limit:]
             keep = len(tail) if len(tail) < PROMPT_STEP else (
                 len(tail) // PROMPT_STEP * PROMPT_STEP)
             if keep:
