@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alfred_client import AsyncClient, StreamError
 from load_bench import SessionResult, run_session, running_daemon, summarise
 from load_report import host_info, host_line
-from loadgen import FRAME_S, RATE, REPO, make_script, percentiles
+from loadgen import FRAME_S, RATE, REPO, make_script, percentiles, stop_like_ctrl_c_on_sigterm
 
 FLOOD_SPEED = 20.0
 """Real-time multiple the flood sends at (the issue's finding: 20x)."""
@@ -212,6 +212,7 @@ def flood_client(target: str, seconds: float, audio: Path) -> int:
 def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "--flood-client":
         return flood_client(sys.argv[2], float(sys.argv[3]), Path(sys.argv[4]))
+    stop_like_ctrl_c_on_sigterm()
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)

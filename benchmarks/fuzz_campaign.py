@@ -1220,6 +1220,8 @@ def text_report(rep: Report, command: str, exit_code: int | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM ends the campaign as Ctrl-C does, so that its daemon is stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--inputs", type=int, default=100_000, help="inputs in total")

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alfred_client import AsyncClient
 from load_bench import SessionResult, TreeSampler, free_port, run_session, running_daemon, summarise
 from load_report import fmt, host_info, host_line, pooled
-from loadgen import PROFILES, REPO, make_script
+from loadgen import PROFILES, REPO, make_script, stop_like_ctrl_c_on_sigterm
 
 from alfred_daemon.ops.haproxy import Backend, render
 
@@ -216,6 +216,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main() -> int:
+    stop_like_ctrl_c_on_sigterm()
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs of each path; odd rounds run direct first, even HAProxy")

@@ -89,6 +89,7 @@ from loadgen import (
     band,
     make_script,
     percentiles,
+    stop_like_ctrl_c_on_sigterm,
 )
 
 from alfred_daemon.engine.models import ModelsConfig, resolve_all
@@ -481,6 +482,7 @@ def run_profile(profile: str, args: argparse.Namespace, host: dict[str, Any]) ->
 
 
 def main() -> int:
+    stop_like_ctrl_c_on_sigterm()
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--profiles", "--profile", dest="profiles", default="realistic",
                     help=f"audio profile(s), comma-separated, run in turn: {', '.join(PROFILES)}")

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import signal
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,3 +412,11 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
         f"p{q}": (float(np.percentile(values, q)) if values else None) for q in (50, 95, 99)}
     out["count"] = len(values)
     return out
+
+
+def stop_like_ctrl_c_on_sigterm() -> None:
+    """Make SIGTERM end a benchmark as Ctrl-C does (KeyboardInterrupt), so that its
+    ``finally`` blocks stop the daemons and clients it started. Python's default for
+    SIGTERM exits at once, and ``kill PID`` reaches the benchmark alone, not its children:
+    they were left running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -80,6 +80,7 @@ from loadgen import (
     Clip,
     noise_floor,
     realistic_pool,
+    stop_like_ctrl_c_on_sigterm,
     to_pcm,
 )
 
@@ -811,6 +812,7 @@ def report(doc: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    stop_like_ctrl_c_on_sigterm()
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=1)

@@ -107,12 +107,18 @@ def main() -> int:  # noqa: PLR0915  (one measurement run, read top to bottom)
     ap.add_argument("--audio", type=Path, default=REPO / "tests" / "data" / "long")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--stt", action="append", default=[], metavar="KEY=VALUE",
-                    help="override an integer or float stt knob, e.g. partial_prompt_tokens=32")
+                    help="override an stt knob (number or true/false), e.g. "
+                    "partial_prompt_tokens=32")
     args = ap.parse_args()
     stt = SttConfig()
     for item in args.stt:
         key, _, value = item.partition("=")
-        stt = dataclasses.replace(stt, **{key: type(getattr(stt, key))(value)})
+        if not hasattr(stt, key):
+            ap.error(f"--stt {item}: SttConfig has no knob {key!r}")
+        current = getattr(stt, key)
+        parsed: Any = (value.lower() in ("1", "true", "yes") if isinstance(current, bool)
+                       else type(current)(value))
+        stt = dataclasses.replace(stt, **{key: parsed})
     machine = host()  # before pinning, which would make it count one core
     cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})  # before any model creates its thread pool

@@ -53,7 +53,7 @@ from load_bench import (
     summarise,
 )
 from load_report import fmt, host_info, host_line, pooled
-from loadgen import FRAME_S, PROFILES, RATE, REPO, Script, make_script
+from loadgen import FRAME_S, PROFILES, RATE, REPO, Script, make_script, stop_like_ctrl_c_on_sigterm
 
 from alfred_daemon.whip_client import PcmTrack, WhipError, connect, to_pcm48
 
@@ -207,6 +207,7 @@ def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, A
 
 
 def main() -> int:
+    stop_like_ctrl_c_on_sigterm()
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--sessions", default="1,4", help="N, comma-separated")
     ap.add_argument("--seconds", type=float, default=40.0, help="streaming time per run")

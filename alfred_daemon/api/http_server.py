@@ -52,7 +52,7 @@ from .events_json import wire
 from .http_errors import MAX_BODY_BYTES, json_errors, reason
 from .monitor import Monitor
 from .tls import TlsFiles
-from .web_security import OriginPolicy, add_security_headers
+from .web_security import PRINCIPAL, OriginPolicy, add_security_headers
 from .webrtc_ice import WebRtcConfig
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ class HttpApi:
             response = json_error(401, "unauthenticated", UNAUTHENTICATED)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        request["principal"] = principal or ANONYMOUS
+        request[PRINCIPAL] = principal or ANONYMOUS
         return await handler(request)
 
     def _observe(self, name: str, value: float) -> None:
@@ -383,7 +383,7 @@ class HttpApi:
                               "an audio part")
         sid = form.get("session_id") or None
         audio = form.get("audio")
-        principal: Principal = request["principal"]
+        principal: Principal = request[PRINCIPAL]
         if sid is not None and (not isinstance(sid, str) or sid not in self._frame_sessions
                                 or self._frame_owners.get(sid) != principal.name):
             return json_error(404, "session_not_found",

@@ -24,6 +24,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .auth import Principal
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Who made an HTTP request, set by the authentication middleware for every handler."""
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "

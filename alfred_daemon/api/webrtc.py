@@ -58,6 +58,7 @@ from .events_json import (
     wire,
 )
 from .outbox import ShedCounts
+from .web_security import PRINCIPAL
 from .webrtc_ice import (
     InvalidOfferError,
     WebRtcConfig,
@@ -177,7 +178,7 @@ class WhipApi:
             sdp = raw.decode()
         except UnicodeDecodeError:
             return json_error(400, "invalid_offer", "the SDP offer is not UTF-8 text")
-        principal: Principal = request["principal"]
+        principal: Principal = request[PRINCIPAL]
         try:
             cfg = session_config_from_query(request.query.items())
             cfg.sample_rate_hz = OPUS_RATE
@@ -216,7 +217,7 @@ class WhipApi:
 
     async def delete(self, request: web.Request) -> web.Response:
         sid = request.match_info["session_id"]
-        principal: Principal = request["principal"]
+        principal: Principal = request[PRINCIPAL]
         peer = self.peers.get(sid)
         if peer is None or peer.owner != principal.name:
             shown = sid if len(sid) <= 64 else sid[:64] + "..."

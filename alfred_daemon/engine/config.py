@@ -131,9 +131,10 @@ class SttConfig:
     previous-text prompt (0: none)."""
     partial_prompt_tokens: int = 32
     """The same for partial decodes (no more than ``prompt_tokens`` are used). Fewer than
-    the finals': a prompt adds to every decode's cost, and in long speech the full prompt
-    made a partial cost 1.7x that of a short utterance's (1.4x at 32) without improving the
-    finals (benchmarks/README.md, ``streaming_bench.py``)."""
+    the finals': a prompt adds to the cost of every decode, partials are several times as
+    frequent as finals and only long speech has a prompt to give them, so it is what makes
+    a long utterance's partials dearer than a short one's; the finals of tests/data/long
+    were no worse for it (benchmarks/README.md, ``streaming_bench.py``)."""
     compression_ratio_threshold: float = 2.4
     """A decode whose text compresses better than this (zlib) is a loop (faster-whisper's
     threshold)."""
