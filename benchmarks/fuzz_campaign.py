@@ -70,6 +70,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisWarning
+from loadgen import stop_like_ctrl_c_on_sigterm
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -1220,8 +1221,7 @@ def text_report(rep: Report, command: str, exit_code: int | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM ends the campaign as Ctrl-C does, so that its daemon is stopped too.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_like_ctrl_c_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--inputs", type=int, default=100_000, help="inputs in total")
