@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .config import EngineConfig, ms_to_samples, samples_to_ms
-from .events import Event, FrameProcessed, SpeechEnded, SpeechStarted
+from .events import Event, FrameProcessed, SessionClosed, SpeechEnded, SpeechStarted
 from .jobs import Job, JobBook, JobKind, JobResult
 from .ordering import OutputQueue
 from .streaming import StreamingTranscription
@@ -293,6 +293,19 @@ class SessionCore:
         if event.audio_offset_ms > safe:
             event = dataclasses.replace(event, audio_offset_ms=safe)
         self._out.emit(event)
+
+    def close(self, reason: str) -> SessionClosed:
+        """Queue session_closed, the session's last event, and return it.
+
+        Unlike a notice (:meth:`post`) it keeps the position as its date: nothing is
+        emitted after it, so a speech candidate or pause still pending when the input ends
+        cannot date a later event earlier. Its offset is where the analysed audio ends,
+        which is how a client checks that every frame it sent was taken.
+        """
+        closed = SessionClosed(audio_offset_ms=max(samples_to_ms(self.position),
+                                                   self._out.queued_ms), reason=reason)
+        self._out.emit(closed)
+        return closed
 
     def set_playback(self, active: bool) -> None:
         """The client's own audio output started/stopped (for barge-in detection)."""

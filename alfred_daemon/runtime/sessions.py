@@ -31,7 +31,6 @@ from ..engine.events import (
     FinalTranscription,
     FramesDropped,
     PartialTranscription,
-    SessionClosed,
     TurnEnded,
 )
 from ..engine.jobs import JobKind, JobResult
@@ -400,8 +399,7 @@ class SessionApi:
         s.closing = True
         self._sessions.pop(s.session_id, None)
         self._by_key.pop(s.key, None)
-        closed = SessionClosed(audio_offset_ms=samples_to_ms(s.core.position), reason=reason)
-        s.core.post(closed)
+        closed = s.core.close(reason)
         for ev in s.core.drain_events():
             self._deliver(s, ev)
         if s.last_event != closed.TYPE:

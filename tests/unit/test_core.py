@@ -1232,3 +1232,26 @@ def test_speaking_from_the_first_speech_window_to_the_confirmed_end() -> None:
     assert d.core.speaking
     d.silence(MIN_SILENCE_WINDOWS)
     assert not d.core.speaking
+
+
+def test_session_closed_is_dated_where_the_audio_ends_though_speech_may_be_starting() -> None:
+    """A client checks that every frame it sent was analysed by session_closed's offset; a
+    speech candidate pending at the end (noise after the last turn) is never confirmed, so
+    it does not date the last event back as it dates a notice (:meth:`SessionCore.post`)."""
+    d = Driver(no_partials())
+    d.speech(20)
+    d.silence(MIN_SILENCE_WINDOWS)
+    d.reply(d.only_pending(JobKind.FINAL), text="hello")
+    d.reply(d.only_pending(JobKind.TURN), probability=0.9)
+    assert len(of(d.drain(), TurnEnded)) == 1
+    d.silence(10)
+    d.speech(2)  # a candidate, not yet speech
+    d.core.flush()
+    assert not d.core.force_end_of_turn()  # the turn has ended: nothing dated at the end
+    closed = d.core.close("finished")
+    events = d.drain()
+    assert events[-1] is closed
+    assert closed.reason == "finished"
+    assert closed.audio_offset_ms == d.core.position // 16
+    assert closed.audio_offset_ms == (20 + MIN_SILENCE_WINDOWS + 12) * WMS
+    assert_monotonic(events)
