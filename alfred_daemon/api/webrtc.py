@@ -19,12 +19,13 @@ sends such offers.
 
 **Off the hot path.** aiortc runs on the daemon's event loop, which gRPC and the other
 transports share, so each peer's work there is kept small and bounded: Opus is decoded in
-aiortc's per-receiver thread; the loop converts each 20 ms frame to mono float32 (a few
-microseconds) and hands it to :meth:`Supervisor.feed`, flow-controlled like every
-transport; decoded frames wait in a bounded queue, so a peer that sends faster than real
-time is cut off with an error instead of growing memory. A peer that never completes its
-handshake (``webrtc.handshake_timeout``), whose ICE transport fails or closes, or that
-sends no audio for ``webrtc.idle_timeout`` seconds has its session closed as ``idle``.
+aiortc's per-receiver thread; the loop downsamples each 20 ms frame to 16 kHz mono
+(:class:`Downsampler`, tens of microseconds) and hands it to :meth:`Supervisor.feed`,
+flow-controlled like every transport; decoded frames wait in a bounded queue, so a peer
+that sends faster than real time is cut off with an error instead of growing memory. A
+peer that never completes its handshake (``webrtc.handshake_timeout``), whose ICE
+transport fails or closes, or that sends no audio for ``webrtc.idle_timeout`` seconds has
+its session closed as ``idle``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ import numpy.typing as npt
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from av import AudioFrame, AudioResampler
 
+from ..engine.config import SAMPLE_RATE
 from ..engine.events import Event
 from ..runtime.supervisor import Supervisor
 from .auth import Authenticator, Principal
@@ -70,7 +72,8 @@ from .webrtc_ice import (
 log = logging.getLogger(__name__)
 
 OPUS_RATE = 48_000
-"""The rate Opus is decoded at (RFC 7587), so the rate of every WebRTC session."""
+"""The rate Opus is decoded at (RFC 7587): the rate a WebRTC peer's audio has (its
+session reads it at 16 kHz, after :class:`Downsampler`)."""
 TRANSPORT = "webrtc"
 MAX_BUFFERED_FRAMES = 500
 """Decoded frames (20 ms each: 10 s) that may wait for :meth:`Supervisor.feed`. A live
@@ -96,27 +99,42 @@ FINISH_TIMEOUT_S = 30.0
 drain_grace; this bounds the whole)."""
 
 
-def to_mono(frame: AudioFrame) -> npt.NDArray[np.float32]:
-    """A decoded frame as mono float32 in [-1, 1], the channels averaged, as the WAV readers
-    do. Runs on the event loop for every 20 ms of every peer: Opus decodes to packed s16
-    stereo, which is summed straight from the frame's buffer (~10 us for 20 ms here; the
-    general path below costs ~60 us)."""
-    channels = len(frame.layout.channels)
-    if frame.format.name == "s16" and channels == 2:
-        pcm = np.frombuffer(memoryview(frame.planes[0]), np.int16, count=frame.samples * 2)
-        out = pcm[0::2].astype(np.float32)
-        out += pcm[1::2]
-        out *= np.float32(1.0 / 65536.0)
-        return out
-    samples: npt.NDArray[Any] = frame.to_ndarray()
-    data: npt.NDArray[np.float32]
-    if frame.format.is_planar:
-        data = samples.astype(np.float32).mean(axis=0)
-    else:
-        data = samples.reshape(-1, channels).astype(np.float32).mean(axis=1)
-    if samples.dtype == np.int16:
-        data /= np.float32(32768.0)
-    return data
+class Downsampler:
+    """A peer's decoded frames (Opus: 48 kHz stereo) as 16 kHz mono int16, the channels
+    averaged, by libswresample (PyAV's resampler) before the session sees them.
+
+    Why not the session's own resampler (soxr, high quality, as for a gRPC client at
+    48 kHz): soxr's stream holds back ~21 ms of output and releases it every other 20 ms
+    frame, which adds 20-40 ms to every event of a WebRTC session, while swresample holds
+    back 1 ms and returns every frame's audio with that frame. Its shorter filter costs
+    nothing measurable in accuracy (benchmarks/README.md, WebRTC).
+    """
+
+    def __init__(self) -> None:
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._input: tuple[int, str, str] | None = None
+
+    def __call__(self, frame: AudioFrame | None) -> npt.NDArray[np.int16]:
+        """``frame``'s audio at 16 kHz; None: the last samples held back (end of input)."""
+        if frame is None:
+            return self._take(None)
+        shape = (frame.sample_rate, frame.layout.name, frame.format.name)
+        if self._input is None or self._input == shape:
+            self._input = shape
+            return self._take(frame)
+        # The input changed (another codec after a renegotiation): a resampler is set up
+        # for one input, so the old one's tail goes first and a new one takes over.
+        tail = self._take(None)
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._input = shape
+        return np.concatenate([tail, self._take(frame)])
+
+    def _take(self, frame: AudioFrame | None) -> npt.NDArray[np.int16]:
+        out = [np.asarray(f.to_ndarray(), np.int16).reshape(-1)
+               for f in self._resampler.resample(frame)]
+        if not out:
+            return np.zeros(0, np.int16)
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 @dataclass(eq=False)
@@ -139,6 +157,7 @@ class Peer:
     audio_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     frames: asyncio.Queue[AudioFrame] = field(
         default_factory=lambda: asyncio.Queue(MAX_BUFFERED_FRAMES))
+    downsample: Downsampler = field(default_factory=Downsampler)
 
     @property
     def sid(self) -> str:
@@ -192,7 +211,7 @@ class WhipApi:
             return json_error(429, "session_limit", over)
         try:
             session = SessionBridge.open(
-                self.sup, engine, sample_rate=OPUS_RATE, owner=self.auth.owner(principal),
+                self.sup, engine, sample_rate=SAMPLE_RATE, owner=self.auth.owner(principal),
                 transport=TRANSPORT, outbox_limit=self.outbox_limit,
                 frame_event_every=cfg.frame_event_every)
         except ApiError as err:
@@ -323,6 +342,10 @@ class WhipApi:
             await asyncio.wait_for(peer.frames.join(), DRAIN_TIMEOUT_S)
         feeder.cancel()
         await asyncio.gather(receiver, feeder, return_exceptions=True)
+        tail = peer.downsample(None)
+        if tail.size:
+            with contextlib.suppress(ApiError):  # gone or backlogged: nothing to add then
+                await peer.session.feed(tail)
         await peer.session.finish()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(peer.delivered.wait(), FINISH_TIMEOUT_S)
@@ -455,7 +478,9 @@ class WhipApi:
         for _ in range(limit):
             frame = await peer.frames.get()
             try:
-                await peer.session.feed(to_mono(frame), sample_rate=frame.sample_rate)
+                pcm = peer.downsample(frame)
+                if pcm.size:  # swresample may hold a whole short frame back
+                    await peer.session.feed(pcm)
             except ApiError as err:
                 if err.gone:
                     return

@@ -25,7 +25,7 @@ from alfred_daemon.api.events_json import (
     session_started,
     wire,
 )
-from alfred_daemon.api.webrtc import OPUS_RATE, to_mono
+from alfred_daemon.api.webrtc import OPUS_RATE, Downsampler
 from alfred_daemon.api.webrtc_ice import (
     JITTER_PREFETCH,
     InvalidOfferError,
@@ -312,21 +312,58 @@ def test_client_messages() -> None:
 # ----------------------------------------------------------------------------- audio
 
 
-def test_decoded_frames_become_mono_float() -> None:
-    left = np.linspace(-0.5, 0.5, 960, dtype=np.float32)
-    right = np.full(960, 0.25, np.float32)
-    interleaved = (np.stack([left, right], axis=1).reshape(1, -1) * 32768).astype(np.int16)
-    packed = AudioFrame.from_ndarray(interleaved, format="s16", layout="stereo")
-    packed.sample_rate = 48_000
-    packed.time_base = fractions.Fraction(1, 48_000)
-    mono = to_mono(packed)
-    assert mono.dtype == np.float32 and mono.shape == (960,)
-    assert np.allclose(mono, (left + right) / 2, atol=1e-4)
-    planar = AudioFrame.from_ndarray(np.stack([left, right]), format="fltp", layout="stereo")
-    assert np.allclose(to_mono(planar), (left + right) / 2, atol=1e-6)
-    one = AudioFrame.from_ndarray((left * 32768).astype(np.int16).reshape(1, -1),
-                                  format="s16", layout="mono")
-    assert np.allclose(to_mono(one), left, atol=1e-4)
+def frame_of(channels: list[np.ndarray], fmt: str, pts: int,
+             rate: int = OPUS_RATE) -> AudioFrame:
+    """A decoded frame as aiortc hands it over (packed s16 for Opus), or planar float."""
+    if fmt == "s16":
+        data = (np.stack(channels, axis=1).reshape(1, -1) * 32768).astype(np.int16)
+    else:
+        data = np.stack(channels).astype(np.float32)
+    frame = AudioFrame.from_ndarray(data, format=fmt,
+                                    layout="stereo" if len(channels) == 2 else "mono")
+    frame.sample_rate = rate
+    frame.time_base = fractions.Fraction(1, rate)
+    frame.pts = pts
+    return frame
+
+
+def tone(hz: float, seconds: float, amplitude: float, rate: int = OPUS_RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["s16", "fltp"])
+def test_downsampler_gives_the_channels_average_at_16_khz_with_every_frame(fmt: str) -> None:
+    """Every 20 ms frame's audio comes out with that frame (1 ms held back at the start,
+    given back at the end): what keeps WebRTC's latency near gRPC's."""
+    left, right = tone(440, 1.0, 0.3), tone(440, 1.0, 0.2)
+    down = Downsampler()
+    parts = []
+    for k in range(50):
+        cut = slice(k * 960, (k + 1) * 960)
+        parts.append(down(frame_of([left[cut], right[cut]], fmt, k * 960)))
+        assert parts[-1].dtype == np.int16
+        assert parts[-1].size >= 300 if k == 0 else parts[-1].size == 320
+    parts.append(down(None))
+    out = np.concatenate(parts).astype(np.float32) / 32768
+    assert out.size == 16_000
+    expected = tone(440, 1.0, 0.25, rate=16_000)  # (0.3 + 0.2) / 2, in phase
+    assert np.abs(out[100:-100] - expected[100:-100]).max() < 0.01
+
+
+def test_downsampler_takes_a_mono_peer_and_a_change_of_input() -> None:
+    """A peer that renegotiates to another codec (8 kHz mono here) changes the decoded
+    frames: the old resampler's tail comes first, nothing is lost or raised."""
+    down = Downsampler()
+    a = tone(300, 0.2, 0.5)
+    first = np.concatenate([down(frame_of([a[i:i + 960]], "s16", i))
+                            for i in range(0, a.size, 960)])
+    b = tone(300, 0.2, 0.5, rate=8_000)
+    second = np.concatenate([down(frame_of([b[i:i + 160]], "s16", i, rate=8_000))
+                             for i in range(0, b.size, 160)] + [down(None)])
+    assert first.size + second.size == 2 * 3200
+    out = np.concatenate([first, second]).astype(np.float32) / 32768
+    assert np.abs(out[100:-100]).max() == pytest.approx(0.5, abs=0.02)
 
 
 # ----------------------------------------------------------------------------- fuzz
