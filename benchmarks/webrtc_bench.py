@@ -57,6 +57,11 @@ from loadgen import FRAME_S, PROFILES, RATE, REPO, Script, make_script, stop_lik
 
 from alfred_daemon.whip_client import PcmTrack, WhipError, connect, to_pcm48
 
+DAEMON_SIDE = {"final": "alfred_final_latency_ms", "turn": "alfred_turn_latency_ms",
+               "partial": "alfred_partial_latency_ms"}
+"""The daemon's own latency histograms (arrival of the audio -> event handed to the
+transport), read from ``/metrics`` at the end of a run: what of a path's latency is spent
+inside the daemon, as opposed to on the way in and out."""
 BOUND_MS = 60.0
 """WebRTC may add at most this to the p95 final and end-of-turn latency (the issue)."""
 PATHS = ("grpc", "webrtc")
@@ -160,17 +165,42 @@ async def run_path(path: str, n: int, seconds: float, profile: str) -> dict[str,
                     else run_webrtc_session(base_url, s, r)
                     for s, r in zip(scripts, results, strict=True))
         await asyncio.wait_for(asyncio.gather(*sessions), timeout=seconds + 90)
+        inside = await daemon_side_means(base_url)
         row = summarise(path, n, seconds, results)
+        row["daemon_side_mean_ms"] = inside
         row["cpu_percent"] = sampler.stop()
         row["client_cpu_percent"] = me.cpu_percent(None)
         row["pss_mb_peak"] = max(sampler.pss_mb, default=None)
     return row
 
 
+async def daemon_side_means(base_url: str) -> dict[str, float | None]:
+    """Mean of each :data:`DAEMON_SIDE` histogram (its sum over its count), ms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                totals[sample.name] = sample.value
+    return {key: (round(totals[f"{name}_sum"] / totals[f"{name}_count"], 1)
+                  if totals.get(f"{name}_count") else None)
+            for key, name in DAEMON_SIDE.items()}
+
+
+def mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r["daemon_side_mean_ms"][key] for r in rows
+              if r.get("daemon_side_mean_ms", {}).get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
 def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, Any]], str]:
     table = ["| N | path | final p50 / p95 | end of turn p50 / p95 | partial lag p95 | "
+             "frame round trip p50 / p95 | in the daemon: final / partial mean | "
              "frames dropped | client CPU % | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     verdicts: list[dict[str, Any]] = []
     for n in ns:
         figures: dict[str, dict[str, Any]] = {}
@@ -181,10 +211,13 @@ def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, A
             fin = pooled(rows, path, "final_latency", n)
             turn = pooled(rows, path, "turn_latency", n)
             lag = pooled(rows, path, "partial_lag", n)
+            rtt = pooled(rows, path, "frame_rtt", n)
             figures[path] = {"final": fin, "turn": turn}
             table.append(
                 f"| {n} | {path} | {fmt(fin['p50'])} / {fmt(fin['p95'])} "
                 f"| {fmt(turn['p50'])} / {fmt(turn['p95'])} | {fmt(lag['p95'])} "
+                f"| {fmt(rtt['p50'])} / {fmt(rtt['p95'])} "
+                f"| {fmt(mean_of(mine, 'final'))} / {fmt(mean_of(mine, 'partial'))} "
                 f"| {sum(r['frames_dropped'] for r in mine)} "
                 f"| {np.mean([r['client_cpu_percent'] for r in mine]):.0f} "
                 f"| {sum(len(r['errors']) for r in mine)} |")
@@ -246,7 +279,10 @@ def main() -> int:
     report = (f"# WebRTC vs gRPC latency ({args.profile} profile, {args.seconds:.0f} s per "
               f"run, {args.rounds} round(s), {meta['wall_s'] / 60:.1f} min)\n\n"
               f"{host_line(host)}\n\nLatencies in ms from each frame's due time on the "
-              "client (method: benchmarks/webrtc_bench.py). Fresh daemon per run.\n\n" + text)
+              "client (method: benchmarks/webrtc_bench.py). Fresh daemon per run. Frame round "
+              "trip: a window's frame_processed event, from its frame's due time. In the "
+              "daemon: its own histograms' means, from the audio's arrival to the event "
+              "handed to the transport.\n\n" + text)
     stem.with_suffix(".md").write_text(report)
     print(report, flush=True)
     return 0

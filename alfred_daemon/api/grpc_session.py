@@ -146,13 +146,17 @@ class Attached:
         return msg
 
     def receipt(self, offset_ms: int) -> tuple[float, float | None]:
-        ends = [r[0] for r in self.receipts]
-        i = bisect.bisect_left(ends, offset_ms)
-        if i >= len(self.receipts):
-            if not self.receipts:
-                return 0.0, None
-            i = len(self.receipts) - 1
-        _, t, cap = self.receipts[i]
+        """When the frame holding ``offset_ms`` arrived (the first frame ending at or after
+        it; the last frame if none does), and its capture time. Searched from the newest
+        frame: an event's audio is at most seconds old, and this runs for every event."""
+        if not self.receipts:
+            return 0.0, None
+        chosen = self.receipts[-1]
+        for receipt in reversed(self.receipts):
+            if receipt[0] < offset_ms:
+                break
+            chosen = receipt
+        _, t, cap = chosen
         return t, cap
 
     async def resume(self, cfg: pb.SessionConfig,

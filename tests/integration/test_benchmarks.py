@@ -335,7 +335,9 @@ def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:
     def row(path: str, n: int, finals: list[float], turns: list[float]) -> dict[str, Any]:
         return {"system": path, "n": n, "frames_dropped": 0, "client_cpu_percent": 10.0,
                 "errors": [], "raw": {"final_latency": finals, "turn_latency": turns,
-                                      "partial_lag": [100.0]}}
+                                      "partial_lag": [100.0], "frame_rtt": [5.0, 7.0]},
+                "daemon_side_mean_ms": {"final": finals[0] - 100, "turn": 20.0,
+                                        "partial": 150.0}}
 
     grpc = [float(v) for v in range(300, 400)]
     rows = [row("grpc", 1, grpc[:50], grpc[:50]), row("grpc", 1, grpc[50:], grpc[50:]),
@@ -350,6 +352,8 @@ def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:
     assert verdicts[1]["added_p95_ms"]["turn"] == pytest.approx(0.0)
     assert not verdicts[1]["within_bound"]
     assert "OVER the 60 ms bound" in text and "| 4 | webrtc |" in text
+    # The frame round trip pooled, the daemon's own means averaged over the rounds.
+    assert "| 1 | grpc | 350 / 394 | 350 / 394 | 100 | 6 / 7 | 225 / 150 |" in text, text
 
 
 def test_haproxy_bench_pools_rounds_and_judges_the_added_p95() -> None:
