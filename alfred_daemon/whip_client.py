@@ -240,7 +240,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def to_pcm48(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.int16]:
-    """Mono float32 audio at ``rate`` as int16 at 48 kHz (soxr, as the daemon resamples)."""
+    """Mono float32 audio at ``rate`` as int16 at 48 kHz (soxr, high quality)."""
     import soxr
 
     if rate != RATE:

@@ -20,7 +20,7 @@ sends such offers.
 **Off the hot path.** aiortc runs on the daemon's event loop, which gRPC and the other
 transports share, so each peer's work there is kept small and bounded: Opus is decoded in
 aiortc's per-receiver thread; the loop downsamples each 20 ms frame to 16 kHz mono
-(:class:`Downsampler`, tens of microseconds) and hands it to :meth:`Supervisor.feed`,
+(:class:`Downsampler`, ~35 microseconds) and hands it to :meth:`Supervisor.feed`,
 flow-controlled like every transport; decoded frames wait in a bounded queue, so a peer
 that sends faster than real time is cut off with an error instead of growing memory. A
 peer that never completes its handshake (``webrtc.handshake_timeout``), whose ICE
