@@ -57,11 +57,11 @@ from loadgen import FRAME_S, PROFILES, RATE, REPO, Script, make_script, stop_lik
 
 from alfred_daemon.whip_client import PcmTrack, WhipError, connect, to_pcm48
 
-DAEMON_SIDE = {"final": "alfred_final_latency_ms", "turn": "alfred_turn_latency_ms",
-               "partial": "alfred_partial_latency_ms"}
+DAEMON_SIDE = {"final": "final_transcription_latency_ms", "turn": "turn_ended_latency_ms",
+               "partial": "partial_transcription_latency_ms"}
 """The daemon's own latency histograms (arrival of the audio -> event handed to the
-transport), read from ``/metrics`` at the end of a run: what of a path's latency is spent
-inside the daemon, as opposed to on the way in and out."""
+transport), read from ``/metrics.json`` at the end of a run: what of a path's latency is
+spent inside the daemon, as opposed to on the way in and out."""
 BOUND_MS = 60.0
 """WebRTC may add at most this to the p95 final and end-of-turn latency (the issue)."""
 PATHS = ("grpc", "webrtc")
@@ -175,18 +175,11 @@ async def run_path(path: str, n: int, seconds: float, profile: str) -> dict[str,
 
 
 async def daemon_side_means(base_url: str) -> dict[str, float | None]:
-    """Mean of each :data:`DAEMON_SIDE` histogram (its sum over its count), ms."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
-        text = await resp.text()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                totals[sample.name] = sample.value
-    return {key: (round(totals[f"{name}_sum"] / totals[f"{name}_count"], 1)
-                  if totals.get(f"{name}_count") else None)
+    """Mean of each :data:`DAEMON_SIDE` histogram, ms (None: nothing observed)."""
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{base_url}/metrics.json") as resp:
+        latency = (await resp.json())["latencyMs"]
+    return {key: round(latency[name]["mean"], 1) if latency[name]["count"] else None
             for key, name in DAEMON_SIDE.items()}
 
 

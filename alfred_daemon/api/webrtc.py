@@ -111,25 +111,28 @@ class Downsampler:
     """
 
     def __init__(self) -> None:
-        self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._resampler: AudioResampler | None = None
         self._input: tuple[int, str, str] | None = None
+        """(rate, layout, format) of the frames the resampler is set up for."""
 
     def __call__(self, frame: AudioFrame | None) -> npt.NDArray[np.int16]:
         """``frame``'s audio at 16 kHz; None: the last samples held back (end of input)."""
         if frame is None:
             return self._take(None)
         shape = (frame.sample_rate, frame.layout.name, frame.format.name)
-        if self._input is None or self._input == shape:
-            self._input = shape
+        if shape == self._input:
             return self._take(frame)
-        # The input changed (another codec after a renegotiation): a resampler is set up
-        # for one input, so the old one's tail goes first and a new one takes over.
+        # The first frame, or the input changed (another codec after a renegotiation): a
+        # resampler is set up for one input, so the old one's tail goes first.
         tail = self._take(None)
         self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._input = shape
-        return np.concatenate([tail, self._take(frame)])
+        head = self._take(frame)
+        return np.concatenate([tail, head]) if tail.size else head
 
     def _take(self, frame: AudioFrame | None) -> npt.NDArray[np.int16]:
+        if self._resampler is None:
+            return np.zeros(0, np.int16)
         out = [np.asarray(f.to_ndarray(), np.int16).reshape(-1)
                for f in self._resampler.resample(frame)]
         if not out:
