@@ -2,8 +2,8 @@
 gRPC (LINEAR16) for the same audio, at N concurrent sessions.
 
 For each N (default 1 and 4) and each path, a fresh ``alfred-daemon serve``
-(``load_bench.running_daemon``) gets N sessions; session i streams
-``loadgen.make_script(1000 + i, S, profile)`` (the load benchmark's realistic profile by
+(``load_bench.running_daemon``) gets N sessions; in round r (from 0) session i streams
+``loadgen.make_script(1000 + 100 r + i, S, profile)`` (the load benchmark's realistic profile by
 default: real speech of every length, pauses, a noise floor) in 20 ms frames at real-time
 pace, then ``load_bench.TAIL_S`` of its tail, then ends (gRPC: half-close; WebRTC: DELETE).
 The gRPC sessions are ``load_bench.run_session`` itself; the WebRTC ones
@@ -18,9 +18,10 @@ events on (``frameEventEvery=1``) so both daemons do the same work:
 * partial lag: arrival minus the due time of the last frame the partial covers.
 
 WebRTC's figures include everything the transport adds: the Opus encode, SRTP, the
-daemon's jitter buffer (one frame, ``api/webrtc_ice.py``), the decode and the 48 -> 16 kHz
-resampling. The issue's bound: WebRTC adds at most 60 ms to the p95 of both. Rounds
-alternate the order of the two paths, so a drift of the machine hits both alike.
+daemon's jitter buffer (``api/webrtc_jitter.py``), the decode and the 48 -> 16 kHz
+resampling. The issue's bound: WebRTC adds at most 60 ms to the p95 of both. Both paths of
+a round stream the same scripts; each round other ones (more utterances behind the p95);
+rounds alternate the order of the two paths, so a drift of the machine hits both alike.
 
 ``python benchmarks/webrtc_bench.py [--sessions 1,4] [--seconds 40] [--rounds 1]``
 writes ``benchmarks/results/webrtc_bench.{json,md}``.
@@ -150,12 +151,14 @@ async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) 
         await session.close()
 
 
-async def run_path(path: str, n: int, seconds: float, profile: str) -> dict[str, Any]:
-    """N sessions of ``path`` on a fresh daemon; load_bench's row for them."""
+async def run_path(path: str, n: int, seconds: float, profile: str,
+                   seed: int = 1000) -> dict[str, Any]:
+    """N sessions of ``path`` on a fresh daemon, session i streaming script ``seed + i``;
+    load_bench's row for them."""
     http_port = free_port()
     async with running_daemon(http_port=http_port) as (target, pid):
         sampler = TreeSampler(pid)
-        scripts = [make_script(1000 + i, seconds, profile) for i in range(n)]
+        scripts = [make_script(seed + i, seconds, profile) for i in range(n)]
         results = [SessionResult() for _ in range(n)]
         me = psutil.Process()
         me.cpu_percent(None)
@@ -190,9 +193,9 @@ def mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, Any]], str]:
-    table = ["| N | path | final p50 / p95 | end of turn p50 / p95 | partial lag p95 | "
-             "frame round trip p50 / p95 | in the daemon: final / partial mean | "
-             "frames dropped | client CPU % | errors |",
+    table = ["| N | path | final p50 / p95 (finals) | end of turn p50 / p95 (turns) | "
+             "partial lag p95 | frame round trip p50 / p95 | in the daemon: final / partial "
+             "mean | frames dropped | client CPU % | errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     verdicts: list[dict[str, Any]] = []
     for n in ns:
@@ -207,8 +210,9 @@ def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, A
             rtt = pooled(rows, path, "frame_rtt", n)
             figures[path] = {"final": fin, "turn": turn}
             table.append(
-                f"| {n} | {path} | {fmt(fin['p50'])} / {fmt(fin['p95'])} "
-                f"| {fmt(turn['p50'])} / {fmt(turn['p95'])} | {fmt(lag['p95'])} "
+                f"| {n} | {path} | {fmt(fin['p50'])} / {fmt(fin['p95'])} ({fin['count']}) "
+                f"| {fmt(turn['p50'])} / {fmt(turn['p95'])} ({turn['count']}) "
+                f"| {fmt(lag['p95'])} "
                 f"| {fmt(rtt['p50'])} / {fmt(rtt['p95'])} "
                 f"| {fmt(mean_of(mine, 'final'))} / {fmt(mean_of(mine, 'partial'))} "
                 f"| {sum(r['frames_dropped'] for r in mine)} "
@@ -255,7 +259,8 @@ def main() -> int:
         for n in ns:
             for path in (PATHS if rnd % 2 == 0 else PATHS[::-1]):
                 t = time.monotonic()
-                row = asyncio.run(run_path(path, n, args.seconds, args.profile))
+                row = asyncio.run(run_path(path, n, args.seconds, args.profile,
+                                           seed=1000 + 100 * rnd))
                 row["round"] = rnd + 1
                 row["wall_s"] = round(time.monotonic() - t, 1)
                 rows.append(row)

@@ -15,13 +15,15 @@ from the offer (:func:`filter_candidates`): a loopback socket cannot send to ano
 host, and an mDNS (``.local``) candidate would make aioice send multicast queries to the
 network.
 
-**How long audio waits.** aiortc's audio receiver hands a frame to the decoder once four
-later frames are buffered (``prefetch=4``): 80 ms added to every event, which a speech
-recogniser whose product is latency should not pay on a loopback or LAN link.
-:func:`low_latency_receiver` gives each of the daemon's receivers a jitter buffer that
-releases a frame as soon as the next one has arrived (20 ms); packets reordered within the
-buffer's 16 are still put back in order, and a lost one is still skipped once 16 later
-packets are in.
+**How long audio waits.** aiortc's audio receiver hands a packet to the decoder once four
+later packets have arrived (``prefetch=4``: 80 ms added to every event), and a lost packet
+stops the flow until 16 later ones are in (320 ms), after which the buffer stays that far
+behind. A speech recogniser whose product is latency, fed over loopback or a LAN where
+packets are neither lost nor reordered, should pay neither: :func:`low_latency_receiver`
+gives each of the daemon's receivers an ``ArrivalOrderBuffer`` (:mod:`.webrtc_jitter`),
+which hands every packet to the decoder as it arrives and drops one that arrives after a
+later one (it would be 20 ms of audio in the wrong place). A loss costs its 20 ms of
+audio and no delay.
 """
 
 from __future__ import annotations
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JITTER_PREFETCH = 1
-"""Frames after a frame that must have arrived before it is decoded (aiortc's default: 4)."""
 _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 
 
@@ -168,18 +168,19 @@ async def gather_on(pc: RTCPeerConnection, addresses: list[str]) -> None:
 
 
 def low_latency_receiver(receiver: RTCRtpReceiver) -> bool:
-    """Give an audio receiver a jitter buffer with :data:`JITTER_PREFETCH` (see the module
-    doc). Call before RTP flows. False (and a warning, aiortc's default kept) if this
-    aiortc keeps its buffer elsewhere."""
+    """Give an audio receiver an :class:`~.webrtc_jitter.ArrivalOrderBuffer` (see the
+    module doc). Call before RTP flows. False (and a warning, aiortc's default kept) if
+    this aiortc keeps its buffer elsewhere."""
     from aiortc.jitterbuffer import JitterBuffer
+
+    from .webrtc_jitter import ArrivalOrderBuffer
 
     current = getattr(receiver, _JITTER_ATTRIBUTE, None)
     if not isinstance(current, JitterBuffer):
         log.warning("aiortc's receiver has no %s: audio keeps aiortc's default jitter buffer "
                     "(80 ms more latency)", _JITTER_ATTRIBUTE)
         return False
-    setattr(receiver, _JITTER_ATTRIBUTE,
-            JitterBuffer(capacity=current.capacity, prefetch=JITTER_PREFETCH))
+    setattr(receiver, _JITTER_ATTRIBUTE, ArrivalOrderBuffer(current.capacity))
     return True
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
 from alfred_daemon.api.convert import (
@@ -27,7 +28,6 @@ from alfred_daemon.api.events_json import (
 )
 from alfred_daemon.api.webrtc import OPUS_RATE, Downsampler
 from alfred_daemon.api.webrtc_ice import (
-    JITTER_PREFETCH,
     InvalidOfferError,
     WebRtcConfig,
     answer_offer,
@@ -36,6 +36,7 @@ from alfred_daemon.api.webrtc_ice import (
     gather_on,
     low_latency_receiver,
 )
+from alfred_daemon.api.webrtc_jitter import RESYNC_AFTER, ArrivalOrderBuffer
 from alfred_daemon.engine import events as ev
 from alfred_daemon.engine.config import EngineConfig
 from alfred_daemon.engine.errors import ConfigError
@@ -224,19 +225,71 @@ def test_remote_candidates_a_loopback_daemon_cannot_use_are_dropped() -> None:
     assert filter_candidates(OFFER_CANDIDATES, "") == OFFER_CANDIDATES
 
 
-def test_receivers_get_the_low_latency_jitter_buffer() -> None:
-    async def run() -> int:
+def test_receivers_get_the_arrival_order_buffer() -> None:
+    async def run() -> object:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:
             receiver = pc.addTransceiver("audio").receiver
             assert low_latency_receiver(receiver)
-            buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer")  # noqa: B009
-            prefetch: int = buffer._prefetch
-            return prefetch
+            return getattr(receiver, "_RTCRtpReceiver__jitter_buffer")  # noqa: B009
         finally:
             await pc.close()
 
-    assert asyncio.run(run()) == JITTER_PREFETCH
+    assert isinstance(asyncio.run(run()), ArrivalOrderBuffer)
+
+
+def packet(seq: int, data: bytes = b"opus") -> RtpPacket:
+    """An audio packet as the receiver hands it over: depayloaded into ``_data``."""
+    p = RtpPacket(payload_type=111, sequence_number=seq % 65536, timestamp=seq * 960 % 2**32)
+    p._data = data  # type: ignore[attr-defined]
+    return p
+
+
+def released(buffer: ArrivalOrderBuffer, seqs: list[int]) -> list[int | None]:
+    """For each packet added, the timestamp's frame number handed on (None: held back)."""
+    out: list[int | None] = []
+    for seq in seqs:
+        pli, frame = buffer.add(packet(seq))
+        assert pli is False
+        out.append(None if frame is None else frame.timestamp // 960)
+    return out
+
+
+def test_each_packet_is_handed_on_as_it_arrives() -> None:
+    assert released(ArrivalOrderBuffer(16), [5, 6, 7, 8]) == [5, 6, 7, 8]
+
+
+def test_a_lost_packet_costs_no_wait() -> None:
+    # aiortc's own buffer would hold 9, 10, ... until 16 later packets were in.
+    assert released(ArrivalOrderBuffer(16), [7, 9, 10]) == [7, 9, 10]
+
+
+def test_duplicates_and_packets_older_than_one_handed_on_are_refused() -> None:
+    buffer = ArrivalOrderBuffer(16)
+    assert released(buffer, [1, 3, 2, 3, 4]) == [1, 3, None, None, 4]
+    assert buffer.late == 2
+
+
+def test_sequence_numbers_wrap() -> None:
+    buffer = ArrivalOrderBuffer(16)
+    assert released(buffer, [65534, 65535, 65536, 65537]) == [65534, 65535, 65536, 65537]
+    assert buffer.late == 0
+
+
+def test_a_sender_that_restarts_its_sequence_is_followed() -> None:
+    buffer = ArrivalOrderBuffer(16)
+    released(buffer, [30000, 30001])
+    restarted = list(range(100, 100 + RESYNC_AFTER + 2))
+    out = released(buffer, restarted)
+    # Up to RESYNC_AFTER - 1 packets look late and are refused, then the new sequence is
+    # taken and followed packet by packet.
+    assert out == [None] * (RESYNC_AFTER - 1) + restarted[RESYNC_AFTER - 1:]
+
+
+def test_an_empty_payload_is_not_handed_to_the_decoder() -> None:
+    buffer = ArrivalOrderBuffer(16)
+    assert buffer.add(packet(1, b"")) == (False, None)
+    assert released(buffer, [2]) == [2]
 
 
 # ----------------------------------------------------------------------------- config
