@@ -5,9 +5,8 @@ It does what a browser does: offers one audio track (Opus) and an ``events`` dat
 channel, POSTs the offer to ``/whip``, reads the daemon's JSON events from the channel
 (the WebSocket bridge's messages) and ends with ``DELETE`` on the resource, which
 delivers the last finals and turn end before ``sessionClosed``. Audio comes from
-:class:`PcmTrack`: a 48 kHz array played out in 20 ms frames at real-time pace (Opus's
-own rate and frame, so aiortc's encoder neither resamples nor buffers), then silence, as
-a microphone would go on.
+:class:`PcmTrack`: a 48 kHz array played out in 20 ms Opus packets at real-time pace, then
+silence, as a microphone would go on.
 """
 
 from __future__ import annotations
@@ -32,8 +31,10 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
+from av.packet import Packet
 from yarl import URL
 
 from .api.events_json import SPEC_NAMES
@@ -57,9 +58,16 @@ class WhipError(Exception):
 
 
 class PcmTrack(MediaStreamTrack):
-    """``pcm`` (mono int16 at 48 kHz) as 20 ms audio frames, frame ``k`` released at
+    """``pcm`` (mono int16 at 48 kHz) as 20 ms Opus packets, frame ``k`` released at
     ``t0 + k * 20 ms`` (``t0``: the first request, when the sender starts), then silence
-    until stopped: a live source never runs dry while the session is finishing."""
+    until stopped: a live source never runs dry while the session is finishing.
+
+    The track encodes each frame itself, with aiortc's encoder and its settings, before
+    the frame is due, and hands the sender the packet. Left to the sender, every frame
+    would go through a thread pool to be encoded after it is due and through aiortc's
+    audio-level meter (pure Python, ~0.25 ms a frame): CPU that a benchmark's clients take
+    from the daemon on the same cores, and a thread hop in each frame's latency.
+    """
 
     kind = "audio"
 
@@ -71,6 +79,7 @@ class PcmTrack(MediaStreamTrack):
         self.sent = 0
         self.late_max_s = 0.0
         """The most a frame was handed over after its due time (this process's own lag)."""
+        self._encoder = OpusEncoder()
 
     @property
     def frames(self) -> int:
@@ -78,7 +87,7 @@ class PcmTrack(MediaStreamTrack):
         return -(-len(self.pcm) // FRAME_SAMPLES)
 
     def due(self, k: int) -> float:
-        """When frame ``k`` was (or will be) handed to the encoder, monotonic seconds."""
+        """When frame ``k`` was (or will be) handed to the sender, monotonic seconds."""
         assert self.t0 is not None, "the track has not started"
         return self.t0 + k * FRAME_S
 
@@ -86,14 +95,20 @@ class PcmTrack(MediaStreamTrack):
     def audio_sent(self) -> bool:
         return self.sent >= self.frames
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         if self.t0 is None:
             self.t0 = time.monotonic()
         k = self.sent
+        packet = self._encode(k)
         await asyncio.sleep(max(0.0, self.due(k) - time.monotonic()))
         self.late_max_s = max(self.late_max_s, time.monotonic() - self.due(k))
+        self.sent += 1
+        return packet
+
+    def _encode(self, k: int) -> Packet[Any]:
+        """Frame ``k`` (silence past the end) as one Opus packet stamped at its place."""
         chunk = self.pcm[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
         if len(chunk) < FRAME_SAMPLES:
             chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - len(chunk), np.int16)])
@@ -101,8 +116,15 @@ class PcmTrack(MediaStreamTrack):
         frame.sample_rate = RATE
         frame.pts = k * FRAME_SAMPLES
         frame.time_base = fractions.Fraction(1, RATE)
-        self.sent += 1
-        return frame
+        # libopus returns one packet per 20 ms frame given one (no look-ahead buffering).
+        packets = [p for f in self._encoder.resampler.resample(frame)
+                   for p in self._encoder.codec.encode(f)]
+        if len(packets) != 1:
+            raise RuntimeError(f"the Opus encoder gave {len(packets)} packets for a frame")
+        packet = packets[0]
+        packet.pts = k * FRAME_SAMPLES
+        packet.time_base = frame.time_base
+        return packet
 
 
 @dataclass
