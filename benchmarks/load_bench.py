@@ -113,6 +113,8 @@ class SessionResult:
     """Length of the last utterance of each model-ended turn (same order)."""
     fallback_turn_latency: list[float] = field(default_factory=list)
     """Turns ended by the silence fallback."""
+    final_model_ms: list[float] = field(default_factory=list)
+    """Each final's own ``processing_ms``: the model time spent on it (its decodes)."""
     frame_rtt: list[float] = field(default_factory=list)
     frames_sent: int = 0
     frames_dropped: int = 0
@@ -136,7 +138,10 @@ def last_frame(offset_ms: float) -> int:
     return max(0, math.ceil(offset_ms / (FRAME_S * 1000)) - 1)
 
 
-async def run_session(target: str, script: Script, res: SessionResult) -> None:  # noqa: PLR0912, PLR0915  (one branch per event type timed, as webrtc_bench times them)
+async def run_session(target: str, script: Script, res: SessionResult,  # noqa: PLR0912, PLR0915  (one branch per event type timed, as webrtc_bench times them)
+                      frame_event_every: int = 1) -> None:
+    """One gRPC session streaming ``script`` at real-time pace, timed into ``res``; a
+    ``frame_processed`` event every ``frame_event_every`` windows (the frame round trip)."""
     frames = script.frames
     t0 = time.monotonic() + 0.05
 
@@ -169,13 +174,15 @@ async def run_session(target: str, script: Script, res: SessionResult) -> None: 
     async with AsyncClient(target) as client:
         try:
             async for ev in client.stream(paced(), RATE,
-                                          options=SessionOptions(frame_event_every=1)):
+                                          options=SessionOptions(
+                                              frame_event_every=frame_event_every)):
                 now = time.monotonic()
                 if ev.type == "frame_processed":
                     res.frame_rtt.append((now - due(last_frame(ev.audio_offset_ms))) * 1000)
                 elif ev.type == "partial_transcription":
                     res.partial_lag.append((now - due(last_frame(ev.audio_offset_ms))) * 1000)
                 elif ev.type == "final_transcription":
+                    res.final_model_ms.append(ev.processing_ms)
                     last_end = script.utterance_end_for(last_frame(ev.audio_offset_ms))
                     if last_end is None:
                         res.unmatched_finals += 1  # e.g. the first piece of a split utterance

@@ -18,7 +18,7 @@ events on (``frameEventEvery=1``) so both daemons do the same work:
 * partial lag: arrival minus the due time of the last frame the partial covers.
 
 WebRTC's figures include everything the transport adds: the Opus encode, SRTP, the
-daemon's jitter buffer (``api/webrtc_jitter.py``), the decode and the 48 -> 16 kHz
+daemon's jitter buffer (``api/webrtc_audio.py``), the decode and the 48 -> 16 kHz
 resampling. The issue's bound: WebRTC adds at most 60 ms to the p95 of both. Both paths of
 a round stream the same scripts; each round other ones (more utterances behind the p95);
 rounds alternate the order of the two paths, so a drift of the machine hits both alike.
@@ -68,14 +68,16 @@ BOUND_MS = 60.0
 PATHS = ("grpc", "webrtc")
 
 
-async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) -> None:  # noqa: PLR0912, PLR0915  (one branch per event type timed, as load_bench times them)
+async def run_webrtc_session(  # noqa: PLR0912, PLR0915  (one branch per event type timed, as load_bench times them)
+        base_url: str, script: Script, res: SessionResult, frame_event_every: int = 1) -> None:
     """One session over WebRTC, timed as ``load_bench.run_session`` times gRPC's."""
     frames = script.frames
     tail = [script.tail_frame(k) for k in range(round(TAIL_S / FRAME_S))]
     audio = np.frombuffer(b"".join(frames + tail), "<i2").astype(np.float32) / 32768.0
     track = PcmTrack(to_pcm48(audio, RATE))
     try:
-        session = await connect(base_url, track, params={"frameEventEvery": "1"})
+        session = await connect(base_url, track,
+                                params={"frameEventEvery": str(frame_event_every)})
     except WhipError as exc:
         res.errors.append(f"offer: {exc}")
         return
@@ -119,6 +121,7 @@ async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) 
             elif kind == "partialTranscription":
                 res.partial_lag.append((now - due(last_frame(offset))) * 1000)
             elif kind == "finalTranscription":
+                res.final_model_ms.append(float(m.get("processingMs", 0.0)))
                 last_end = script.utterance_end_for(last_frame(offset))
                 if last_end is None:
                     res.unmatched_finals += 1
@@ -151,8 +154,8 @@ async def run_webrtc_session(base_url: str, script: Script, res: SessionResult) 
         await session.close()
 
 
-async def run_path(path: str, n: int, seconds: float, profile: str,
-                   seed: int = 1000) -> dict[str, Any]:
+async def run_path(path: str, n: int, seconds: float, profile: str, *,
+                   seed: int = 1000, frame_event_every: int = 1) -> dict[str, Any]:
     """N sessions of ``path`` on a fresh daemon, session i streaming script ``seed + i``;
     load_bench's row for them."""
     http_port = free_port()
@@ -164,13 +167,15 @@ async def run_path(path: str, n: int, seconds: float, profile: str,
         me.cpu_percent(None)
         sampler.start()
         base_url = f"http://127.0.0.1:{http_port}"
-        sessions = (run_session(target, s, r) if path == "grpc"
-                    else run_webrtc_session(base_url, s, r)
+        sessions = (run_session(target, s, r, frame_event_every) if path == "grpc"
+                    else run_webrtc_session(base_url, s, r, frame_event_every)
                     for s, r in zip(scripts, results, strict=True))
         await asyncio.wait_for(asyncio.gather(*sessions), timeout=seconds + 90)
         inside = await daemon_side_means(base_url)
         row = summarise(path, n, seconds, results)
         row["daemon_side_mean_ms"] = inside
+        model = [v for r in results for v in r.final_model_ms]
+        row["final_model_ms_mean"] = round(float(np.mean(model)), 1) if model else None
         row["cpu_percent"] = sampler.stop()
         row["client_cpu_percent"] = me.cpu_percent(None)
         row["pss_mb_peak"] = max(sampler.pss_mb, default=None)
@@ -192,11 +197,19 @@ def mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def model_ms(rows: list[dict[str, Any]]) -> float | None:
+    """Mean over rows of the finals' model time (each final's ``processingMs``): how long
+    the workers took to decode, which CPU taken by other processes lengthens."""
+    values = [r["final_model_ms_mean"] for r in rows if r.get("final_model_ms_mean") is not None]
+    return float(np.mean(values)) if values else None
+
+
 def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, Any]], str]:
     table = ["| N | path | final p50 / p95 (finals) | end of turn p50 / p95 (turns) | "
              "partial lag p95 | frame round trip p50 / p95 | in the daemon: final / partial "
-             "mean | frames dropped | client CPU % | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "mean | finals' model time mean | frames dropped | daemon / client CPU % | "
+             "errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     verdicts: list[dict[str, Any]] = []
     for n in ns:
         figures: dict[str, dict[str, Any]] = {}
@@ -215,8 +228,10 @@ def summary(rows: list[dict[str, Any]], ns: list[int]) -> tuple[list[dict[str, A
                 f"| {fmt(lag['p95'])} "
                 f"| {fmt(rtt['p50'])} / {fmt(rtt['p95'])} "
                 f"| {fmt(mean_of(mine, 'final'))} / {fmt(mean_of(mine, 'partial'))} "
+                f"| {fmt(model_ms(mine))} "
                 f"| {sum(r['frames_dropped'] for r in mine)} "
-                f"| {np.mean([r['client_cpu_percent'] for r in mine]):.0f} "
+                f"| {np.mean([r['cpu_percent'] for r in mine]):.0f} / "
+                f"{np.mean([r['client_cpu_percent'] for r in mine]):.0f} "
                 f"| {sum(len(r['errors']) for r in mine)} |")
         if len(figures) == 2:
             added = {m: (None if figures["webrtc"][m]["p95"] is None

@@ -18,10 +18,12 @@ go nowhere (the monitor and ``/session/{id}/status`` still show it): GStreamer's
 sends such offers.
 
 **Off the hot path.** aiortc runs on the daemon's event loop, which gRPC and the other
-transports share, so each peer's work there is kept small and bounded: Opus is decoded in
-aiortc's per-receiver thread; the loop downsamples each 20 ms frame to 16 kHz mono
-(:class:`Downsampler`, ~35 microseconds) and hands it to :meth:`Supervisor.feed`,
-flow-controlled like every transport; decoded frames wait in a bounded queue, so a peer
+transports share, so each peer's work there is kept small and bounded: each packet is
+decoded as it arrives (:mod:`.webrtc_audio`, ~50 microseconds per 20 ms of Opus, on the
+loop: cheaper than aiortc's decoder thread and its two hand-overs); each frame is
+downsampled to 16 kHz mono (``Downsampler``, ~35 microseconds) and handed to
+:meth:`Supervisor.feed`, flow-controlled like every transport; decoded frames wait in a
+bounded queue, so a peer
 that sends faster than real time is cut off with an error instead of growing memory. A
 peer that never completes its handshake (``webrtc.handshake_timeout``), whose ICE
 transport fails or closes, or that sends no audio for ``webrtc.idle_timeout`` seconds has
@@ -38,12 +40,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame, AudioResampler
+from av import AudioFrame
 
 from ..engine.config import SAMPLE_RATE
 from ..engine.events import Event
@@ -61,10 +61,12 @@ from .events_json import (
 )
 from .outbox import ShedCounts
 from .web_security import PRINCIPAL
+from .webrtc_audio import Downsampler
 from .webrtc_ice import (
     InvalidOfferError,
     WebRtcConfig,
     answer_offer,
+    audio_buffer,
     check_offer,
     with_opus_params,
 )
@@ -73,7 +75,7 @@ log = logging.getLogger(__name__)
 
 OPUS_RATE = 48_000
 """The rate Opus is decoded at (RFC 7587): the rate a WebRTC peer's audio has (its
-session reads it at 16 kHz, after :class:`Downsampler`)."""
+session reads it at 16 kHz, after ``Downsampler``)."""
 TRANSPORT = "webrtc"
 MAX_BUFFERED_FRAMES = 500
 """Decoded frames (20 ms each: 10 s) that may wait for :meth:`Supervisor.feed`. A live
@@ -99,47 +101,6 @@ FINISH_TIMEOUT_S = 30.0
 drain_grace; this bounds the whole)."""
 
 
-class Downsampler:
-    """A peer's decoded frames (Opus: 48 kHz stereo) as 16 kHz mono int16, the channels
-    averaged, by libswresample (PyAV's resampler) before the session sees them.
-
-    Why not the session's own resampler (soxr, high quality, as for a gRPC client at
-    48 kHz): soxr's stream holds back ~21 ms of output and releases it every other 20 ms
-    frame, which adds 20-40 ms to every event of a WebRTC session, while swresample holds
-    back 1 ms and returns every frame's audio with that frame. Its shorter filter costs
-    nothing measurable in accuracy (benchmarks/README.md, WebRTC).
-    """
-
-    def __init__(self) -> None:
-        self._resampler: AudioResampler | None = None
-        self._input: tuple[int, str, str] | None = None
-        """(rate, layout, format) of the frames the resampler is set up for."""
-
-    def __call__(self, frame: AudioFrame | None) -> npt.NDArray[np.int16]:
-        """``frame``'s audio at 16 kHz; None: the last samples held back (end of input)."""
-        if frame is None:
-            return self._take(None)
-        shape = (frame.sample_rate, frame.layout.name, frame.format.name)
-        if shape == self._input:
-            return self._take(frame)
-        # The first frame, or the input changed (another codec after a renegotiation): a
-        # resampler is set up for one input, so the old one's tail goes first.
-        tail = self._take(None)
-        self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        self._input = shape
-        head = self._take(frame)
-        return np.concatenate([tail, head]) if tail.size else head
-
-    def _take(self, frame: AudioFrame | None) -> npt.NDArray[np.int16]:
-        if self._resampler is None:
-            return np.zeros(0, np.int16)
-        out = [np.asarray(f.to_ndarray(), np.int16).reshape(-1)
-               for f in self._resampler.resample(frame)]
-        if not out:
-            return np.zeros(0, np.int16)
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-
 @dataclass(eq=False)
 class Peer:
     """One WHIP resource: a peer connection feeding one supervisor session."""
@@ -161,6 +122,10 @@ class Peer:
     frames: asyncio.Queue[AudioFrame] = field(
         default_factory=lambda: asyncio.Queue(MAX_BUFFERED_FRAMES))
     downsample: Downsampler = field(default_factory=Downsampler)
+    last_audio: float | None = None
+    """time.monotonic() of the latest decoded frame (None: none yet)."""
+    taking_audio: bool = True
+    """False once the input has ended (DELETE, end) or the peer was cut off."""
 
     @property
     def sid(self) -> str:
@@ -277,6 +242,9 @@ class WhipApi:
         except BaseException:
             await pc.close()
             raise
+        buffer = audio_buffer(pc, track)
+        if buffer is not None:
+            buffer.decode_to(lambda frame: self._take(peer, frame))
         self.peers[sid] = peer
         peer.tasks = [session.start_events(), asyncio.create_task(self._watch(peer))]
         peer.audio_tasks = [asyncio.create_task(self._receive(peer, track)),
@@ -340,6 +308,7 @@ class WhipApi:
         # to arrive, and every frame received is fed, before the input ends.
         await asyncio.sleep(DRAIN_S)
         receiver, feeder = peer.audio_tasks
+        peer.taking_audio = False
         receiver.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(peer.frames.join(), DRAIN_TIMEOUT_S)
@@ -443,9 +412,10 @@ class WhipApi:
         peer.session.close("idle")
 
     async def _receive(self, peer: Peer, track: MediaStreamTrack) -> None:
-        """Move decoded frames into the peer's bounded queue as they come; no frame for
-        ``idle_timeout`` seconds (or the remote track ending) closes the session as idle.
-        The first frame may take the handshake's time."""
+        """Watch a peer's audio. Decoded frames come through the jitter buffer
+        (:meth:`_take`), or through the track if the receiver decodes them itself (aiortc's
+        own buffer). No audio for ``idle_timeout`` seconds, or the remote track ending,
+        closes the session as idle; the first frame may take the handshake's time."""
         idle = self.config.idle_timeout
         wait = self.config.handshake_timeout + idle
         limit = int(self.sup.config.limits.maxSessionDuration / 0.0025) + 1  # 2.5 ms frames
@@ -454,7 +424,11 @@ class WhipApi:
                 async with asyncio.timeout(wait):  # no task per frame, unlike wait_for
                     frame = await track.recv()
             except TimeoutError:
-                self._idle(peer, f"no audio for {wait:g} s")
+                quiet = None if peer.last_audio is None else time.monotonic() - peer.last_audio
+                if quiet is not None and quiet < idle:
+                    wait = idle - quiet  # audio is coming, through the buffer
+                    continue
+                self._idle(peer, f"no audio for {wait if quiet is None else quiet:g} s")
                 return
             except MediaStreamError:
                 # The remote stopped its track (RTCP BYE) or the transport closed: its
@@ -463,17 +437,26 @@ class WhipApi:
                 self._idle(peer, "the peer's audio track ended")
                 return
             wait = idle
-            if not isinstance(frame, AudioFrame):
-                continue
-            try:
-                peer.frames.put_nowait(frame)
-            except asyncio.QueueFull:
-                message = (f"the peer sent audio {MAX_BUFFERED_FRAMES * 0.02:g} s ahead of "
-                           "what the daemon could take; send live audio at real time")
-                peer.send(error("RESOURCE_EXHAUSTED", message))
-                log.warning("session %s: %s", peer.sid, message)
-                peer.session.close("error")
+            if isinstance(frame, AudioFrame) and not self._take(peer, frame):
                 return
+
+    def _take(self, peer: Peer, frame: AudioFrame) -> bool:
+        """Queue a decoded frame for :meth:`_feed`. False once the input has ended, or if
+        the peer is too far ahead of what the daemon could take (it is cut off)."""
+        if not peer.taking_audio:
+            return False
+        peer.last_audio = time.monotonic()
+        try:
+            peer.frames.put_nowait(frame)
+        except asyncio.QueueFull:
+            peer.taking_audio = False
+            message = (f"the peer sent audio {MAX_BUFFERED_FRAMES * 0.02:g} s ahead of "
+                       "what the daemon could take; send live audio at real time")
+            peer.send(error("RESOURCE_EXHAUSTED", message))
+            log.warning("session %s: %s", peer.sid, message)
+            peer.session.close("error")
+            return False
+        return True
 
     async def _feed(self, peer: Peer) -> None:
         """Feed queued frames to the session, flow-controlled (:meth:`Supervisor.feed`)."""

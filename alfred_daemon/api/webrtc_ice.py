@@ -20,7 +20,7 @@ later packets have arrived (``prefetch=4``: 80 ms added to every event), and a l
 stops the flow until 16 later ones are in (320 ms), after which the buffer stays that far
 behind. A speech recogniser whose product is latency, fed over loopback or a LAN where
 packets are neither lost nor reordered, should pay neither: :func:`low_latency_receiver`
-gives each of the daemon's receivers an ``ArrivalOrderBuffer`` (:mod:`.webrtc_jitter`),
+gives each of the daemon's receivers an ``ArrivalOrderBuffer`` (:mod:`.webrtc_audio`),
 which hands every packet to the decoder as it arrives and drops one that arrives after a
 later one (it would be 20 ms of audio in the wrong place). A loss costs its 20 ms of
 audio and no delay.
@@ -38,6 +38,8 @@ from ..engine.errors import ConfigError
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection, RTCRtpReceiver
+
+    from .webrtc_audio import ArrivalOrderBuffer
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +170,12 @@ async def gather_on(pc: RTCPeerConnection, addresses: list[str]) -> None:
 
 
 def low_latency_receiver(receiver: RTCRtpReceiver) -> bool:
-    """Give an audio receiver an :class:`~.webrtc_jitter.ArrivalOrderBuffer` (see the
+    """Give an audio receiver an :class:`~.webrtc_audio.ArrivalOrderBuffer` (see the
     module doc). Call before RTP flows. False (and a warning, aiortc's default kept) if
     this aiortc keeps its buffer elsewhere."""
     from aiortc.jitterbuffer import JitterBuffer
 
-    from .webrtc_jitter import ArrivalOrderBuffer
+    from .webrtc_audio import ArrivalOrderBuffer
 
     current = getattr(receiver, _JITTER_ATTRIBUTE, None)
     if not isinstance(current, JitterBuffer):
@@ -182,6 +184,18 @@ def low_latency_receiver(receiver: RTCRtpReceiver) -> bool:
         return False
     setattr(receiver, _JITTER_ATTRIBUTE, ArrivalOrderBuffer(current.capacity))
     return True
+
+
+def audio_buffer(pc: RTCPeerConnection, track: MediaStreamTrack) -> ArrivalOrderBuffer | None:
+    """The :func:`low_latency_receiver` buffer of the receiver of ``track`` (None: that
+    receiver kept aiortc's own)."""
+    from .webrtc_audio import ArrivalOrderBuffer
+
+    for transceiver in pc.getTransceivers():
+        if transceiver.receiver.track is track:
+            buffer = getattr(transceiver.receiver, _JITTER_ATTRIBUTE, None)
+            return buffer if isinstance(buffer, ArrivalOrderBuffer) else None
+    return None
 
 
 @dataclass(frozen=True, slots=True)

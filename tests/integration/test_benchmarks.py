@@ -334,6 +334,7 @@ def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:
 
     def row(path: str, n: int, finals: list[float], turns: list[float]) -> dict[str, Any]:
         return {"system": path, "n": n, "frames_dropped": 0, "client_cpu_percent": 10.0,
+                "cpu_percent": 40.0 * n, "final_model_ms_mean": finals[0] - 200,
                 "errors": [], "raw": {"final_latency": finals, "turn_latency": turns,
                                       "partial_lag": [100.0], "frame_rtt": [5.0, 7.0]},
                 "daemon_side_mean_ms": {"final": finals[0] - 100, "turn": 20.0,
@@ -352,9 +353,10 @@ def test_webrtc_bench_pools_rounds_and_judges_the_added_p95() -> None:
     assert verdicts[1]["added_p95_ms"]["turn"] == pytest.approx(0.0)
     assert not verdicts[1]["within_bound"]
     assert "OVER the 60 ms bound" in text and "| 4 | webrtc |" in text
-    # The frame round trip pooled, the daemon's own means averaged over the rounds.
-    assert ("| 1 | grpc | 350 / 394 (100) | 350 / 394 (100) | 100 | 6 / 7 | 225 / 150 |"
-            in text), text
+    # The frame round trip pooled; the daemon's own means, the finals' model time and the
+    # CPU averaged over the rounds.
+    assert ("| 1 | grpc | 350 / 394 (100) | 350 / 394 (100) | 100 | 6 / 7 | 225 / 150 | 125 "
+            "| 0 | 40 / 10 |" in text), text
 
 
 def test_haproxy_bench_pools_rounds_and_judges_the_added_p95() -> None:

@@ -26,7 +26,8 @@ from alfred_daemon.api.events_json import (
     session_started,
     wire,
 )
-from alfred_daemon.api.webrtc import OPUS_RATE, Downsampler
+from alfred_daemon.api.webrtc import OPUS_RATE
+from alfred_daemon.api.webrtc_audio import RESYNC_AFTER, ArrivalOrderBuffer, Downsampler
 from alfred_daemon.api.webrtc_ice import (
     InvalidOfferError,
     WebRtcConfig,
@@ -36,7 +37,6 @@ from alfred_daemon.api.webrtc_ice import (
     gather_on,
     low_latency_receiver,
 )
-from alfred_daemon.api.webrtc_jitter import RESYNC_AFTER, ArrivalOrderBuffer
 from alfred_daemon.engine import events as ev
 from alfred_daemon.engine.config import EngineConfig
 from alfred_daemon.engine.errors import ConfigError
@@ -284,6 +284,34 @@ def test_a_sender_that_restarts_its_sequence_is_followed() -> None:
     # Up to RESYNC_AFTER - 1 packets look late and are refused, then the new sequence is
     # taken and followed packet by packet.
     assert out == [None] * (RESYNC_AFTER - 1) + restarted[RESYNC_AFTER - 1:]
+
+
+def test_with_a_sink_the_buffer_decodes_each_packet_itself() -> None:
+    from aiortc.codecs.opus import OpusEncoder
+
+    encoder = OpusEncoder()
+    t = np.arange(960 * 5) / 48_000
+    tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    payloads: list[bytes] = []
+    for k in range(5):
+        frame = AudioFrame.from_ndarray(tone[k * 960:(k + 1) * 960].reshape(1, -1),
+                                        format="s16", layout="mono")
+        frame.sample_rate = 48_000
+        frame.pts = k * 960
+        frame.time_base = fractions.Fraction(1, 48_000)
+        out, _ = encoder.encode(frame)
+        payloads += out
+    buffer = ArrivalOrderBuffer(16)
+    got: list[AudioFrame] = []
+    buffer.decode_to(got.append)
+    for seq, payload in zip([10, 11, 13, 12, 14], payloads, strict=True):
+        # Nothing goes back to the receiver (its decoder thread): the buffer decodes.
+        assert buffer.add(packet(seq, payload)) == (False, None)
+    assert len(got) == 4 and buffer.late == 1  # 12 came after 13: refused
+    assert all(f.sample_rate == 48_000 and f.samples == 960 for f in got)
+    pts = [f.pts or 0 for f in got]
+    assert pts == sorted(pts) and len(set(pts)) == 4
+    assert np.abs(got[-1].to_ndarray()).max() > 1000  # the tone, not silence
 
 
 def test_an_empty_payload_is_not_handed_to_the_decoder() -> None:
