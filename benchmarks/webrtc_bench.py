@@ -259,10 +259,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs of each (path, N); odd rounds run gRPC first, even WebRTC")
     ap.add_argument("--profile", default="realistic", choices=PROFILES)
+    ap.add_argument("--frame-event-every", type=int, default=1,
+                    help="a frame_processed event every K windows on both paths (default 1)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 10 or not 5.0 <= args.seconds <= 600.0:
         ap.error("--rounds is 1 to 10 and --seconds 5 to 600")
+    if not 1 <= args.frame_event_every <= 1000:
+        ap.error("--frame-event-every is 1 to 1000")
     ns = [int(x) for x in args.sessions.split(",")]
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +279,8 @@ def main() -> int:
             for path in (PATHS if rnd % 2 == 0 else PATHS[::-1]):
                 t = time.monotonic()
                 row = asyncio.run(run_path(path, n, args.seconds, args.profile,
-                                           seed=1000 + 100 * rnd))
+                                           seed=1000 + 100 * rnd,
+                                           frame_event_every=args.frame_event_every))
                 row["round"] = rnd + 1
                 row["wall_s"] = round(time.monotonic() - t, 1)
                 rows.append(row)
@@ -285,6 +290,7 @@ def main() -> int:
                       flush=True)
     verdicts, text = summary(rows, ns)
     meta = {"profile": args.profile, "seconds": args.seconds, "rounds": args.rounds,
+            "frame_event_every": args.frame_event_every,
             "bound_ms": BOUND_MS, "host": host,
             "wall_s": round(time.monotonic() - started, 1), "verdicts": verdicts}
     stem = args.out / "webrtc_bench"
