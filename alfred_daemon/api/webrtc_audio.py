@@ -8,8 +8,10 @@ downsamples as it does is in :class:`ArrivalOrderBuffer` and :class:`Downsampler
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+import av
 import numpy as np
 import numpy.typing as npt
 from aiortc.codecs.opus import OpusDecoder
@@ -19,6 +21,8 @@ from aiortc.utils import uint16_add
 from av import AudioFrame, AudioResampler
 
 from ..engine.config import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 OPUS_FRAME = 960
 """Samples of a 20 ms Opus frame at Opus's 48 kHz."""
@@ -54,6 +58,8 @@ class ArrivalOrderBuffer(JitterBuffer):
         self._sink: Callable[[AudioFrame], object] | None = None
         self._decoder: OpusDecoder | None = None
         self._decoded = 0
+        self.undecodable = 0
+        """Packets the decoder refused (logged once): skipped, as aiortc's thread does."""
 
     def decode_to(self, sink: Callable[[AudioFrame], object]) -> None:
         """Decode every packet from now on here and give ``sink`` its frames (Opus: the
@@ -81,7 +87,17 @@ class ArrivalOrderBuffer(JitterBuffer):
         # Stamped in decode order, 20 ms apart: RTP timestamps start anywhere and wrap,
         # and nothing downstream reads a frame's time.
         self._decoded += 1
-        for decoded in self._decoder.decode(JitterFrame(data, self._decoded * OPUS_FRAME)):
+        try:
+            frames = self._decoder.decode(JitterFrame(data, self._decoded * OPUS_FRAME))
+        except av.FFmpegError as exc:
+            # This runs inside aiortc's packet handler: an exception would end the peer's
+            # whole transport. The decoder keeps its state, so the next packet decodes.
+            self.undecodable += 1
+            if self.undecodable == 1:
+                log.warning("a WebRTC peer sent a packet Opus cannot decode (%s); skipping "
+                            "it and any more such", exc)
+            return False, None
+        for decoded in frames:
             if isinstance(decoded, AudioFrame):
                 self._sink(decoded)
         return False, None

@@ -314,6 +314,17 @@ def test_with_a_sink_the_buffer_decodes_each_packet_itself() -> None:
     assert np.abs(got[-1].to_ndarray()).max() > 1000  # the tone, not silence
 
 
+def test_a_packet_opus_cannot_decode_is_skipped_and_the_next_one_decodes() -> None:
+    buffer = ArrivalOrderBuffer(16)
+    got: list[AudioFrame] = []
+    buffer.decode_to(got.append)
+    # TOC byte: code 3 (a frame count follows), then a count byte of 0: invalid.
+    assert buffer.add(packet(1, bytes([0x03, 0x00]))) == (False, None)
+    assert buffer.undecodable == 1 and got == []
+    assert buffer.add(packet(2, bytes([0xF8, 0xFF, 0xFE]))) == (False, None)  # a silence frame
+    assert len(got) == 1 and buffer.undecodable == 1
+
+
 def test_an_empty_payload_is_not_handed_to_the_decoder() -> None:
     buffer = ArrivalOrderBuffer(16)
     assert buffer.add(packet(1, b"")) == (False, None)
