@@ -62,11 +62,12 @@ class PcmTrack(MediaStreamTrack):
     ``t0 + k * 20 ms`` (``t0``: the first request, when the sender starts), then silence
     until stopped: a live source never runs dry while the session is finishing.
 
-    The track encodes each frame itself, with aiortc's encoder and its settings, before
-    the frame is due, and hands the sender the packet. Left to the sender, every frame
-    would go through a thread pool to be encoded after it is due and through aiortc's
-    audio-level meter (pure Python, ~0.25 ms a frame): CPU that a benchmark's clients take
-    from the daemon on the same cores, and a thread hop in each frame's latency.
+    The track encodes the whole file up front, with aiortc's encoder and its settings, and
+    hands the sender each packet when it is due. Left to the sender, every frame would go
+    through a thread pool to be encoded after it is due and through aiortc's audio-level
+    meter (pure Python, ~0.25 ms a frame); encoding as it streams would still take ~0.25 ms
+    a frame. On a benchmark's shared cores that is CPU a browser spends on its own machine
+    but these clients would take from the daemon, and a thread hop in each frame's latency.
     """
 
     kind = "audio"
@@ -80,6 +81,7 @@ class PcmTrack(MediaStreamTrack):
         self.late_max_s = 0.0
         """The most a frame was handed over after its due time (this process's own lag)."""
         self._encoder = OpusEncoder()
+        self._packets = [self._encode(k) for k in range(self.frames)]
 
     @property
     def frames(self) -> int:
@@ -101,7 +103,7 @@ class PcmTrack(MediaStreamTrack):
         if self.t0 is None:
             self.t0 = time.monotonic()
         k = self.sent
-        packet = self._encode(k)
+        packet = self._packets[k] if k < len(self._packets) else self._encode(k)
         await asyncio.sleep(max(0.0, self.due(k) - time.monotonic()))
         self.late_max_s = max(self.late_max_s, time.monotonic() - self.due(k))
         self.sent += 1

@@ -8,23 +8,27 @@ default: real speech of every length, pauses, a noise floor) in 20 ms frames at 
 pace, then ``load_bench.TAIL_S`` of its tail, then ends (gRPC: half-close; WebRTC: DELETE).
 The gRPC sessions are ``load_bench.run_session`` itself; the WebRTC ones
 (:func:`run_webrtc_session`) are an aiortc peer (``alfred_daemon.whip_client``) whose
-track hands frame k to the Opus encoder at ``t0 + k x 20 ms``, and they are measured the
-same way, from each frame's due time on the client's clock, with the same per-window
-events on (``frameEventEvery=1``) so both daemons do the same work:
+track hands frame k's Opus packet (encoded before the run, as a browser encodes on its own
+machine) to the sender at ``t0 + k x 20 ms``, and they are measured the same way, from each
+frame's due time on the client's clock, with the same per-window events on both paths
+(``frameEventEvery``, default every 5th window: 10 a second, which the frame round trip
+is measured on; a session's default is none) so both daemons do the same work:
 
 * final latency: arrival of the final minus the due time of its utterance's last speech
   frame (``loadgen.speech_ends``, measured on the clean clip);
 * end-of-turn latency: turns Smart Turn ended (``reason model``), from the same frame;
 * partial lag: arrival minus the due time of the last frame the partial covers.
 
-WebRTC's figures include everything the transport adds: the Opus encode, SRTP, the
+WebRTC's figures include everything the transport adds: SRTP, the
 daemon's jitter buffer (``api/webrtc_audio.py``), the decode and the 48 -> 16 kHz
 resampling. The issue's bound: WebRTC adds at most 60 ms to the p95 of both. Both paths of
 a round stream the same scripts; each round other ones (more utterances behind the p95);
 rounds alternate the order of the two paths, so a drift of the machine hits both alike.
 
-``python benchmarks/webrtc_bench.py [--sessions 1,4] [--seconds 40] [--rounds 1]``
-writes ``benchmarks/results/webrtc_bench.{json,md}``.
+``python benchmarks/webrtc_bench.py [--sessions 1,4] [--seconds 40] [--rounds 1]
+[--frame-event-every 5] [--name webrtc_bench]`` writes
+``benchmarks/results/NAME.{json,md}``; ``--render NAME`` rewrites ``NAME.md`` from
+``NAME.json``.
 """
 
 from __future__ import annotations
@@ -69,12 +73,11 @@ PATHS = ("grpc", "webrtc")
 
 
 async def run_webrtc_session(  # noqa: PLR0912, PLR0915  (one branch per event type timed, as load_bench times them)
-        base_url: str, script: Script, res: SessionResult, frame_event_every: int = 1) -> None:
-    """One session over WebRTC, timed as ``load_bench.run_session`` times gRPC's."""
+        base_url: str, script: Script, track: PcmTrack, res: SessionResult,
+        frame_event_every: int = 1) -> None:
+    """One session over WebRTC, ``script`` sent as ``track`` (:func:`script_track`),
+    timed as ``load_bench.run_session`` times gRPC's."""
     frames = script.frames
-    tail = [script.tail_frame(k) for k in range(round(TAIL_S / FRAME_S))]
-    audio = np.frombuffer(b"".join(frames + tail), "<i2").astype(np.float32) / 32768.0
-    track = PcmTrack(to_pcm48(audio, RATE))
     try:
         session = await connect(base_url, track,
                                 params={"frameEventEvery": str(frame_event_every)})
@@ -154,6 +157,14 @@ async def run_webrtc_session(  # noqa: PLR0912, PLR0915  (one branch per event t
         await session.close()
 
 
+def script_track(script: Script) -> PcmTrack:
+    """The script and its tail as a WebRTC track, Opus-encoded up front: a browser encodes
+    on its own machine, and the gRPC path's clients send ready PCM too."""
+    tail = [script.tail_frame(k) for k in range(round(TAIL_S / FRAME_S))]
+    audio = np.frombuffer(b"".join(script.frames + tail), "<i2").astype(np.float32) / 32768.0
+    return PcmTrack(to_pcm48(audio, RATE))
+
+
 async def run_path(path: str, n: int, seconds: float, profile: str, *,
                    seed: int = 1000, frame_event_every: int = 1) -> dict[str, Any]:
     """N sessions of ``path`` on a fresh daemon, session i streaming script ``seed + i``;
@@ -163,13 +174,15 @@ async def run_path(path: str, n: int, seconds: float, profile: str, *,
         sampler = TreeSampler(pid)
         scripts = [make_script(seed + i, seconds, profile) for i in range(n)]
         results = [SessionResult() for _ in range(n)]
+        tracks = [script_track(s) for s in scripts] if path == "webrtc" else []
         me = psutil.Process()
         me.cpu_percent(None)
         sampler.start()
         base_url = f"http://127.0.0.1:{http_port}"
-        sessions = (run_session(target, s, r, frame_event_every) if path == "grpc"
-                    else run_webrtc_session(base_url, s, r, frame_event_every)
-                    for s, r in zip(scripts, results, strict=True))
+        sessions = ([run_session(target, s, r, frame_event_every)
+                     for s, r in zip(scripts, results, strict=True)] if path == "grpc"
+                    else [run_webrtc_session(base_url, s, t, r, frame_event_every)
+                          for s, t, r in zip(scripts, tracks, results, strict=True)])
         await asyncio.wait_for(asyncio.gather(*sessions), timeout=seconds + 90)
         inside = await daemon_side_means(base_url)
         row = summarise(path, n, seconds, results)
@@ -259,10 +272,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs of each (path, N); odd rounds run gRPC first, even WebRTC")
     ap.add_argument("--profile", default="realistic", choices=PROFILES)
-    ap.add_argument("--frame-event-every", type=int, default=1,
-                    help="a frame_processed event every K windows on both paths (default 1)")
+    ap.add_argument("--frame-event-every", type=int, default=5,
+                    help="a frame_processed event every K windows on both paths (default 5)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--name", default="webrtc_bench", help="the results' file stem")
+    ap.add_argument("--render", metavar="NAME",
+                    help="only rewrite OUT/NAME.md from OUT/NAME.json")
     args = ap.parse_args()
+    if args.render:
+        stem = args.out / args.render
+        doc = json.loads(stem.with_suffix(".json").read_text())
+        ns = sorted({int(r["n"]) for r in doc["rows"]})
+        stem.with_suffix(".md").write_text(report(doc["meta"], summary(doc["rows"], ns)[1]))
+        return 0
     if not 1 <= args.rounds <= 10 or not 5.0 <= args.seconds <= 600.0:
         ap.error("--rounds is 1 to 10 and --seconds 5 to 600")
     if not 1 <= args.frame_event_every <= 1000:
@@ -293,18 +315,25 @@ def main() -> int:
             "frame_event_every": args.frame_event_every,
             "bound_ms": BOUND_MS, "host": host,
             "wall_s": round(time.monotonic() - started, 1), "verdicts": verdicts}
-    stem = args.out / "webrtc_bench"
+    stem = args.out / args.name
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    report = (f"# WebRTC vs gRPC latency ({args.profile} profile, {args.seconds:.0f} s per "
-              f"run, {args.rounds} round(s), {meta['wall_s'] / 60:.1f} min)\n\n"
-              f"{host_line(host)}\n\nLatencies in ms from each frame's due time on the "
-              "client (method: benchmarks/webrtc_bench.py). Fresh daemon per run. Frame round "
-              "trip: a window's frame_processed event, from its frame's due time. In the "
-              "daemon: its own histograms' means, from the audio's arrival to the event "
-              "handed to the transport.\n\n" + text)
-    stem.with_suffix(".md").write_text(report)
-    print(report, flush=True)
+    text = report(meta, text)
+    stem.with_suffix(".md").write_text(text)
+    print(text, flush=True)
     return 0
+
+
+def report(meta: dict[str, Any], table: str) -> str:
+    """The human-readable report: what was run, how it is measured, the table."""
+    every = meta.get("frame_event_every", 1)
+    return (f"# WebRTC vs gRPC latency ({meta['profile']} profile, {meta['seconds']:.0f} s per "
+            f"run, {meta['rounds']} round(s), {meta['wall_s'] / 60:.1f} min)\n\n"
+            f"{host_line(meta['host'])}\n\nLatencies in ms from each frame's due time on "
+            "the client (method: benchmarks/webrtc_bench.py). Fresh daemon per run. "
+            f"Per-window events (frame_processed) every {every} window(s) on both paths. "
+            "Frame round trip: a window's frame_processed event, from its frame's due time. "
+            "In the daemon: its own histograms' means, from the audio's arrival to the "
+            "event handed to the transport.\n\n" + table)
 
 
 if __name__ == "__main__":
