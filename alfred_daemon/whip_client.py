@@ -62,17 +62,18 @@ class PcmTrack(MediaStreamTrack):
     ``t0 + k * 20 ms`` (``t0``: the first request, when the sender starts), then silence
     until stopped: a live source never runs dry while the session is finishing.
 
-    The track encodes the whole file up front, with aiortc's encoder and its settings, and
-    hands the sender each packet when it is due. Left to the sender, every frame would go
-    through a thread pool to be encoded after it is due and through aiortc's audio-level
-    meter (pure Python, ~0.25 ms a frame); encoding as it streams would still take ~0.25 ms
-    a frame. On a benchmark's shared cores that is CPU a browser spends on its own machine
-    but these clients would take from the daemon, and a thread hop in each frame's latency.
+    The track encodes each frame itself, with aiortc's encoder and its settings, before
+    the frame is due, and hands the sender the packet. Left to the sender, every frame
+    would go through a thread pool to be encoded after it is due and through aiortc's
+    audio-level meter (pure Python, ~0.25 ms a frame): a thread hop in each frame's
+    latency. ``encode_ahead`` encodes the whole of ``pcm`` at construction instead (~0.25 ms
+    a frame, so ~0.7 s a minute): a benchmark's clients share the daemon's cores, and a
+    browser encodes on its own machine.
     """
 
     kind = "audio"
 
-    def __init__(self, pcm: npt.NDArray[np.int16]) -> None:
+    def __init__(self, pcm: npt.NDArray[np.int16], *, encode_ahead: bool = False) -> None:
         super().__init__()
         self.pcm = pcm
         self.t0: float | None = None
@@ -81,7 +82,9 @@ class PcmTrack(MediaStreamTrack):
         self.late_max_s = 0.0
         """The most a frame was handed over after its due time (this process's own lag)."""
         self._encoder = OpusEncoder()
-        self._packets = [self._encode(k) for k in range(self.frames)]
+        self._packets = ([self._encode(k) for k in range(self.frames)] if encode_ahead
+                         else [])
+        """Frames 0.. encoded ahead; the rest are encoded as they are requested."""
 
     @property
     def frames(self) -> int:

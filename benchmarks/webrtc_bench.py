@@ -162,7 +162,7 @@ def script_track(script: Script) -> PcmTrack:
     on its own machine, and the gRPC path's clients send ready PCM too."""
     tail = [script.tail_frame(k) for k in range(round(TAIL_S / FRAME_S))]
     audio = np.frombuffer(b"".join(script.frames + tail), "<i2").astype(np.float32) / 32768.0
-    return PcmTrack(to_pcm48(audio, RATE))
+    return PcmTrack(to_pcm48(audio, RATE), encode_ahead=True)
 
 
 async def run_path(path: str, n: int, seconds: float, profile: str, *,
