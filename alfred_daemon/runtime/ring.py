@@ -46,23 +46,26 @@ pthreads implementation (and a compiler barrier), so :func:`memory_fence` does e
 
 Lifetime
 --------
-Python < 3.13 registers every *attached* segment with the attaching process's resource
-tracker, which unlinks it when that process exits (cpython#82300) -- a worker dying would
-delete live audio. Readers therefore unregister right after attaching; only the owner's
-tracker knows the segment. Names carry an instance prefix and the owner's pid, so a new
-daemon can sweep the segments of a dead one (:func:`sweep_stale`).
+Only the owner's resource tracker knows a segment. Readers map it themselves
+(:class:`_Mapped`) rather than through ``SharedMemory``: before Python 3.13 attaching
+registers the segment with the attaching process's tracker, which would unlink it when that
+process exits (cpython#82300: a worker dying would delete live audio), and the first
+registration starts a tracker process in every worker (7 MB of PSS each). Names carry an
+instance prefix and the owner's pid, so a new daemon can sweep the segments of a dead one
+(:func:`sweep_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
-import sys
 import threading
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -137,10 +140,50 @@ def segment_bytes(n_slots: int, slot_samples: int = SLOT_SAMPLES) -> int:
     return _layout(n_slots, slot_samples)[2]
 
 
+class _Segment(Protocol):
+    """What the ring needs of a mapped segment: the owner's ``SharedMemory`` or a reader's
+    :class:`_Mapped`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def buf(self) -> memoryview | None: ...
+    def close(self) -> None: ...
+
+
+class _Mapped:
+    """A reader's mapping of an existing segment, with no resource tracker involved."""
+
+    def __init__(self, name: str, shm_dir: Path = SHM_DIR) -> None:
+        fd = os.open(shm_dir / name, os.O_RDWR)
+        try:
+            self._mmap: mmap.mmap | None = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)  # the mapping keeps the segment; the descriptor is not needed
+        self._buf: memoryview | None = memoryview(self._mmap)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def buf(self) -> memoryview | None:
+        return self._buf
+
+    def close(self) -> None:
+        if self._buf is not None:
+            self._buf.release()
+            self._buf = None
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+
+
 class _Ring:
     """Views over a mapped segment; shared by the writer and reader classes."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, n_slots: int, slot_samples: int):
+    def __init__(self, shm: _Segment, n_slots: int, slot_samples: int):
         self._shm = shm
         self.name = shm.name
         self.n_slots = n_slots
@@ -200,6 +243,8 @@ class _Ring:
 class RingWriter(_Ring):
     """The owner's side: creates, writes, closes and unlinks the segment."""
 
+    _owned: shared_memory.SharedMemory
+
     @classmethod
     def create(cls, name: str, n_slots: int, slot_samples: int = SLOT_SAMPLES) -> RingWriter:
         if n_slots < 2:
@@ -213,6 +258,7 @@ class RingWriter(_Ring):
             shm.unlink()
             raise
         ring = cls(shm, n_slots, slot_samples)
+        ring._owned = shm
         ring._hdr[:] = 0
         ring._hdr[_H_READ0:] = -1  # no readers registered
         ring._seq[:] = -1
@@ -269,13 +315,13 @@ class RingWriter(_Ring):
         self._shm.close()
 
     def unlink(self) -> None:
-        self._shm.unlink()
+        self._owned.unlink()
 
 
 class RingReader(_Ring):
     """A worker's side: attaches without taking ownership, consumes windows in order."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, n_slots: int, slot_samples: int,
+    def __init__(self, shm: _Segment, n_slots: int, slot_samples: int,
                  reader: int | None) -> None:
         super().__init__(shm, n_slots, slot_samples)
         self.reader = reader
@@ -284,7 +330,10 @@ class RingReader(_Ring):
     def attach(cls, handle: RingHandle, reader: int | None = None) -> RingReader:
         """Attach to an existing segment. ``reader`` is this process's read-index slot (for
         in-order consumption); None for range reads only."""
-        shm = _attach_untracked(handle.name)
+        try:
+            shm = _Mapped(handle.name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no shared memory segment {handle.name}") from None
         ring = cls(shm, handle.n_slots, handle.slot_samples, reader)
         if int(ring._hdr[_H_MAGIC]) != MAGIC or int(ring._hdr[_H_NSLOTS]) != handle.n_slots:
             ring.close()
@@ -336,22 +385,6 @@ def _reserve(shm: shared_memory.SharedMemory, size: int) -> None:
             f"shared memory is full: /dev/shm has no room for this session's "
             f"{size / 1e6:.1f} MB audio ring ({exc.strerror}{free}); close sessions or "
             "give /dev/shm more space") from None
-
-
-def _attach_untracked(name: str) -> shared_memory.SharedMemory:
-    """Attach without letting this process's resource tracker own the segment."""
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg,unused-ignore]
-    shm = shared_memory.SharedMemory(name=name)
-    # cpython#82300: attaching registered the segment; the tracker would unlink it when this
-    # process exits. Ownership stays with the creator -- unless that is us (an in-process
-    # reader): the tracker holds one entry per name, and dropping it would make the owner's
-    # own unlink() trip over a missing registration.
-    assert shm.buf is not None
-    owner = int(np.frombuffer(shm.buf, np.int64, count=1, offset=_H_OWNER * 8)[0])
-    if owner != os.getpid():
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    return shm
 
 
 def _pid_alive(pid: int) -> bool:

@@ -204,3 +204,27 @@ def test_copy_overlapping_a_rewrite_of_the_oldest_slot_is_rejected(writer: RingW
         reader.read_range(100, 3 * SLOT_SAMPLES)
     assert np.array_equal(reader.read_range(SLOT_SAMPLES, 2 * SLOT_SAMPLES), window(1))
     reader.close()
+
+
+def test_a_reader_process_starts_no_resource_tracker_and_leaves_the_segment() -> None:
+    """Workers are plain ``python -m`` processes with no tracker of their own: attaching
+    through ``SharedMemory`` (Python < 3.13) would start one in each (a process of ~7 MB PSS)
+    and register the owner's segment with it, to be unlinked when the worker exits."""
+    w = RingWriter.create(segment_name(PREFIX, uuid.uuid4().hex[:8]), n_slots=4)
+    try:
+        w.write(window(1))
+        code = (
+            "import sys, psutil\n"
+            "from alfred_daemon.runtime.ring import RingHandle, RingReader\n"
+            f"r = RingReader.attach(RingHandle({w.name!r}, 4))\n"
+            "print(int(r.read_range(0, 512).astype('int64').sum()))\n"
+            "r.close()\n"
+            "print(len(psutil.Process().children(recursive=True)))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.split()
+        assert out == [str(int(window(1).astype(np.int64).sum())), "0"], out
+        assert (SHM_DIR / w.name).exists(), "the reader's exit unlinked the owner's segment"
+    finally:
+        w.close()
+        w.unlink()
