@@ -444,8 +444,8 @@ async def warm_up(daemon: Daemon, relays: list[CuttableRelay], corpus: Corpus,
     """One short clean session per slot at once, then the idle sample once they closed.
 
     What the first sessions start once and keep stays out of the idle comparison: the
-    resource tracker each process starts with its first shared-memory segment (a process and
-    a pipe each), gRPC's connection machinery; with every slot at once, every worker has
+    resource tracker the supervisor starts with its first shared-memory segment (a process
+    and a pipe), gRPC's connection machinery; with every slot at once, every worker has
     attached a ring. Their records (slot -1) are checked like any clean session's."""
     rng = random.Random(seed - 1)
     plans = [plan_session(rng, corpus.pool, corpus.noise, warm_up=True) for _ in relays]
@@ -493,8 +493,8 @@ async def slot_loop(slot: int, relay: CuttableRelay, corpus: Corpus, *, seed: in
 
 def tree_snapshot(daemon: Daemon) -> dict[str, dict[str, float]]:
     """PSS (MB), open fds and threads of each process of the daemon's tree, keyed
-    ``supervisor`` or ``child[pid]`` (its workers, and the resource trackers that the
-    supervisor and each worker start with their first shared-memory segment)."""
+    ``supervisor`` or ``child[pid]`` (its workers, and the resource tracker that the
+    supervisor starts with its first shared-memory segment)."""
     out: dict[str, dict[str, float]] = {}
     for p in daemon.tree():
         with contextlib.suppress(psutil.Error):
@@ -787,9 +787,9 @@ def report(doc: dict[str, Any]) -> str:
                      f"{m['pss_mb'] - sup:>8.1f} {m['fds']:>5} {m['threads']:>8} {active:>9}")
     lines += ["", f"t: seconds since the load began; the measured run starts after "
               f"{doc['warmup_s']:g} s of the same load (the 'start' mark). PSS: the daemon "
-              "tree (supervisor, workers, resource trackers), median of "
+              "tree (supervisor, workers, resource tracker), median of "
               f"{MARK_READINGS} readings {READING_GAP_S:g} s apart ending at the mark; "
-              "'superv.': the supervisor's own, 'others': the rest (workers, trackers; "
+              "'superv.': the supervisor's own, 'others': the rest (workers, tracker; "
               "per-process figures and a 30 s series: soak.json). 'idle' rows: no session "
               "open (before: after one warm-up session per slot). Series slope over the "
               f"measured run: {doc['run'].get('pss_slope_mb_per_10min', float('nan')):+.1f} "

@@ -79,6 +79,8 @@ WITH_PARTIALS = EngineConfig()
 depends on decode timing (a comma, a capital), so words are compared, not characters."""
 
 STAGES = ("start", "vad", "partial", "final", "turn", "drain")
+MISS_ATTEMPTS = 3
+"""Runs of a cell whose fault may land just after the worker answered (see the cell)."""
 FAULTS = ("kill", "stop")
 JOB_KINDS = {"partial": JobKind.PARTIAL, "final": JobKind.FINAL, "turn": JobKind.TURN}
 
@@ -124,6 +126,9 @@ class Cell:
     events: list[Event] = field(default_factory=list)
     restarts: int = 0
     levels: list[str] = field(default_factory=list)
+    held: int | None = None
+    """Requests the faulted worker still held when the supervisor found it dead: 0 when the
+    fault landed just after the worker had answered (its reply already on the socket)."""
 
 
 def _busy_worker(sup: Supervisor, stage: str, sid: str) -> tuple[int, int] | None:
@@ -198,6 +203,14 @@ def _run_cell(tmp_path: Path, cell: Cell, speech: bytes, engine: EngineConfig) -
 
     async def main() -> None:
         sup = Supervisor(config)
+        on_lost = sup.pool._on_lost
+
+        def record(w: Any, reason: str, lost: Any) -> None:
+            if w.pid == cell.pid:
+                cell.held = len(lost.vad) + len(lost.tasks)
+            on_lost(w, reason, lost)
+
+        sup.pool._on_lost = record
         if cell.stage == "start":
             starting = asyncio.create_task(sup.start())
             assert await apoll(lambda: 0 in sup.pool.workers, 10.0), "no worker was spawned"
@@ -245,12 +258,31 @@ def test_fault_matrix(  # noqa: PLR0917 -- pytest passes fixtures positionally
     fault: str, stage: str,
 ) -> None:
     engine = WITH_PARTIALS if stage == "partial" else FINALS_ONLY
-    cell = Cell(fault, stage)
-    _run_cell(tmp_path, cell, cut_speech if stage == "drain" else speech, engine)
-    print(f"{fault} at {stage}: worker {cell.worker_id} pid {cell.pid}, gone after "
-          f"{cell.gone_after_s} s, replacement ready after {cell.ready_after_s} s, "
-          f"restarts {cell.restarts}, ladder {cell.levels}")
+    cells: list[Cell] = []
+    for _attempt in range(MISS_ATTEMPTS):
+        cell = Cell(fault, stage)
+        cells.append(cell)
+        _run_cell(tmp_path, cell, cut_speech if stage == "drain" else speech, engine)
+        print(f"{fault} at {stage}: worker {cell.worker_id} pid {cell.pid}, gone after "
+              f"{cell.gone_after_s} s, replacement ready after {cell.ready_after_s} s, "
+              f"restarts {cell.restarts}, ladder {cell.levels}, requests held {cell.held}")
+        _check_cell(cell, references)
+        if stage == "start" or cell.held:
+            break
+        # The fault landed after the worker had answered (a VAD batch takes under a
+        # millisecond): nothing was lost, so nothing was re-run. The finals were checked
+        # all the same; the cell runs again for a fault that catches the request.
+    if stage != "start":
+        assert cells[-1].held, (
+            f"in {len(cells)} runs the {fault} never caught a {stage} request in flight")
+        recovered = [e for e in cells[-1].events if isinstance(e, WorkerRecovered)]
+        assert recovered and all(e.worker_id == cells[-1].worker_id for e in recovered)
+        assert sum(e.rerun_jobs + e.rerun_frames for e in recovered) >= 1
 
+
+def _check_cell(cell: Cell, references: dict[str, list[str]]) -> None:
+    """What every run of a cell must show, whether or not its fault caught a request."""
+    fault, stage = cell.fault, cell.stage
     assert cell.pid, f"no {stage} request of the session was seen on a worker (test setup)"
     assert cell.gone_after_s is not None, f"the {fault}ped worker {cell.pid} was never replaced"
     if fault == "stop":
@@ -275,10 +307,6 @@ def test_fault_matrix(  # noqa: PLR0917 -- pytest passes fixtures positionally
     closed = cell.events[-1]
     assert isinstance(closed, SessionClosed), cell.events[-3:]
     assert closed.reason == ("shutdown" if stage == "drain" else "finished")
-    if stage != "start":
-        recovered = [e for e in cell.events if isinstance(e, WorkerRecovered)]
-        assert recovered and all(e.worker_id == cell.worker_id for e in recovered)
-        assert sum(e.rerun_jobs + e.rerun_frames for e in recovered) >= 1
 
 
 def test_sigstop_15s_mid_utterance_with_the_default_ladder(
