@@ -65,7 +65,7 @@ import threading
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -157,33 +157,26 @@ class _Mapped:
     def __init__(self, name: str, shm_dir: Path = SHM_DIR) -> None:
         fd = os.open(shm_dir / name, os.O_RDWR)
         try:
-            self._mmap: mmap.mmap | None = mmap.mmap(fd, os.fstat(fd).st_size)
+            self._mmap = mmap.mmap(fd, os.fstat(fd).st_size)
         finally:
             os.close(fd)  # the mapping keeps the segment; the descriptor is not needed
-        self._buf: memoryview | None = memoryview(self._mmap)
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def buf(self) -> memoryview | None:
-        return self._buf
+        self.name = name
+        self.buf: memoryview | None = memoryview(self._mmap)
 
     def close(self) -> None:
-        if self._buf is not None:
-            self._buf.release()
-            self._buf = None
-        if self._mmap is not None:
+        if self.buf is not None:
+            self.buf.release()
+            self.buf = None
             self._mmap.close()
-            self._mmap = None
 
 
-class _Ring:
+S = TypeVar("S", bound=_Segment)
+
+
+class _Ring(Generic[S]):
     """Views over a mapped segment; shared by the writer and reader classes."""
 
-    def __init__(self, shm: _Segment, n_slots: int, slot_samples: int):
+    def __init__(self, shm: S, n_slots: int, slot_samples: int):
         self._shm = shm
         self.name = shm.name
         self.n_slots = n_slots
@@ -240,10 +233,8 @@ class _Ring:
         return out[start - first * s : end - first * s]
 
 
-class RingWriter(_Ring):
+class RingWriter(_Ring[shared_memory.SharedMemory]):
     """The owner's side: creates, writes, closes and unlinks the segment."""
-
-    _owned: shared_memory.SharedMemory
 
     @classmethod
     def create(cls, name: str, n_slots: int, slot_samples: int = SLOT_SAMPLES) -> RingWriter:
@@ -258,7 +249,6 @@ class RingWriter(_Ring):
             shm.unlink()
             raise
         ring = cls(shm, n_slots, slot_samples)
-        ring._owned = shm
         ring._hdr[:] = 0
         ring._hdr[_H_READ0:] = -1  # no readers registered
         ring._seq[:] = -1
@@ -315,13 +305,13 @@ class RingWriter(_Ring):
         self._shm.close()
 
     def unlink(self) -> None:
-        self._owned.unlink()
+        self._shm.unlink()
 
 
-class RingReader(_Ring):
+class RingReader(_Ring[_Mapped]):
     """A worker's side: attaches without taking ownership, consumes windows in order."""
 
-    def __init__(self, shm: _Segment, n_slots: int, slot_samples: int,
+    def __init__(self, shm: _Mapped, n_slots: int, slot_samples: int,
                  reader: int | None) -> None:
         super().__init__(shm, n_slots, slot_samples)
         self.reader = reader
@@ -330,11 +320,7 @@ class RingReader(_Ring):
     def attach(cls, handle: RingHandle, reader: int | None = None) -> RingReader:
         """Attach to an existing segment. ``reader`` is this process's read-index slot (for
         in-order consumption); None for range reads only."""
-        try:
-            shm = _Mapped(handle.name)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no shared memory segment {handle.name}") from None
-        ring = cls(shm, handle.n_slots, handle.slot_samples, reader)
+        ring = cls(_Mapped(handle.name), handle.n_slots, handle.slot_samples, reader)
         if int(ring._hdr[_H_MAGIC]) != MAGIC or int(ring._hdr[_H_NSLOTS]) != handle.n_slots:
             ring.close()
             raise RingError(f"{handle.name} is not an alfred ring of {handle.n_slots} slots")
