@@ -95,6 +95,11 @@ from loadgen import (
 from alfred_daemon.engine.models import ModelsConfig, resolve_all
 
 LATENCIES = ("partial_lag", "final_latency", "turn_latency", "frame_rtt")
+BUDGET = ("vad_fall", "end_confirmed", "final_after_end", "turn_after_end")
+"""Where an attributed final's latency goes (alfred), in order and summing to it: the VAD's
+speech end after the clean one; SpeechEnded's arrival after that (``vad.min_silence_ms``
+and the pipeline); the final's arrival after SpeechEnded. And a model-ended turn's arrival
+after its last utterance's SpeechEnded."""
 TAIL_S = 4.0
 """Silence streamed after each session's script (see ``run_session``)."""
 COLLAPSE_MS = 5_000.0
@@ -115,6 +120,11 @@ class SessionResult:
     """Turns ended by the silence fallback."""
     final_model_ms: list[float] = field(default_factory=list)
     """Each final's own ``processing_ms``: the model time spent on it (its decodes)."""
+    vad_fall: list[float] = field(default_factory=list)
+    end_confirmed: list[float] = field(default_factory=list)
+    final_after_end: list[float] = field(default_factory=list)
+    turn_after_end: list[float] = field(default_factory=list)
+    """These four: see ``BUDGET``."""
     frame_rtt: list[float] = field(default_factory=list)
     frames_sent: int = 0
     frames_dropped: int = 0
@@ -171,6 +181,9 @@ async def run_session(target: str, script: Script, res: SessionResult,  # noqa: 
     last_end: int | None = None
     """Speech end of the latest utterance, None if its final could not be attributed: a
     turn is timed from its *last* utterance or not at all (never from an older one)."""
+    ended: dict[int, tuple[float, float]] = {}
+    """SpeechEnded per utterance id: (arrival, due time of its speech end's frame)."""
+    last_ended_at: float | None = None
     async with AsyncClient(target) as client:
         try:
             async for ev in client.stream(paced(), RATE,
@@ -181,14 +194,24 @@ async def run_session(target: str, script: Script, res: SessionResult,  # noqa: 
                     res.frame_rtt.append((now - due(last_frame(ev.audio_offset_ms))) * 1000)
                 elif ev.type == "partial_transcription":
                     res.partial_lag.append((now - due(last_frame(ev.audio_offset_ms))) * 1000)
+                elif ev.type == "speech_ended":
+                    ended[int(ev.data["utterance_id"])] = (
+                        now, due(last_frame(ev.audio_offset_ms)))
                 elif ev.type == "final_transcription":
                     res.final_model_ms.append(ev.processing_ms)
                     last_end = script.utterance_end_for(last_frame(ev.audio_offset_ms))
+                    ended_at = ended.pop(int(ev.data.get("utterance_id", -1)), None)
+                    last_ended_at = None
                     if last_end is None:
                         res.unmatched_finals += 1  # e.g. the first piece of a split utterance
                     else:
                         res.final_latency.append((now - due(last_end)) * 1000)
                         res.final_speech_ms.append(script.speech_ms_for(last_end))
+                        if ended_at is not None:
+                            last_ended_at, vad_end_due = ended_at
+                            res.vad_fall.append((vad_end_due - due(last_end)) * 1000)
+                            res.end_confirmed.append((last_ended_at - vad_end_due) * 1000)
+                            res.final_after_end.append((now - last_ended_at) * 1000)
                 elif ev.type == "turn_ended":
                     if last_end is None:
                         res.unmatched_turns += 1
@@ -198,6 +221,8 @@ async def run_session(target: str, script: Script, res: SessionResult,  # noqa: 
                     if reason == "model":
                         res.turn_latency.append(latency)
                         res.turn_speech_ms.append(script.speech_ms_for(last_end))
+                        if last_ended_at is not None:
+                            res.turn_after_end.append((now - last_ended_at) * 1000)
                     elif reason == "silence_fallback":
                         res.fallback_turn_latency.append(latency)
                 elif ev.type == "frames_dropped":
@@ -288,7 +313,7 @@ class TreeSampler:
 
 def summarise(system: str, n: int, seconds: float, results: list[SessionResult]) -> dict[str, Any]:
     merged = {k: [v for r in results for v in getattr(r, k)]
-              for k in (*LATENCIES, "fallback_turn_latency")}
+              for k in (*LATENCIES, "fallback_turn_latency", *BUDGET)}
     row: dict[str, Any] = {"system": system, "n": n, "seconds": seconds}
     for k, vals in merged.items():
         row[k] = percentiles(vals)

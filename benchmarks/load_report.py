@@ -190,6 +190,29 @@ def band_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+BUDGET_COLUMNS = (
+    ("vad_fall", "VAD speech end after the clean one"),
+    ("end_confirmed", "speech_ended after the VAD's end"),
+    ("final_after_end", "final after speech_ended"),
+    ("turn_after_end", "end of turn after speech_ended"),
+)
+
+
+def budget_table(rows: list[dict[str, Any]]) -> list[str]:
+    """p50 / p95 of each stretch of an attributed final's latency (alfred rows that have
+    them; ``load_bench.BUDGET`` says what each is)."""
+    have = [r for r in rows if r.get("vad_fall", {}).get("count")]
+    if not have:
+        return []
+    head = "| N | " + " | ".join(label for _, label in BUDGET_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in have:
+        cells = [str(r["n"])] + [f"{fmt(r[k]['p50'])} / {fmt(r[k]['p95'])}"
+                                 for k, _ in BUDGET_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], relative: dict[str, Any] | None = None) -> str:
     lines = main_table(rows)
     lines.append("")
@@ -203,6 +226,14 @@ def markdown(rows: list[dict[str, Any]], relative: dict[str, Any] | None = None)
         lines += ["", "By utterance length (seconds of speech since the previous pause): "
                   "p50 / p95 ms (count). A turn is banded by its last utterance.", "",
                   *band_table(rows)]
+    budget = budget_table(rows)
+    if budget:
+        lines += ["", "alfred, where a final's latency goes: p50 / p95 ms of each stretch "
+                  "(the first three add up to the final's latency; percentiles do not "
+                  "add). The VAD confirms the end after `vad.min_silence_ms` of "
+                  "silence, rounded up to whole 32 ms windows (224 ms); the final decode "
+                  "starts `stt.postroll_ms` into the silence, and Smart Turn is asked "
+                  "once `turn.silence_ms` has passed.", "", *budget]
     al = [r for r in rows if r["system"] == "alfred" and r.get("daemon_counters")]
     if al:
         lines += ["", "alfred, per N: the daemon's own counters at the end of the run (finals "

@@ -107,7 +107,8 @@ class _SupervisorCollector(Collector):
         yield counter("final_fallbacks", "finals decoded again on the 30 s window (looped)",
                       c.final_fallbacks)
         yield counter("partials_shed", "partial decodes skipped under load", c.partials_shed)
-        yield counter("speculations_skipped", "speculative finals abandoned before decoding",
+        yield counter("speculations_skipped",
+                      "speculations (finals, Smart Turn asks) abandoned before running",
                       c.speculations_skipped)
         yield counter("jobs_discarded", "job results no longer wanted on return (wasted work)",
                       c.jobs_discarded)

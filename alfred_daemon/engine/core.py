@@ -53,6 +53,10 @@ class CoreStats:
     """Final decodes issued before the speech end was confirmed."""
     speculations_abandoned: int = 0
     """... of which speech resumed (or the utterance was cut another way): wasted work."""
+    turn_speculations: int = 0
+    """Smart Turn asks issued before the speech end was confirmed (``turn.speculative``)."""
+    turn_speculations_abandoned: int = 0
+    """... of which speech resumed first: wasted work."""
     partials_degenerate: int = 0
     """Partial decodes that looked like a loop and were not shown."""
     anchor_moves: int = 0
@@ -162,9 +166,10 @@ class SessionCore:
         return self._stream.extend(job)
 
     def is_speculative(self, job: Job) -> bool:
-        """``job`` is a final decode issued before its speech end was confirmed (and not
-        yet adopted by the confirmation): useful, but not yet owed to the client."""
-        return self._stream.is_speculative(job)
+        """``job`` is a final decode or a Smart Turn ask issued before its speech end was
+        confirmed (and not yet adopted by the confirmation): useful, but not yet owed to
+        the client."""
+        return self._stream.is_speculative(job) or self._turns.is_speculative(job)
 
     def wants(self, job: Job) -> bool:
         """Whether ``job``'s result is still of use (False for an abandoned speculation).
@@ -239,7 +244,7 @@ class SessionCore:
                     self._on_speech_end(speech.silence_start, vad_ms)
             else:
                 speech.silence_start = None
-                self._stream.resumed()
+                self._resumed()
         self._stream.tick(self._turns.current)
         self._turns.tick()
 
@@ -277,7 +282,7 @@ class SessionCore:
             self._on_speech_start(start, 0.0)
         else:
             speech.silence_start = None
-            self._stream.resumed()
+            self._resumed()
 
     def post(self, event: Event) -> None:
         """Queue an event from outside the core (runtime notices: backpressure, worker
@@ -340,6 +345,12 @@ class SessionCore:
         self._out.emit(SpeechStarted(audio_offset_ms=samples_to_ms(start),
                                      processing_ms=vad_ms, utterance_id=utt_id))
         self._turns.barge_in(start, vad_ms, utt_id)
+
+    def _resumed(self) -> None:
+        """Speech went on after a pause the VAD had not confirmed: speculations on it are
+        void."""
+        self._stream.resumed()
+        self._turns.resumed()
 
     def _on_speech_end(self, end: int, vad_ms: float) -> None:
         speech = self._speech

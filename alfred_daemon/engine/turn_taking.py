@@ -8,6 +8,11 @@ loaded). Speech before either resumes the turn and makes a pending answer stale;
 Turn had been asked about the pause, the client gets TurnResumed (an agent may have
 started preparing a reply).
 
+With ``turn.speculative`` the ask goes out earlier, ``stt.postroll_ms`` into the pause
+while the VAD is still confirming it (as the speculative final does), and its answer waits
+for the confirmation, which adopts it as the ask about that pause. If speech resumes first
+the speculation is dropped unseen: the client saw no SpeechEnded, so no TurnResumed either.
+
 TurnEnded carries the whole turn's text, so it waits in the output queue behind the
 turn's finals (a :class:`TurnSlot`); a turn whose finals are all empty (noise) is dropped
 there. Speech starting while the client says its own playback is on is a barge-in: an
@@ -45,6 +50,17 @@ class Turn:
     """Smart Turn said "complete" while the VAD was still confirming new speech: the
     decision waits until that speech is confirmed (decision dropped) or rejected (applied).
     Closing the turn at once would date TurnEnded after the retroactive SpeechStarted."""
+    speculation: TurnSpeculation | None = None
+    """Smart Turn asked about a pause the VAD has not confirmed yet (``turn.speculative``)."""
+
+
+@dataclass(slots=True)
+class TurnSpeculation:
+    job: Job
+    silence_start: int
+    """The pause it is about: adopted only by the confirmation of that one."""
+    result: JobResult | None = None
+    """Its answer, if it came before the confirmation (applied then)."""
 
 
 @dataclass(slots=True)
@@ -121,6 +137,7 @@ class TurnTaking:
                                 max(0, start - ms_to_samples(self.config.stt.preroll_ms)))
             self._next_turn += 1
             return
+        self._abandon_speculation(turn)
         turn.generation += 1
         turn.deferred = False
         if turn.evaluated:
@@ -135,15 +152,19 @@ class TurnTaking:
                                         processing_ms=vad_ms, utterance_id=utterance_id))
 
     def tick(self) -> None:
-        """After each window: ask Smart Turn once the pause is long enough, apply a
-        deferred decision, end the turn by the silence fallback."""
+        """After each window: ask Smart Turn once the pause is long enough (or speculate
+        on an unconfirmed one), apply a deferred decision, end the turn by the silence
+        fallback."""
         cfg = self.config
         speech = self._speech
         turn = self.current
+        if turn is None:
+            return
+        if speech.in_speech:
+            self._maybe_speculate(turn)
+            return
         if (
-            turn is None
-            or speech.in_speech
-            or speech.last_speech_end is None
+            speech.last_speech_end is None
             or speech.candidate_start is not None  # maybe speech: decide once it is known
         ):
             return
@@ -151,23 +172,75 @@ class TurnTaking:
             self._close(TurnEndReason.MODEL, turn.last_probability, turn.last_turn_ms)
             return
         pause = speech.position - speech.last_speech_end
-        if (
-            self.turn_model
-            and cfg.turn.enabled
-            and not turn.evaluated
-            and pause >= ms_to_samples(cfg.turn.silence_ms)
-        ):
+        spec = turn.speculation
+        if spec is not None and (spec.silence_start != speech.last_speech_end
+                                 or not self._may_ask(turn)):  # reconfigured meanwhile
+            self._abandon_speculation(turn)
+            spec = None
+        if self._may_ask(turn) and pause >= ms_to_samples(cfg.turn.silence_ms):
             turn.evaluated = True
-            start = max(turn.start,
-                        speech.position - ms_to_samples(cfg.turn.max_audio_s * 1000))
-            self._jobs.issue(JobKind.TURN, turn.turn_id, start, speech.position,
-                             generation=turn.generation)
+            if spec is not None:  # adopted: the ask about this pause
+                turn.speculation = None
+                if spec.result is not None:  # else on_result applies it when it comes
+                    self._apply(turn, spec.result)
+            else:
+                start = max(turn.start,
+                            speech.position - ms_to_samples(cfg.turn.max_audio_s * 1000))
+                self._jobs.issue(JobKind.TURN, turn.turn_id, start, speech.position,
+                                 generation=turn.generation)
+            if self.current is not turn:
+                return
         if pause >= ms_to_samples(cfg.turn.fallback_silence_ms):
             self._close(TurnEndReason.SILENCE_FALLBACK, turn.last_probability, 0.0)
+
+    def is_speculative(self, job: Job) -> bool:
+        """See :meth:`SessionCore.is_speculative`."""
+        spec = self.current.speculation if self.current is not None else None
+        return spec is not None and spec.job.job_id == job.job_id
+
+    def resumed(self) -> None:
+        """Speech went on after a pause the VAD had not confirmed: a speculation on that
+        pause is void."""
+        if self.current is not None:
+            self._abandon_speculation(self.current)
+
+    def _may_ask(self, turn: Turn) -> bool:
+        return self.turn_model and self.config.turn.enabled and not turn.evaluated
+
+    def _maybe_speculate(self, turn: Turn) -> None:
+        """Ask Smart Turn now if the postroll of an unconfirmed pause is in, and the
+        regular ask would come with the VAD's confirmation (see ``turn.speculative``)."""
+        cfg = self.config
+        speech = self._speech
+        silence = speech.silence_start
+        if (
+            silence is None
+            or turn.speculation is not None
+            or not cfg.turn.speculative
+            or not self._may_ask(turn)
+            or cfg.turn.silence_ms > cfg.vad.min_silence_ms
+            or speech.position < silence + ms_to_samples(cfg.stt.postroll_ms)
+        ):
+            return
+        start = max(turn.start, speech.position - ms_to_samples(cfg.turn.max_audio_s * 1000))
+        job = self._jobs.issue(JobKind.TURN, turn.turn_id, start, speech.position,
+                               generation=turn.generation)
+        turn.speculation = TurnSpeculation(job, silence)
+        self._stats.turn_speculations += 1
+
+    def _abandon_speculation(self, turn: Turn) -> None:
+        spec, turn.speculation = turn.speculation, None
+        if spec is not None:
+            self._jobs.in_flight.pop(spec.job.job_id, None)  # a late result is then ignored
+            self._stats.turn_speculations_abandoned += 1
 
     def on_result(self, job: Job, result: JobResult) -> None:
         """A Smart Turn answer (the core has checked it was awaited)."""
         turn = self.current
+        if turn is not None and turn.speculation is not None and (
+                turn.speculation.job.job_id == job.job_id):
+            turn.speculation.result = result  # applied when the VAD confirms the pause
+            return
         if (
             turn is None
             or turn.turn_id != job.ref_id
@@ -176,6 +249,10 @@ class TurnTaking:
         ):
             self._stats.stale_results += 1
             return
+        self._apply(turn, result)
+
+    def _apply(self, turn: Turn, result: JobResult) -> None:
+        """The answer about the current pause: end the turn if Smart Turn says so."""
         if result.error is not None:
             return  # the silence fallback still ends the turn
         turn.last_probability = result.probability

@@ -295,8 +295,8 @@ def degrade(config: EngineConfig, level: Level) -> EngineConfig:
     * DROP_FRAMES: the same config as REDUCE_QUALITY. Skipping queued VAD windows is done by
       the runtime's frame queue, not by engine config.
     * PAUSE_PROCESSING: additionally no partials (``stt.partials``), no per-window
-      ``frame_events`` and no speculative finals; only what a voice agent cannot work
-      without is left.
+      ``frame_events`` and no speculation (finals, Smart Turn asks); only what a voice
+      agent cannot work without is left.
 
     Finals and turn detection are never disabled at any level: without them the agent cannot
     answer at all, so they are what the other work is shed to protect.
@@ -312,4 +312,4 @@ def degrade(config: EngineConfig, level: Level) -> EngineConfig:
         return config.replace(stt=stt)
     stt["partials"] = False
     stt["speculative_final"] = False
-    return config.replace(stt=stt, frame_events=False)
+    return config.replace(stt=stt, turn={"speculative": False}, frame_events=False)

@@ -204,6 +204,8 @@ class LiveSession:
             "jobErrors": stats.job_errors,
             "speculativeFinals": stats.speculations,
             "speculationsAbandoned": stats.speculations_abandoned,
+            "speculativeTurnAsks": stats.turn_speculations,
+            "turnAsksAbandoned": stats.turn_speculations_abandoned,
             "eventsSent": self.events_sent,
             "lastEvent": self.last_event,
             "lastEventAgoS": round(now - self.last_event_at, 3) if self.last_event_at else None,

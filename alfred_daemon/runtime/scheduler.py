@@ -11,10 +11,11 @@ This module is the runtime's one statement of it (:func:`rank`, :func:`owed`):
 
 * **owed** -- a final the client is waiting for, then a turn decision. They may take a
   reserved lane at once and their age counts as lag in the load figure.
-* **optional** -- a speculative final (it may be abandoned) and a partial. They take a
-  reserved lane only after ``processor.reserve_patience_ms``, partials are skipped while
-  the ladder pauses processing, and a queued partial is dropped once its utterance has
-  paused (:meth:`Scheduler.take_superseded`).
+* **optional** -- a speculation (a final or Smart Turn ask on a pause the VAD has not
+  confirmed: it may be abandoned) and a partial. They take a reserved lane only after
+  ``processor.reserve_patience_ms``, partials are skipped while the ladder pauses
+  processing, and a queued partial is dropped once its utterance has paused
+  (:meth:`Scheduler.take_superseded`).
 * **spare** -- any work of a session ahead of real time (runtime/fairness.py): it ranks
   after all the above and runs only on lanes :func:`~.fairness.lanes_for_ahead_work` grants.
 
@@ -228,18 +229,22 @@ class Scheduler(Generic[S]):
                     and owed(self.rank(t)[0])), default=None)
 
     def rank(self, task: Task) -> tuple[int, int]:
-        """Scheduling order: finals owed to a client, turn decisions, speculative finals,
-        partials; oldest first within each. A speculation ranks below a turn decision
-        (which is owed now) and, like a partial, takes a reserved lane only once it has
-        waited ``processor.reserve_patience_ms``: it may yet be abandoned. It ranks as a
-        final again once the VAD confirms the speech end. All work of a session ahead of
+        """Scheduling order: finals owed to a client, turn decisions, speculations (finals
+        and Smart Turn asks on an unconfirmed pause), partials; oldest first within each. A
+        speculation ranks below a turn decision (which is owed now) and, like a partial,
+        takes a reserved lane only once it has waited ``processor.reserve_patience_ms``: it
+        may yet be abandoned. It ranks as a final (or turn decision) again once the VAD
+        confirms the speech end. All work of a session ahead of
         real time ranks after all work of the others (runtime/fairness.py)."""
-        if task.job.kind is JobKind.FINAL:
-            s = self.sessions.get(task.session_key)
-            rank = (RANK_SPECULATIVE if s is not None and s.core.is_speculative(task.job)
-                    else RANK_FINAL)
+        kind = task.job.kind
+        if kind is JobKind.PARTIAL:
+            rank = RANK_PARTIAL
         else:
-            rank = RANK_TURN if task.job.kind is JobKind.TURN else RANK_PARTIAL
+            s = self.sessions.get(task.session_key)
+            if s is not None and s.core.is_speculative(task.job):
+                rank = RANK_SPECULATIVE
+            else:
+                rank = RANK_FINAL if kind is JobKind.FINAL else RANK_TURN
         return rank + AHEAD_RANK * task.spare, task.seq
 
     # ------------------------------------------------------------------ assignment

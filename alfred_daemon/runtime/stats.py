@@ -56,10 +56,10 @@ class Counters:
     batched_partials: int = 0
     """Partials of such requests that shared a model call with another (equal shape)."""
     speculations_skipped: int = 0
-    """Speculative finals abandoned while still queued (never decoded)."""
+    """Speculations (finals, Smart Turn asks) abandoned while still queued (never run)."""
     jobs_discarded: int = 0
-    """Jobs whose result was no longer wanted when it came back (abandoned speculative
-    finals that were already running, duplicates of re-run jobs): wasted work."""
+    """Jobs whose result was no longer wanted when it came back (abandoned speculations
+    that were already running, duplicates of re-run jobs): wasted work."""
     vad_batches: int = 0
     vad_errors: int = 0
     windows_analysed: int = 0

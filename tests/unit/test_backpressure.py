@@ -418,6 +418,7 @@ def test_degrade_reduce_quality() -> None:
     assert out.stt.partial_interval_ms == 1000
     assert out.stt.partials is True
     assert out.stt.speculative_final is True  # what keeps finals on time under load
+    assert out.turn.speculative is True
     assert out.frame_events is True
     # Nothing else in stt changes.
     assert (
@@ -439,6 +440,7 @@ def test_degrade_pause_processing() -> None:
     assert out.stt.partial_interval_ms == 1000
     assert out.stt.partials is False
     assert out.stt.speculative_final is False
+    assert out.turn.speculative is False
     assert out.frame_events is False
 
 
@@ -458,7 +460,8 @@ def test_degrade_never_touches_finals_vad_or_turn_detection(level: Level) -> Non
     )
     out = degrade(cfg, level)
     assert out.vad == cfg.vad
-    assert out.turn == cfg.turn
+    # Only the speculation of the ask goes (PAUSE_PROCESSING): Smart Turn is still asked.
+    assert dataclasses.replace(out.turn, speculative=True) == cfg.turn
     assert out.turn.enabled is True
     assert (out.stt.max_utterance_s, out.stt.postroll_ms) == (20.0, 150)
     assert out.stt.language == "en"

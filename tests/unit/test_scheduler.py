@@ -164,6 +164,19 @@ def test_speculation_ranks_as_final_once_adopted() -> None:
     assert job_ids(h.assign()) == [[turn.job_id]]
 
 
+def test_a_speculative_turn_ask_ranks_as_a_speculation_until_adopted() -> None:
+    h = Harness()
+    partial = h.job(1, JobKind.PARTIAL)
+    ask = h.job(2, JobKind.TURN, speculative=True)
+    final = h.job(3, JobKind.FINAL)
+    task = next(t for t in h.sched.queue if t.job is ask)
+    assert h.sched.rank(task)[0] == RANK_SPECULATIVE
+    h.sessions[2].core.speculative.clear()  # the VAD confirmed the pause: owed now
+    assert h.sched.rank(task)[0] == RANK_TURN
+    order = [job_ids(h.assign())[0][0] for _ in range(3)]
+    assert order == [final.job_id, ask.job_id, partial.job_id]
+
+
 def test_oldest_first_within_a_kind() -> None:
     h = Harness()
     first = h.job(2, JobKind.PARTIAL)
