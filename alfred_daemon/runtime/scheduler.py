@@ -50,7 +50,11 @@ other sessions' windows are not held up behind it."""
 RANK_FINAL = 0
 RANK_TURN = 1
 RANK_SPECULATIVE = 2
-RANK_PARTIAL = 3
+RANK_SPECULATIVE_TURN = 3
+"""A Smart Turn ask on an unconfirmed pause goes after a speculative final: the turn's end
+waits for the final anyway, and the decode is the longer job. (A final speculated later
+than its session's ask, behind a partial, would otherwise wait for the ask.)"""
+RANK_PARTIAL = 4
 
 
 class LaneKind(StrEnum):
@@ -229,9 +233,9 @@ class Scheduler(Generic[S]):
                     and owed(self.rank(t)[0])), default=None)
 
     def rank(self, task: Task) -> tuple[int, int]:
-        """Scheduling order: finals owed to a client, turn decisions, speculations (finals
-        and Smart Turn asks on an unconfirmed pause), partials; oldest first within each. A
-        speculation ranks below a turn decision (which is owed now) and, like a partial,
+        """Scheduling order: finals owed to a client, turn decisions, speculations (finals,
+        then Smart Turn asks, on an unconfirmed pause), partials; oldest first within each.
+        A speculation ranks below a turn decision (which is owed now) and, like a partial,
         takes a reserved lane only once it has waited ``processor.reserve_patience_ms``: it
         may yet be abandoned. It ranks as a final (or turn decision) again once the VAD
         confirms the speech end. All work of a session ahead of
@@ -242,7 +246,7 @@ class Scheduler(Generic[S]):
         else:
             s = self.sessions.get(task.session_key)
             if s is not None and s.core.is_speculative(task.job):
-                rank = RANK_SPECULATIVE
+                rank = RANK_SPECULATIVE if kind is JobKind.FINAL else RANK_SPECULATIVE_TURN
             else:
                 rank = RANK_FINAL if kind is JobKind.FINAL else RANK_TURN
         return rank + AHEAD_RANK * task.spare, task.seq

@@ -25,6 +25,7 @@ from alfred_daemon.runtime.scheduler import (
     RANK_FINAL,
     RANK_PARTIAL,
     RANK_SPECULATIVE,
+    RANK_SPECULATIVE_TURN,
     RANK_TURN,
     Capacity,
     LaneKind,
@@ -148,7 +149,7 @@ def test_rank_order_final_turn_speculation_partial() -> None:
     assert ranks[final.job_id][0] == RANK_FINAL == 0
     assert ranks[turn.job_id][0] == RANK_TURN == 1
     assert ranks[spec.job_id][0] == RANK_SPECULATIVE == 2
-    assert ranks[partial.job_id][0] == RANK_PARTIAL == 3
+    assert ranks[partial.job_id][0] == RANK_PARTIAL == 4
     # One lane at a time: the same order.
     order = [job_ids(h.assign())[0][0] for _ in range(4)]
     assert order == [final.job_id, turn.job_id, spec.job_id, partial.job_id]
@@ -164,17 +165,25 @@ def test_speculation_ranks_as_final_once_adopted() -> None:
     assert job_ids(h.assign()) == [[turn.job_id]]
 
 
-def test_a_speculative_turn_ask_ranks_as_a_speculation_until_adopted() -> None:
+def test_a_speculative_turn_ask_goes_after_speculative_finals_until_adopted() -> None:
+    h = Harness()
+    partial = h.job(1, JobKind.PARTIAL)
+    ask = h.job(2, JobKind.TURN, speculative=True)
+    spec = h.job(2, JobKind.FINAL, speculative=True)  # issued later, behind a partial
+    task = next(t for t in h.sched.queue if t.job is ask)
+    assert h.sched.rank(task)[0] == RANK_SPECULATIVE_TURN
+    assert [job_ids(h.assign())[0][0] for _ in range(3)] == [
+        spec.job_id, ask.job_id, partial.job_id]
+
     h = Harness()
     partial = h.job(1, JobKind.PARTIAL)
     ask = h.job(2, JobKind.TURN, speculative=True)
     final = h.job(3, JobKind.FINAL)
     task = next(t for t in h.sched.queue if t.job is ask)
-    assert h.sched.rank(task)[0] == RANK_SPECULATIVE
     h.sessions[2].core.speculative.clear()  # the VAD confirmed the pause: owed now
     assert h.sched.rank(task)[0] == RANK_TURN
-    order = [job_ids(h.assign())[0][0] for _ in range(3)]
-    assert order == [final.job_id, ask.job_id, partial.job_id]
+    assert [job_ids(h.assign())[0][0] for _ in range(3)] == [
+        final.job_id, ask.job_id, partial.job_id]
 
 
 def test_oldest_first_within_a_kind() -> None:
