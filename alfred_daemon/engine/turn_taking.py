@@ -8,10 +8,11 @@ loaded). Speech before either resumes the turn and makes a pending answer stale;
 Turn had been asked about the pause, the client gets TurnResumed (an agent may have
 started preparing a reply).
 
-With ``turn.speculative`` the ask goes out earlier, ``stt.postroll_ms`` into the pause
-while the VAD is still confirming it (as the speculative final does), and its answer waits
-for the confirmation, which adopts it as the ask about that pause. If speech resumes first
-the speculation is dropped unseen: the client saw no SpeechEnded, so no TurnResumed either.
+With ``turn.speculative`` the ask goes out with the speculative final, ``stt.postroll_ms``
+into the pause, but no more than :data:`SPECULATION_LEAD_MS` before the VAD can confirm it;
+its answer waits for the confirmation, which adopts it as the ask about that pause. If
+speech resumes first the speculation is dropped unseen: the client saw no SpeechEnded, so
+no TurnResumed either.
 
 TurnEnded carries the whole turn's text, so it waits in the output queue behind the
 turn's finals (a :class:`TurnSlot`); a turn whose finals are all empty (noise) is dropped
@@ -31,6 +32,13 @@ from .ordering import OutputQueue, Slot
 
 if TYPE_CHECKING:
     from .core import CoreStats, SpeechState
+
+
+SPECULATION_LEAD_MS = 128
+"""How long before the VAD can confirm a pause Smart Turn may be asked about it (the
+defaults' 224 - 96 ms). ``benchmarks/turn_silence_bench.py`` found Smart Turn's verdict on
+a pause cut that early as good as on one cut at the confirmation; it measured no earlier
+cut, so with a longer ``vad.min_silence_ms`` the ask waits until this long before."""
 
 
 @dataclass(slots=True)
@@ -208,8 +216,9 @@ class TurnTaking:
         return self.turn_model and self.config.turn.enabled and not turn.evaluated
 
     def _maybe_speculate(self, turn: Turn) -> None:
-        """Ask Smart Turn now if the postroll of an unconfirmed pause is in, and the
-        regular ask would come with the VAD's confirmation (see ``turn.speculative``)."""
+        """Ask Smart Turn now if the postroll of an unconfirmed pause is in, the pause is
+        within :data:`SPECULATION_LEAD_MS` of its confirmation, and the regular ask would
+        come with the confirmation (see ``turn.speculative``)."""
         cfg = self.config
         speech = self._speech
         silence = speech.silence_start
@@ -219,7 +228,8 @@ class TurnTaking:
             or not cfg.turn.speculative
             or not self._may_ask(turn)
             or cfg.turn.silence_ms > cfg.vad.min_silence_ms
-            or speech.position < silence + ms_to_samples(cfg.stt.postroll_ms)
+            or speech.position < silence + ms_to_samples(max(
+                cfg.stt.postroll_ms, cfg.vad.min_silence_ms - SPECULATION_LEAD_MS))
         ):
             return
         start = max(turn.start, speech.position - ms_to_samples(cfg.turn.max_audio_s * 1000))

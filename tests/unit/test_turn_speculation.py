@@ -160,3 +160,15 @@ def test_turn_detection_turned_off_mid_pause_drops_the_speculation() -> None:
     assert d.core.stats.turn_speculations_abandoned == 1
     d.reply(d.only_pending(JobKind.FINAL), text="no model verdict")
     assert of(d.drain(), TurnEnded) == []  # its answer was not applied
+
+
+def test_with_a_long_min_silence_the_ask_comes_at_most_the_lead_before_the_confirmation(
+) -> None:
+    d = Driver(speculative().replace(vad={"min_silence_ms": 1000}))
+    d.speech(30)
+    lead_windows = 28  # ceil((1000 - 128) / 32): 896 ms into the pause; 32 confirm
+    d.silence(lead_windows - 1)
+    assert d.pending_of(JobKind.FINAL)  # the final is speculated from the postroll on
+    assert d.pending_of(JobKind.TURN) == []
+    d.silence(1)
+    assert d.only_pending(JobKind.TURN).end == (30 + lead_windows) * W
