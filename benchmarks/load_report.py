@@ -232,8 +232,9 @@ def markdown(rows: list[dict[str, Any]], relative: dict[str, Any] | None = None)
                   "(the first three add up to the final's latency; percentiles do not "
                   "add). The VAD confirms the end after `vad.min_silence_ms` of "
                   "silence, rounded up to whole 32 ms windows (224 ms); the final decode "
-                  "starts `stt.postroll_ms` into the silence, and Smart Turn is asked "
-                  "once `turn.silence_ms` has passed.", "", *budget]
+                  "starts `stt.postroll_ms` into the silence, and so does the Smart Turn "
+                  "ask (`turn.speculative`); both are adopted at the confirmation.", "",
+                  *budget]
     al = [r for r in rows if r["system"] == "alfred" and r.get("daemon_counters")]
     if al:
         lines += ["", "alfred, per N: the daemon's own counters at the end of the run (finals "

@@ -187,13 +187,12 @@ class TurnConfig:
     speculative: bool = True
     """Ask Smart Turn ``stt.postroll_ms`` into a pause, with the speculative final, while
     the VAD is still confirming it (but no more than 128 ms before it can), and apply the
-    answer at the confirmation. That takes Smart Turn's run (50-110
-    ms on a 2-core host) off end-of-turn latency. Its verdict moves with where the audio is
-    cut, but no more for an earlier cut than for a later one, and it is as often right at
-    the ends of sentences (``benchmarks/turn_silence_bench.py``). Only when ``silence_ms``
-    is at most ``vad.min_silence_ms``, i.e. when the ask would otherwise come with the
-    confirmation; if speech resumes first the answer is discarded (counted). The ladder
-    turns it off."""
+    answer at the confirmation. That takes Smart Turn's run (50-110 ms on a 2-core host)
+    off end-of-turn latency. Its verdict moves with where the audio is cut, but no more for
+    an earlier cut than for a later one, and it is as often right at the ends of sentences
+    (``benchmarks/turn_silence_bench.py``). Only when ``silence_ms`` is at most
+    ``vad.min_silence_ms``, i.e. when the ask would otherwise come with the confirmation;
+    if speech resumes first the answer is discarded (counted). The ladder turns it off."""
     threshold: float = 0.5
     """The turn ends when Smart Turn's probability is strictly above this. (The quantized
     graph's output moves in steps of 1/256, so exactly 0.5 does occur: undecided.)"""

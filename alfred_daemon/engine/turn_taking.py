@@ -192,10 +192,7 @@ class TurnTaking:
                 if spec.result is not None:  # else on_result applies it when it comes
                     self._apply(turn, spec.result)
             else:
-                start = max(turn.start,
-                            speech.position - ms_to_samples(cfg.turn.max_audio_s * 1000))
-                self._jobs.issue(JobKind.TURN, turn.turn_id, start, speech.position,
-                                 generation=turn.generation)
+                self._ask(turn)
             if self.current is not turn:
                 return
         if pause >= ms_to_samples(cfg.turn.fallback_silence_ms):
@@ -232,11 +229,15 @@ class TurnTaking:
                 cfg.stt.postroll_ms, cfg.vad.min_silence_ms - SPECULATION_LEAD_MS))
         ):
             return
-        start = max(turn.start, speech.position - ms_to_samples(cfg.turn.max_audio_s * 1000))
-        job = self._jobs.issue(JobKind.TURN, turn.turn_id, start, speech.position,
-                               generation=turn.generation)
-        turn.speculation = TurnSpeculation(job, silence)
+        turn.speculation = TurnSpeculation(self._ask(turn), silence)
         self._stats.turn_speculations += 1
+
+    def _ask(self, turn: Turn) -> Job:
+        """A TURN job on the turn's audio up to now (at most ``turn.max_audio_s``)."""
+        position = self._speech.position
+        start = max(turn.start, position - ms_to_samples(self.config.turn.max_audio_s * 1000))
+        return self._jobs.issue(JobKind.TURN, turn.turn_id, start, position,
+                                generation=turn.generation)
 
     def _abandon_speculation(self, turn: Turn) -> None:
         spec, turn.speculation = turn.speculation, None

@@ -15,7 +15,7 @@ config unless a test says otherwise:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from alfred_daemon.engine.config import EngineConfig, SttConfig, TurnConfig, VadConfig
@@ -1131,24 +1131,37 @@ def test_speculation_waits_for_an_in_flight_partial() -> None:
     assert spec[0].prefix == ""  # one hypothesis commits nothing (agreement of 3)
 
 
+def speech_and_pauses(seed: int, segments: int) -> list[float]:
+    """VAD probabilities: stretches of 2-40 windows, speech and silence in turn."""
+    rng = random.Random(seed)
+    probs: list[float] = []
+    for seg in range(segments):
+        lo, hi = (0.55, 1.0) if seg % 2 == 0 else (0.0, 0.3)
+        probs += [rng.uniform(lo, hi) for _ in range(rng.randint(2, 40))]
+    return probs
+
+
+def run_answering(config: EngineConfig, probs: Sequence[float],
+                  probability: Callable[[Job], float]) -> tuple[list[Event], SessionCore]:
+    """Feed ``probs``, answering every job at once; the answer depends only on what the
+    job is, like a real model's. Every event, and the core."""
+    d = Driver(config)
+    for p in probs:
+        d.feed([p])
+        for job in list(d.pending):
+            d.reply(job, text=f"w{job.start} w{job.end}", probability=probability(job))
+        d.drain()
+    return d.events, d.core
+
+
 def test_speculative_and_confirmed_finals_give_identical_events() -> None:
     """Same probabilities, same answers: speculation changes when the decode starts, never
     what comes out (events compared whole, offsets and texts included)."""
-    rng = random.Random(99)
-    probs = []
-    for seg in range(60):
-        lo, hi = (0.55, 1.0) if seg % 2 == 0 else (0.0, 0.3)
-        probs += [rng.uniform(lo, hi) for _ in range(rng.randint(2, 40))]
+    probs = speech_and_pauses(99, 60)
 
     def run(spec_on: bool) -> tuple[list[Event], SessionCore]:
-        d = Driver(BASE.replace(stt={"postroll_ms": 96, "speculative_final": spec_on}))
-        for p in probs:
-            d.feed([p])
-            for job in list(d.pending):
-                # The answer depends only on what the job is, like a real decode.
-                d.reply(job, text=f"w{job.start} w{job.end}", probability=(job.end % 7) / 7)
-            d.drain()
-        return d.events, d.core
+        return run_answering(BASE.replace(stt={"postroll_ms": 96, "speculative_final": spec_on}),
+                             probs, lambda job: (job.end % 7) / 7)
 
     with_spec, core_on = run(True)
     without, core_off = run(False)

@@ -4,8 +4,6 @@ confirmation, and is dropped unseen if speech resumes first."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from alfred_daemon.engine.core import SessionCore
@@ -27,7 +25,9 @@ from .test_core import (
     Driver,
     W,
     of,
+    run_answering,
     speculative,
+    speech_and_pauses,
 )
 
 
@@ -123,21 +123,11 @@ def test_an_incomplete_answer_is_the_answer_about_the_pause() -> None:
 def test_speculative_and_confirmed_asks_give_identical_events() -> None:
     """With a model whose answer does not depend on where the pause is cut, asking early
     changes when the answer is known, never what comes out (events compared whole)."""
-    rng = random.Random(7)
-    probs: list[float] = []
-    for seg in range(80):
-        lo, hi = (0.55, 1.0) if seg % 2 == 0 else (0.0, 0.3)
-        probs += [rng.uniform(lo, hi) for _ in range(rng.randint(2, 40))]
+    probs = speech_and_pauses(7, 80)
 
     def run(on: bool) -> tuple[list[Event], SessionCore]:
-        d = Driver(BASE.replace(stt={"postroll_ms": 96}, turn={"speculative": on}))
-        for p in probs:
-            d.feed([p])
-            for job in list(d.pending):
-                answer = ((job.ref_id * 3 + job.generation) % 7) / 7
-                d.reply(job, text=f"w{job.start} w{job.end}", probability=answer)
-            d.drain()
-        return d.events, d.core
+        return run_answering(BASE.replace(stt={"postroll_ms": 96}, turn={"speculative": on}),
+                             probs, lambda job: ((job.ref_id * 3 + job.generation) % 7) / 7)
 
     with_spec, core_on = run(True)
     without, core_off = run(False)
