@@ -101,7 +101,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def git_head(tree: Path) -> str:
-    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+    """The tree's commit, with ``-dirty`` if it has uncommitted changes to tracked files:
+    an A/B is usually run before the change under test is committed."""
+    done = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty",
+                           "--abbrev=7", "--exclude", "*"],
                           capture_output=True, text=True, check=False)
     return done.stdout.strip() or str(tree)
 

@@ -55,9 +55,10 @@ class ProcessorConfig:
     session's speech paused): they stay free for it, so it does not wait behind a partial.
     Capped at the number of job lanes minus one; 0 lets partials take every lane."""
     reserve_patience_ms: float = 100.0
-    """A partial or speculative final that has waited this long may take a reserved lane
-    after all: at light load the reservation costs nothing, under load an idle held lane
-    is capacity partials need (at 16 sessions it left one worker half idle)."""
+    """A partial that has waited this long may take a reserved lane after all: at light
+    load the reservation costs nothing, under load an idle held lane is capacity partials
+    need (at 16 sessions it left one worker half idle). Speculated finals and turn asks
+    take a reserved lane at once: they are what it is kept for."""
     memory_optimization: bool = True
     """Trim buffers and return freed heap to the OS when ``limits.gcTriggerThreshold`` is
     crossed, not only on an explicit optimize."""

@@ -12,10 +12,12 @@ This module is the runtime's one statement of it (:func:`rank`, :func:`owed`):
 * **owed** -- a final the client is waiting for, then a turn decision. They may take a
   reserved lane at once and their age counts as lag in the load figure.
 * **optional** -- a speculation (a final or Smart Turn ask on a pause the VAD has not
-  confirmed: it may be abandoned) and a partial. They take a reserved lane only after
-  ``processor.reserve_patience_ms``, partials are skipped while the ladder pauses
-  processing, and a queued partial is dropped once its utterance has paused
-  (:meth:`Scheduler.take_superseded`).
+  confirmed: it may be abandoned) and a partial. Their age is not lag.
+  A speculation may take a reserved lane at once too: it is the decision the lane is
+  kept for, started early, and it has only ~130 ms to finish before the VAD confirms.
+  A partial takes one only after ``processor.reserve_patience_ms``; partials are skipped
+  while the ladder pauses processing, and a queued partial is dropped once its utterance
+  has paused (:meth:`Scheduler.take_superseded`).
 * **spare** -- any work of a session ahead of real time (runtime/fairness.py): it ranks
   after all the above and runs only on lanes :func:`~.fairness.lanes_for_ahead_work` grants.
 
@@ -70,13 +72,19 @@ def owed(rank: int) -> bool:
     return rank < RANK_SPECULATIVE
 
 
+def decision(rank: int) -> bool:
+    """Whether work of this rank is a final or turn decision, owed now or speculated on a
+    pause the VAD has not confirmed yet: the work a reserved lane is kept for."""
+    return rank < RANK_PARTIAL
+
+
 def eligible(rank: int, waited: float, *, partials: bool, ahead: bool,
              patience: float) -> bool:
     """Whether a task of ``rank`` that has waited ``waited`` seconds may go to a lane that
     takes partials (or is reserved: ``partials=False``) and spare work (``ahead``)."""
     if rank >= AHEAD_RANK:
         return ahead and partials
-    return partials or owed(rank) or waited >= patience
+    return partials or decision(rank) or waited >= patience
 
 
 # ----------------------------------------------------------------------------- views
@@ -235,10 +243,9 @@ class Scheduler(Generic[S]):
     def rank(self, task: Task) -> tuple[int, int]:
         """Scheduling order: finals owed to a client, turn decisions, speculations (finals,
         then Smart Turn asks, on an unconfirmed pause), partials; oldest first within each.
-        A speculation ranks below a turn decision (which is owed now) and, like a partial,
-        takes a reserved lane only once it has waited ``processor.reserve_patience_ms``: it
-        may yet be abandoned. It ranks as a final (or turn decision) again once the VAD
-        confirms the speech end. All work of a session ahead of
+        A speculation ranks below a turn decision (which is owed now): it may yet be
+        abandoned. It ranks as a final (or turn decision) again once the VAD confirms the
+        speech end. All work of a session ahead of
         real time ranks after all work of the others (runtime/fairness.py)."""
         kind = task.job.kind
         if kind is JobKind.PARTIAL:
@@ -258,7 +265,7 @@ class Scheduler(Generic[S]):
 
         While some real-time session's speech has paused (a final, then a turn decision, is
         due within ~200 ms), ``processor.reserved_job_lanes`` idle job lanes are kept from
-        optional work that has not waited ``reserve_patience_ms``. At other times every lane
+        partials that have not waited ``reserve_patience_ms``. At other times every lane
         may decode partials: a lane held for the whole run queues partials behind each
         other while its core idles."""
         plan: Plan[L, S] = Plan()
@@ -322,8 +329,9 @@ class Scheduler(Generic[S]):
     def _next_task(self, now: float, level: Level, *, partials: bool = True,
                    ahead: bool = True) -> Task | None:
         """Take the most urgent runnable task (the queue holds a few tasks per session, so
-        a linear scan is cheap). With ``partials=False`` (a reserved lane) only owed work,
-        or optional work that has waited ``processor.reserve_patience_ms``, is taken: under
+        a linear scan is cheap). With ``partials=False`` (a reserved lane) only decisions
+        (owed or speculated), or a partial that has waited ``processor.reserve_patience_ms``,
+        are taken: under
         load, holding a lane idle for a decision that may come later starves partials of
         half the machine. With ``ahead=False`` spare work is not taken; a reserved lane
         never takes it."""

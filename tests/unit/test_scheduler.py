@@ -208,8 +208,9 @@ def test_spare_work_ranks_after_all_real_time_work() -> None:
 @pytest.mark.parametrize(("rank", "waited", "partials", "ahead", "expected"), [
     (RANK_FINAL, 0.0, False, False, True),  # owed: a reserved lane takes it at once
     (RANK_TURN, 0.0, False, False, True),
-    (RANK_SPECULATIVE, 0.0, False, True, False),  # optional: waits for its patience
-    (RANK_SPECULATIVE, PATIENCE_S, False, True, True),
+    (RANK_SPECULATIVE, 0.0, False, True, True),  # a decision started early: at once too
+    (RANK_SPECULATIVE_TURN, 0.0, False, True, True),
+    (AHEAD_RANK + RANK_SPECULATIVE, 99.0, False, True, False),
     (RANK_PARTIAL, PATIENCE_S - 1e-6, False, True, False),
     (RANK_PARTIAL, PATIENCE_S, False, True, True),
     (RANK_PARTIAL, 0.0, True, False, True),  # ahead=False only keeps spare work out
@@ -264,16 +265,29 @@ def test_reserved_lane_takes_owed_work_at_once() -> None:
     assert job_ids(h.assign(2)) == [[final.job_id], [turn.job_id]]  # the 2nd is reserved
 
 
-def test_reserved_lane_takes_optional_work_after_patience() -> None:
+def test_reserved_lane_takes_a_partial_after_patience() -> None:
     h = Harness()
     h.sessions[3].core.decision_pending = True
     a = h.job(1, JobKind.PARTIAL, at=NOW - 1.0)
     b = h.job(2, JobKind.PARTIAL, at=NOW - 1.0)
     assert job_ids(h.assign(2)) == [[a.job_id], [b.job_id]]
-    h.job(1, JobKind.FINAL, speculative=True, at=NOW - PATIENCE_S / 2)
+    h.job(1, JobKind.PARTIAL, at=NOW - PATIENCE_S / 2)
     assert h.assign(1, job_lanes=2).jobs == []  # one idle lane of two: reserved
     h.sched.queue[0].queued_at = NOW - 1.0
     assert len(h.assign(1, job_lanes=2).jobs) == 1
+
+
+def test_a_sessions_speculated_final_and_turn_ask_run_side_by_side() -> None:
+    # One session paused: its final and Smart Turn ask are both speculated. Two idle lanes,
+    # one reserved for the decision -- which is what these two are, started early, so
+    # they take both lanes instead of running one after the other.
+    h = Harness()
+    h.sessions[2].core.decision_pending = True
+    partial = h.job(1, JobKind.PARTIAL)
+    spec = h.job(2, JobKind.FINAL, speculative=True)
+    ask = h.job(2, JobKind.TURN, speculative=True)
+    assert job_ids(h.assign(2)) == [[spec.job_id], [ask.job_id]]
+    assert [t.job for t in h.sched.queue] == [partial]
 
 
 def test_reservation_is_capped_to_leave_one_lane() -> None:
