@@ -8,8 +8,9 @@ loaded). Speech before either resumes the turn and makes a pending answer stale;
 Turn had been asked about the pause, the client gets TurnResumed (an agent may have
 started preparing a reply).
 
-With ``turn.speculative`` the ask goes out with the speculative final, ``stt.postroll_ms``
-into the pause, but no more than :data:`SPECULATION_LEAD_MS` before the VAD can confirm it;
+With ``turn.speculative`` the ask goes out while the VAD is still confirming the pause: no
+earlier than ``stt.postroll_ms`` into it and no more than :data:`SPECULATION_LEAD_MS`
+before the VAD can confirm it;
 its answer waits for the confirmation, which adopts it as the ask about that pause. If
 speech resumes first the speculation is dropped unseen: the client saw no SpeechEnded, so
 no TurnResumed either.
@@ -35,10 +36,12 @@ if TYPE_CHECKING:
 
 
 SPECULATION_LEAD_MS = 128
-"""How long before the VAD can confirm a pause Smart Turn may be asked about it (the
-defaults' 224 - 96 ms). ``benchmarks/turn_silence_bench.py`` found Smart Turn's verdict on
-a pause cut that early as good as on one cut at the confirmation; it measured no earlier
-cut, so with a longer ``vad.min_silence_ms`` the ask waits until this long before."""
+"""How long before the VAD can confirm a pause Smart Turn may be asked about it. With the
+default ``vad.min_silence_ms`` (200 ms, confirmed on the 7th window: 224 ms) that is 96 ms
+into the pause. ``benchmarks/turn_silence_bench.py`` found Smart Turn's verdict on a pause
+cut that early as good as on one cut at the confirmation; it measured no earlier cut.
+(Whole windows, so ``min_silence_ms - 128`` rounds up to the same window as 128 ms before
+the confirmation.)"""
 
 
 @dataclass(slots=True)

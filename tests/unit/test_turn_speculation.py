@@ -152,6 +152,19 @@ def test_turn_detection_turned_off_mid_pause_drops_the_speculation() -> None:
     assert of(d.drain(), TurnEnded) == []  # its answer was not applied
 
 
+def test_with_a_short_postroll_the_ask_still_waits_for_the_lead() -> None:
+    # Postroll 64 ms: the final is speculated after 2 windows; the ask no earlier than
+    # 128 ms before the confirmation (7 windows, 224 ms), i.e. after 3 (96 ms), the
+    # earliest cut turn_silence_bench validated.
+    d = Driver(speculative(postroll_ms=64))
+    d.speech(30)
+    d.silence(2)
+    assert d.only_pending(JobKind.FINAL).end == (30 + 2) * W
+    assert d.pending_of(JobKind.TURN) == []
+    d.silence(1)
+    assert d.only_pending(JobKind.TURN).end == (30 + 3) * W
+
+
 def test_with_a_long_min_silence_the_ask_comes_at_most_the_lead_before_the_confirmation(
 ) -> None:
     d = Driver(speculative().replace(vad={"min_silence_ms": 1000}))
