@@ -7,7 +7,8 @@ the supervisor's (shedding windows, skipping a partial), run as it decides.
 
 Urgent and optional work
 ------------------------
-This module is the runtime's one statement of it (:func:`rank`, :func:`owed`):
+This module is the runtime's one statement of it (:func:`rank`, :func:`owed`,
+:func:`decision`):
 
 * **owed** -- a final the client is waiting for, then a turn decision. They may take a
   reserved lane at once and their age counts as lag in the load figure.
@@ -245,8 +246,8 @@ class Scheduler(Generic[S]):
         then Smart Turn asks, on an unconfirmed pause), partials; oldest first within each.
         A speculation ranks below a turn decision (which is owed now): it may yet be
         abandoned. It ranks as a final (or turn decision) again once the VAD confirms the
-        speech end. All work of a session ahead of
-        real time ranks after all work of the others (runtime/fairness.py)."""
+        speech end. All work of a session ahead of real time ranks after all work of the
+        others (runtime/fairness.py)."""
         kind = task.job.kind
         if kind is JobKind.PARTIAL:
             rank = RANK_PARTIAL
@@ -331,10 +332,9 @@ class Scheduler(Generic[S]):
         """Take the most urgent runnable task (the queue holds a few tasks per session, so
         a linear scan is cheap). With ``partials=False`` (a reserved lane) only decisions
         (owed or speculated), or a partial that has waited ``processor.reserve_patience_ms``,
-        are taken: under
-        load, holding a lane idle for a decision that may come later starves partials of
-        half the machine. With ``ahead=False`` spare work is not taken; a reserved lane
-        never takes it."""
+        are taken: under load, holding a lane idle for a decision that may come later
+        starves partials of half the machine. With ``ahead=False`` spare work is not
+        taken; a reserved lane never takes it."""
         patience = self.processor().reserve_patience_ms / 1000.0
         while self.queue:
             candidates = self.queue
