@@ -185,9 +185,10 @@ class TurnConfig:
     silence_ms: int = 200
     """Silence after speech before Smart Turn is asked whether the turn is over."""
     speculative: bool = True
-    """Ask Smart Turn ``stt.postroll_ms`` into a pause, with the speculative final, while
-    the VAD is still confirming it (but no more than 128 ms before it can), and apply the
-    answer at the confirmation. That takes Smart Turn's run (50-110 ms on a 2-core host)
+    """Ask Smart Turn while the VAD is still confirming a pause -- no earlier than
+    ``stt.postroll_ms`` into it, with the speculative final, and no more than 128 ms before
+    the VAD can confirm it (96 ms into it with the defaults) -- and apply the answer at the
+    confirmation. That takes Smart Turn's run (50-110 ms on a 2-core host)
     off end-of-turn latency. Its verdict moves with where the audio is cut, but no more for
     an earlier cut than for a later one, and it is as often right at the ends of sentences
     (``benchmarks/turn_silence_bench.py``). Only when ``silence_ms`` is at most

@@ -10,10 +10,9 @@ started preparing a reply).
 
 With ``turn.speculative`` the ask goes out while the VAD is still confirming the pause: no
 earlier than ``stt.postroll_ms`` into it and no more than :data:`SPECULATION_LEAD_MS`
-before the VAD can confirm it;
-its answer waits for the confirmation, which adopts it as the ask about that pause. If
-speech resumes first the speculation is dropped unseen: the client saw no SpeechEnded, so
-no TurnResumed either.
+before the VAD can confirm it; its answer waits for the confirmation, which adopts it as
+the ask about that pause. If speech resumes first the speculation is dropped unseen: the
+client saw no SpeechEnded, so no TurnResumed either.
 
 TurnEnded carries the whole turn's text, so it waits in the output queue behind the
 turn's finals (a :class:`TurnSlot`); a turn whose finals are all empty (noise) is dropped
